@@ -1,0 +1,132 @@
+"""Errors of the ledger, sorted by cause, each with a stable code.
+
+    LedgerError(code, message, status_hint, details)
+    ├── Malformed        400  bytes that do not parse (malformed_cbor, not_canonical, ...)
+    ├── BadSignature     401  bad_signature
+    ├── NotFound         404  event_not_found, origin_not_found
+    ├── Conflict         409  stale_timestamp, replayed
+    ├── TooLarge         413  body_too_large, batch_too_large
+    ├── Invalid          422  invalid_body, unknown_kind, bad_range, ...
+    ├── OverBudget       429  budget_exceeded, throttled (details["retry_after_ms"])
+    └── NotReady         503  not_ready, read_only
+    InvariantViolation   500  our own bug: the node goes read-only
+
+Codes are part of the API: never rename or reuse one. `CODES` lists them all,
+and tests check that the docs list every one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LedgerError(Exception):
+    """An error with a stable snake_case `code` and the HTTP status it maps to."""
+
+    status_hint = 500
+
+    def __init__(self, code: str, message: str, *, details: dict[str, Any] | None = None):
+        if code not in CODES:
+            raise ValueError(f"unregistered error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class Malformed(LedgerError):
+    status_hint = 400
+
+
+class BadSignature(LedgerError):
+    status_hint = 401
+
+
+class NotFound(LedgerError):
+    status_hint = 404
+
+
+class Conflict(LedgerError):
+    status_hint = 409
+
+
+class TooLarge(LedgerError):
+    status_hint = 413
+
+
+class Invalid(LedgerError):
+    status_hint = 422
+
+
+class OverBudget(LedgerError):
+    status_hint = 429
+
+
+class NotReady(LedgerError):
+    status_hint = 503
+
+
+class InvariantViolation(LedgerError):
+    """Our own bug: a broken invariant. The node stops accepting writes."""
+
+    status_hint = 500
+
+    def __init__(self, what: str):
+        super().__init__("internal", f"invariant violated: {what}")
+
+
+def check(cond: object, what: str) -> None:
+    """Raise InvariantViolation unless cond holds (unlike assert, survives python -O)."""
+    if not cond:
+        raise InvariantViolation(what)
+
+
+# Every code, with the class that raises it. Append only.
+CODES: dict[str, str] = {
+    # 400
+    "malformed_cbor": "Malformed",
+    "malformed_json": "Malformed",
+    "malformed_envelope": "Malformed",
+    "not_canonical": "Malformed",
+    "unknown_field": "Malformed",
+    "bad_request": "Malformed",
+    "bad_content_type": "Malformed",
+    # 401
+    "bad_signature": "BadSignature",
+    # 404
+    "event_not_found": "NotFound",
+    "origin_not_found": "NotFound",
+    "not_found": "NotFound",
+    "method_not_allowed": "Malformed",  # rendered with status 405
+    # 409
+    "stale_timestamp": "Conflict",
+    "future_timestamp": "Conflict",
+    "replayed": "Conflict",
+    # 413
+    "body_too_large": "TooLarge",
+    "batch_too_large": "TooLarge",
+    "event_too_large": "TooLarge",
+    # 422
+    "invalid_event": "Invalid",
+    "invalid_body": "Invalid",
+    "unknown_kind": "Invalid",
+    "unsupported_version": "Invalid",
+    "unknown_agent": "Invalid",
+    "bad_range": "Invalid",
+    "bad_parameter": "Invalid",
+    # 429
+    "budget_exceeded": "OverBudget",
+    "throttled": "OverBudget",
+    # 503
+    "not_ready": "NotReady",
+    "read_only": "NotReady",
+    # 500
+    "internal": "InvariantViolation",
+    # checkpoints and signed notes (ledger/checkpoint.py)
+    "malformed_note": "Malformed",
+    "malformed_checkpoint": "Malformed",
+    "unknown_key": "BadSignature",
+}

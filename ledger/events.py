@@ -1,0 +1,289 @@
+"""Events and envelopes (PROTOCOL.md §3), parsed from untrusted bytes.
+
+An event is a deterministic-CBOR map {v, kind, signer, ts, nonce, body}; an
+envelope is {event: bytes, sig: bytes(64)}. `parse_envelope` checks, in this
+order, so that the cheapest check rejects first: size, CBOR and canonical form
+of the envelope, its keys, CBOR and canonical form of the event, the event's
+keys and types, and the body against its kind's schema. It does not check the
+signature (see `ledger.signing.verify`) or the clock (see `ledger.admission`).
+
+Kinds are a registry: `register_kind(name, BodyClass)`. The four metering kinds
+are registered here; policy, governance and node records register their own
+bodies without touching this module.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar
+
+from ledger import encoding
+from ledger.constants import (
+    ENVELOPE_BYTES_MAX,
+    EVENT_BYTES_MAX,
+    NODE_NAME_CHARS_MAX,
+    NONCE_SIZE,
+    PROTOCOL_VERSION,
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_SIZE,
+    UINT64_MAX,
+)
+from ledger.errors import Invalid, Malformed, TooLarge
+from ledger.signing import event_id
+
+_OP_RE = re.compile(r"[a-z0-9._-]{1,64}")
+_EVENT_KEYS = frozenset({"v", "kind", "signer", "ts", "nonce", "body"})
+_ENVELOPE_KEYS = frozenset({"event", "sig"})
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+# -- field checks ------------------------------------------------------------
+
+
+def _uint(name: str, value: Any) -> int:
+    if type(value) is not int or value < 0 or value > UINT64_MAX:
+        raise Invalid("invalid_body", f"{name} must be an unsigned integer")
+    return value
+
+
+def _int(name: str, value: Any) -> int:
+    if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
+        raise Invalid("invalid_body", f"{name} must be a 64-bit signed integer")
+    return value
+
+
+def _bytes32(name: str, value: Any) -> bytes:
+    if type(value) is not bytes or len(value) != 32:
+        raise Invalid("invalid_body", f"{name} must be 32 bytes")
+    return value
+
+
+def _op(name: str, value: Any) -> str:
+    if type(value) is not str or not _OP_RE.fullmatch(value):
+        raise Invalid("invalid_body", f"{name} must be 1-64 characters of a-z0-9._-")
+    return value
+
+
+def _node_name(name: str, value: Any) -> str:
+    if type(value) is not str or len(value) > NODE_NAME_CHARS_MAX:
+        raise Invalid("invalid_body", f"{name} must be text of at most {NODE_NAME_CHARS_MAX} characters")
+    return value
+
+
+def _one_of(*choices: str) -> Callable[[str, Any], str]:
+    def check(name: str, value: Any) -> str:
+        if value not in choices or type(value) is not str:
+            raise Invalid("invalid_body", f"{name} must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def spec(check: Callable[[str, Any], Any], *, required: bool = True) -> Any:
+    """Declare a body field: its check and whether it may be left out."""
+    return field(default=None, metadata={"check": check, "required": required})
+
+
+# -- bodies ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Body:
+    """Base of kind bodies. Subclasses declare fields with `spec()`.
+
+    `metrics()` names the amounts an event adds to usage totals; the store
+    keeps them in a fixed order (`METRICS`) so totals are plain sums.
+    """
+
+    KIND: ClassVar[str] = ""
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_map(cls, m: Any) -> Body:
+        if type(m) is not dict:
+            raise Invalid("invalid_body", "body must be a map")
+        declared = {f.name: f for f in fields(cls)}
+        for key in m:
+            if key not in declared:
+                raise Malformed("unknown_field", f"unknown body key {key!r} for kind {cls.KIND}")
+        values = {}
+        for name, f in declared.items():
+            if name in m:
+                values[name] = f.metadata["check"](name, m[name])
+            elif f.metadata["required"]:
+                raise Invalid("invalid_body", f"body of kind {cls.KIND} needs {name!r}")
+        return cls(**values)
+
+    def to_map(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def metrics(self) -> tuple[int, ...]:
+        return tuple(getattr(self, name) or 0 for name in self.METRICS)
+
+
+@dataclass(frozen=True)
+class ActBody(Body):
+    """An action: `cost` is the weight × 1000; `units` e.g. LLM tokens."""
+
+    KIND: ClassVar[str] = "act"
+    METRICS: ClassVar[tuple[str, ...]] = ("cost", "units")
+    op: str = spec(_op)
+    cost: int = spec(_uint)
+    units: int | None = spec(_uint, required=False)
+    result: bytes | None = spec(_bytes32, required=False)
+
+
+@dataclass(frozen=True)
+class DatBody(Body):
+    """Data moved: bytes read and written, and how long it took (ms)."""
+
+    KIND: ClassVar[str] = "dat"
+    METRICS: ClassVar[tuple[str, ...]] = ("read", "written", "dur")
+    src: bytes = spec(_bytes32)
+    dst: bytes = spec(_bytes32)
+    read: int = spec(_uint)
+    written: int = spec(_uint)
+    dur: int = spec(_uint)
+
+
+@dataclass(frozen=True)
+class CptBody(Body):
+    """Compute: CPU and GPU time slices, peak memory (MB), parallel jobs."""
+
+    KIND: ClassVar[str] = "cpt"
+    METRICS: ClassVar[tuple[str, ...]] = ("cpu", "gpu", "mem", "jobs")
+    node: str = spec(_node_name)
+    cpu: int = spec(_uint)
+    gpu: int = spec(_uint)
+    mem: int = spec(_uint)
+    jobs: int = spec(_uint)
+
+
+@dataclass(frozen=True)
+class TrtBody(Body):
+    """Trust: a rating of `subject` by the signer; `value` × 1000, may be negative."""
+
+    KIND: ClassVar[str] = "trt"
+    METRICS: ClassVar[tuple[str, ...]] = ("value",)
+    subject: bytes = spec(_bytes32)
+    type: str = spec(_one_of("accuracy", "compliance", "feedback", "reliability"))
+    value: int = spec(_int)
+    halflife: int = spec(_uint)
+
+
+KINDS: dict[str, type[Body]] = {}
+
+
+def register_kind(cls: type[Body]) -> type[Body]:
+    """Add a body class to the kind registry (usable as a decorator)."""
+    if not cls.KIND or cls.KIND in KINDS:
+        raise ValueError(f"kind {cls.KIND!r} is empty or already registered")
+    KINDS[cls.KIND] = cls
+    return cls
+
+
+for _cls in (ActBody, DatBody, CptBody, TrtBody):
+    register_kind(_cls)
+
+
+# -- events and envelopes ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """A parsed, schema-checked event. `raw` is its exact CBOR bytes."""
+
+    kind: str
+    signer: bytes
+    ts: int
+    nonce: bytes
+    body: Body
+    raw: bytes
+    id: bytes
+    v: int = PROTOCOL_VERSION
+
+    @property
+    def id_hex(self) -> str:
+        return self.id.hex()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An event with its signature. `raw` is the envelope's CBOR bytes: the leaf data."""
+
+    event: Event
+    sig: bytes
+    raw: bytes
+
+
+def make_event_bytes(kind: str, signer: bytes, ts: int, nonce: bytes, body: dict[str, Any]) -> bytes:
+    """The deterministic CBOR of an event (checked against its kind's schema)."""
+    value = {"v": PROTOCOL_VERSION, "kind": kind, "signer": signer, "ts": ts, "nonce": nonce, "body": body}
+    raw = encoding.encode(value)
+    parse_event(raw)
+    return raw
+
+
+def make_envelope_bytes(event_bytes: bytes, sig: bytes) -> bytes:
+    """The deterministic CBOR of the envelope {event, sig}."""
+    return encoding.encode({"event": event_bytes, "sig": sig})
+
+
+def parse_event(raw: bytes) -> Event:
+    """Parse and check one event's CBOR bytes; raises Malformed, Invalid or TooLarge."""
+    if len(raw) > EVENT_BYTES_MAX:
+        raise TooLarge("event_too_large", f"event is {len(raw)} bytes, at most {EVENT_BYTES_MAX}")
+    m = encoding.decode_canonical(raw)
+    if type(m) is not dict:
+        raise Invalid("invalid_event", "an event is a CBOR map")
+    for key in m:
+        if key not in _EVENT_KEYS:
+            raise Malformed("unknown_field", f"unknown event key {key!r}")
+    missing = sorted(_EVENT_KEYS - m.keys())
+    if missing:
+        raise Invalid("invalid_event", f"event is missing {', '.join(missing)}")
+    if type(m["v"]) is not int or m["v"] != PROTOCOL_VERSION:
+        raise Invalid("unsupported_version", f"protocol version must be {PROTOCOL_VERSION}")
+    kind = m["kind"]
+    if type(kind) is not str:
+        raise Invalid("invalid_event", "kind must be text")
+    body_cls = KINDS.get(kind)
+    if body_cls is None:
+        raise Invalid("unknown_kind", f"unknown event kind {kind[:64]!r}")
+    signer, ts, nonce = m["signer"], m["ts"], m["nonce"]
+    if type(signer) is not bytes or len(signer) != PUBLIC_KEY_SIZE:
+        raise Invalid("invalid_event", "signer must be a 32-byte public key")
+    if type(ts) is not int or not 0 <= ts <= UINT64_MAX:
+        raise Invalid("invalid_event", "ts must be unsigned milliseconds since the epoch")
+    if type(nonce) is not bytes or len(nonce) != NONCE_SIZE:
+        raise Invalid("invalid_event", f"nonce must be {NONCE_SIZE} bytes")
+    body = body_cls.from_map(m["body"])
+    return Event(kind=kind, signer=signer, ts=ts, nonce=nonce, body=body, raw=raw, id=event_id(raw))
+
+
+def envelope_from_parts(event_bytes: Any, sig: Any) -> Envelope:
+    """Build and check an envelope from its two fields (the JSON form's path)."""
+    if type(event_bytes) is not bytes or type(sig) is not bytes:
+        raise Malformed("malformed_envelope", "envelope fields event and sig must be byte strings")
+    if len(sig) != SIGNATURE_SIZE:
+        raise Malformed("malformed_envelope", f"sig must be {SIGNATURE_SIZE} bytes")
+    event = parse_event(event_bytes)
+    return Envelope(event=event, sig=sig, raw=make_envelope_bytes(event_bytes, sig))
+
+
+def parse_envelope(raw: bytes) -> Envelope:
+    """Parse an envelope's CBOR bytes; raises Malformed, Invalid or TooLarge."""
+    if len(raw) > ENVELOPE_BYTES_MAX:
+        raise TooLarge("event_too_large", f"envelope is {len(raw)} bytes, at most {ENVELOPE_BYTES_MAX}")
+    m = encoding.decode_canonical(raw)
+    if type(m) is not dict:
+        raise Malformed("malformed_envelope", "an envelope is a CBOR map {event, sig}")
+    for key in m:
+        if key not in _ENVELOPE_KEYS:
+            raise Malformed("unknown_field", f"unknown envelope key {key!r}")
+    if "event" not in m or "sig" not in m:
+        raise Malformed("malformed_envelope", "an envelope needs event and sig")
+    env = envelope_from_parts(m["event"], m["sig"])
+    return Envelope(event=env.event, sig=env.sig, raw=raw)

@@ -1,0 +1,60 @@
+"""The one error renderer: every failure becomes {"error": {"code", "message"}} (PROTOCOL.md §5)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from ledger.errors import InvariantViolation, LedgerError
+from node.appkeys import CONFIG_KEY, METRICS_KEY, OWN_LOG_KEY
+
+logger = logging.getLogger("ats.api")
+
+# aiohttp's own HTTP errors (no route, wrong method, body over client_max_size).
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "bad_content_type",
+}
+
+
+def error_response(status: int, code: str, message: str, retry_after_ms: int | None = None) -> web.Response:
+    resp = web.json_response({"error": {"code": code, "message": message}}, status=status)
+    if retry_after_ms is not None:
+        resp.headers["Retry-After"] = str(max(1, -(-retry_after_ms // 1000)))
+    return resp
+
+
+def render(error: LedgerError) -> web.Response:
+    return error_response(error.status_hint, error.code, error.message, error.details.get("retry_after_ms"))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        response = await handler(request)
+    except InvariantViolation as e:
+        own = request.app[OWN_LOG_KEY]
+        own.read_only_reason = own.read_only_reason or str(e)
+        logger.critical("invariant violated serving %s; node is now read-only: %s", request.path, e)
+        response = error_response(500, "internal", "internal error; the node is now read-only")
+    except LedgerError as e:
+        response = render(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        code = _HTTP_CODES.get(e.status, "bad_request")
+        message = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
+        if e.status == 413:
+            message = f"request body is larger than this node accepts ({request.app[CONFIG_KEY].body_bytes_max} bytes)"
+        response = error_response(e.status, code, message)
+    except Exception:  # a bug, not the client's fault: log it, answer in the contract's shape
+        logger.exception("unhandled error serving %s %s", request.method, request.path)
+        response = error_response(500, "internal", "internal error")
+    request.app[METRICS_KEY].requests.inc(1, route, str(response.status))
+    return response

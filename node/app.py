@@ -1,0 +1,114 @@
+"""The composition root: builds the aiohttp application and wires the parts.
+
+Every resource (the database, the committer, the verify pool) is an async
+context in `app.cleanup_ctx`: started before the first request, closed after
+the last one, in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import AsyncIterator, Callable
+
+from aiohttp import web
+
+from node.api import events, info, log
+from node.api.errors import error_middleware
+from node.appkeys import CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
+from node.clock import SystemClock
+from node.config import Config
+from node.ingest import Committer, Ingestor, OwnLog
+from node.keys import load_or_create
+from node.metrics import NodeMetrics
+from node.queries import Queries
+from node.store.sqlite import Database
+
+logger = logging.getLogger("ats.node")
+
+
+def build_app(config: Config, clock: SystemClock | None = None) -> web.Application:
+    """The node's aiohttp application for this config (nothing is opened until startup)."""
+    app = web.Application(client_max_size=config.body_bytes_max, middlewares=[error_middleware])
+    app[CONFIG_KEY] = config
+    app[CLOCK_KEY] = clock or SystemClock()
+    os.makedirs(config.data_dir, exist_ok=True)
+    seed, created = load_or_create(config.key_path)
+    if created:
+        logger.info("created node key %s", config.key_path)
+    own = OwnLog(seed)
+    app[OWN_LOG_KEY] = own
+    app[METRICS_KEY] = NodeMetrics(lambda: own.size, lambda: own.checkpoint_size)
+    app.cleanup_ctx.append(_storage)
+    add_routes(app)
+    return app
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    config, clock, own, metrics = app[CONFIG_KEY], app[CLOCK_KEY], app[OWN_LOG_KEY], app[METRICS_KEY]
+    db = Database(config.db_path, synchronous=config.sqlite_synchronous, reader_threads=config.reader_threads)
+    await db.open()
+    await db.write(own.open, clock.now_ms())
+    committer = Committer(
+        db, own, clock, metrics,
+        events_max=config.checkpoint_events_max, linger_ms=config.checkpoint_ms_max, skew_ms=config.skew_ms,
+    )
+    committer.start()
+    ingestor = Ingestor(committer, metrics, clock, config.verify_threads)
+    app[INGESTOR_KEY] = ingestor
+    app[QUERIES_KEY] = Queries(
+        db, own, entries_page_max=config.entries_page_max, usage_events_max=config.usage_events_max
+    )
+    try:
+        yield
+    finally:
+        await committer.stop()
+        ingestor.close()
+        await db.close()
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/events", events.submit)
+    app.router.add_post("/v1/events/batch", events.submit_batch)
+    app.router.add_get("/v1/events/{id}", events.get_event)
+    app.router.add_post("/v1/quota/check", events.quota_check)
+    app.router.add_get("/v1/agents/{agent}/balance", info.balance)
+    app.router.add_get("/v1/agents/{agent}/usage", info.usage)
+    app.router.add_get("/v1/log/checkpoint", log.checkpoint)
+    app.router.add_get("/v1/log/proof/inclusion", log.inclusion)
+    app.router.add_get("/v1/log/proof/consistency", log.consistency)
+    app.router.add_get("/v1/log/entries", log.entries)
+    app.router.add_get("/v1/node", info.node_info)
+    app.router.add_get("/v1/openapi.json", info.openapi)
+    app.router.add_get("/healthz", info.healthz)
+    app.router.add_get("/metrics", info.metrics)
+
+
+async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the node until SIGINT or SIGTERM; prints one ready line with the bound URL."""
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.listen_host, config.listen_port, shutdown_timeout=config.shutdown_timeout_ms / 1000)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise SystemExit(f"ats node: cannot listen on {config.listen_host}:{config.listen_port}: {e.strerror}") from None
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}"
+    own = app[OWN_LOG_KEY]
+    line = f"ats node ready: {url} origin={own.public_key.hex()} size={own.checkpoint_size} data_dir={config.data_dir}"
+    print(line, flush=True)
+    if on_ready:
+        on_ready(url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("ats node: shutting down", file=sys.stderr, flush=True)
+    await runner.cleanup()

@@ -1,0 +1,162 @@
+"""Node configuration: defaults in code → TOML file → ATS_* environment → CLI flags.
+
+`SETTINGS` is the registry of every setting (name, default, unit, help); the
+docs list them all and a test checks that. `load()` merges the sources in that
+order and `validate()` reports every problem at once. After that, values travel
+as constructor arguments: nothing else reads the environment or a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    unit: str
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", "ats-data", "path", "folder holding the SQLite ledger and the node key"),
+    Setting("listen_host", "127.0.0.1", "address", "HTTP listen address (loopback by default)"),
+    Setting("listen_port", 8470, "port", "HTTP listen port"),
+    Setting("skew_ms", 300_000, "ms", "accept events whose ts is within this much of the node's clock"),
+    Setting("body_bytes_max", 4 * 1024 * 1024, "bytes", "largest HTTP request body"),
+    Setting("batch_events_max", 1000, "events", "most envelopes in one POST /v1/events/batch"),
+    Setting("checkpoint_events_max", 1024, "events", "most events appended in one batch (one transaction, one checkpoint)"),
+    Setting("checkpoint_ms_max", 0, "ms", "longest a batch waits for more events before it commits (0: commit as soon as the writer is free)"),
+    Setting("sqlite_synchronous", "full", "mode", "SQLite synchronous pragma: full (durable on power loss) or normal (durable on process crash)"),
+    Setting("verify_threads", 0, "threads", "threads verifying signatures (0: one per core)"),
+    Setting("reader_threads", 4, "threads", "SQLite read connections"),
+    Setting("entries_page_max", 1000, "entries", "most entries returned by one GET /v1/log/entries"),
+    Setting("usage_events_max", 1000, "events", "most events listed by one GET /v1/agents/{agent}/usage"),
+    Setting("shutdown_timeout_ms", 10_000, "ms", "grace period for in-flight requests on shutdown"),
+    Setting("log_level", "info", "level", "diagnostics level: debug, info, warning, error"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str = "ats-data"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8470
+    skew_ms: int = 300_000
+    body_bytes_max: int = 4 * 1024 * 1024
+    batch_events_max: int = 1000
+    checkpoint_events_max: int = 1024
+    checkpoint_ms_max: int = 0
+    sqlite_synchronous: str = "full"
+    verify_threads: int = 0
+    reader_threads: int = 4
+    entries_page_max: int = 1000
+    usage_events_max: int = 1000
+    shutdown_timeout_ms: int = 10_000
+    log_level: str = "info"
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.data_dir, "ledger.sqlite")
+
+    @property
+    def key_path(self) -> str:
+        return os.path.join(self.data_dir, "node.key")
+
+
+class ConfigError(Exception):
+    """Every problem found in the configuration, one per line."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+def _coerce(name: str, value: Any, problems: list[str]) -> Any:
+    default = _BY_NAME[name].default
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            return value.lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if isinstance(default, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            problems.append(f"{name}: {value!r} is not an integer")
+            return default
+    return str(value)
+
+
+def load(
+    file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merge defaults < TOML file < ATS_* environment < flags, then validate."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    if file:
+        try:
+            with open(file, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError([f"config file {file}: {e}"]) from None
+        section = doc.get("node", doc)
+        for key, value in section.items():
+            if isinstance(value, dict):
+                continue  # other sections belong to later features
+            if key not in _BY_NAME:
+                problems.append(f"{file}: unknown setting {key!r}")
+            else:
+                values[key] = _coerce(key, value, problems)
+    for key, value in (env or {}).items():
+        if key.startswith("ATS_"):
+            name = key[4:].lower()
+            if name in _BY_NAME:
+                values[name] = _coerce(name, value, problems)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, problems)
+    config = replace(Config(), **values)
+    problems.extend(validate(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def validate(config: Config) -> list[str]:
+    """Every problem with config, as sentences; empty when it is valid."""
+    problems = []
+    positive = (
+        "body_bytes_max",
+        "batch_events_max",
+        "checkpoint_events_max",
+        "reader_threads",
+        "entries_page_max",
+        "usage_events_max",
+    )
+    for name in positive:
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be at least 1")
+    for name in ("skew_ms", "checkpoint_ms_max", "verify_threads", "shutdown_timeout_ms"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name} must not be negative")
+    if not 0 <= config.listen_port <= 65535:
+        problems.append("listen_port must be 0..65535")
+    if config.sqlite_synchronous not in ("full", "normal"):
+        problems.append("sqlite_synchronous must be full or normal")
+    if config.log_level not in ("debug", "info", "warning", "error"):
+        problems.append("log_level must be debug, info, warning or error")
+    if not config.data_dir:
+        problems.append("data_dir must not be empty")
+    return problems
+
+
+assert {f.name for f in fields(Config)} == set(_BY_NAME), "Config and SETTINGS must list the same settings"
+assert all(getattr(Config(), s.name) == s.default for s in SETTINGS), "Config defaults must match SETTINGS"

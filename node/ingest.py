@@ -1,0 +1,291 @@
+"""The submit use case: verify → one group-commit transaction → receipts.
+
+Theory of operation. A request's envelopes are parsed by the API layer, then
+`Ingestor.submit` checks signatures (off the event loop, in a thread pool:
+pynacl releases the GIL, so this uses every core) and hands the survivors to
+the `Committer`. The committer is the only producer of writes: it takes every
+queued envelope (up to `checkpoint_events_max`, lingering at most
+`checkpoint_ms_max` for more), and in one writer-thread call looks up which ids
+are already held (→ `duplicate`, with the stored receipt), applies the clock
+rule to the rest, appends the new ones with their tree hashes and a signed
+checkpoint in one `BEGIN IMMEDIATE` transaction, and only after COMMIT
+resolves the waiting requests. So an acknowledged event is durable, and many
+concurrent submitters share one transaction and one fsync.
+
+Duplicates are looked up before the clock rule so that a client retrying an
+old, already accepted event gets its receipt rather than `stale_timestamp`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ledger.admission import check_timestamp
+from ledger.checkpoint import Checkpoint, open_checkpoint, origin_line, sign_checkpoint
+from ledger.errors import InvariantViolation, LedgerError, NotReady, check
+from ledger.events import Envelope
+from ledger.merkle import EMPTY_ROOT, Frontier
+from ledger.signing import public_key_from_seed, verify
+from node.clock import SystemClock
+from node.metrics import NodeMetrics
+from node.store import logs as log_store
+from node.store import merkle as merkle_store
+from node.store.sqlite import Database
+
+logger = logging.getLogger("ats.ingest")
+
+VERIFY_CHUNK = 64
+
+
+@dataclass
+class Outcome:
+    """Per-envelope result: a receipt dict, or an error."""
+
+    receipt: dict[str, Any] | None = None
+    error: LedgerError | None = None
+
+    @property
+    def status(self) -> str:
+        return self.receipt["status"] if self.receipt else self.error.code  # type: ignore[union-attr]
+
+
+def receipt(event_id: bytes, status: str, origin: bytes, index: int, budgets: Any = None) -> dict[str, Any]:
+    """The contract's receipt (PROTOCOL.md §5)."""
+    return {"id": event_id.hex(), "status": status, "origin": origin.hex(), "index": index, "budgets": budgets or []}
+
+
+class OwnLog:
+    """This node's origin log: its row, frontier and latest checkpoint, in memory."""
+
+    def __init__(self, seed: bytes):
+        self.seed = seed
+        self.public_key = public_key_from_seed(seed)
+        self.origin_line = origin_line(self.public_key)
+        self.origin_id = 0
+        self.frontier: Frontier | None = None
+        self.checkpoint_note = ""
+        self.checkpoint_size = 0
+        self.read_only_reason: str | None = None
+
+    @property
+    def size(self) -> int:
+        return self.frontier.size if self.frontier else 0
+
+    def sign(self, size: int, root: bytes) -> str:
+        return sign_checkpoint(Checkpoint(self.origin_line, size, root), self.seed)
+
+    def open(self, conn: sqlite3.Connection, now_ms: int) -> None:
+        """Load the frontier (O(log n) reads) and check it against the last signed checkpoint (P4)."""
+        self.origin_id, size = log_store.ensure_origin(conn, self.public_key)
+        self.frontier = merkle_store.load_frontier(conn, self.origin_id, size)
+        latest = log_store.latest_checkpoint(conn, self.origin_id)
+        if latest is None:
+            check(size == 0, "a non-empty log has a checkpoint")
+            note = self.sign(0, EMPTY_ROOT)
+            log_store.store_checkpoint(conn, self.origin_id, 0, EMPTY_ROOT, note, now_ms)
+            latest = log_store.latest_checkpoint(conn, self.origin_id)
+            check(latest is not None, "size-0 checkpoint stored")
+        cp, _others = open_checkpoint(latest.note, self.public_key)  # type: ignore[union-attr]
+        check(cp.size == size, f"last checkpoint size {cp.size} equals log size {size}")
+        check(cp.root == self.frontier.root(), "stored tree root equals the last signed checkpoint's root")
+        self.checkpoint_note = latest.note  # type: ignore[union-attr]
+        self.checkpoint_size = size
+
+
+@dataclass
+class _Pending:
+    envelopes: list[Envelope]
+    ts_errors: list[LedgerError | None]
+    future: asyncio.Future
+
+
+class Committer:
+    """Owns the writer: batches pending envelopes into one transaction and checkpoint each."""
+
+    def __init__(self, db: Database, own: OwnLog, clock: SystemClock, metrics: NodeMetrics, *,
+                 events_max: int, linger_ms: int, skew_ms: int):
+        self._db, self._own, self._clock, self._metrics = db, own, clock, metrics
+        self._events_max, self._linger_ms, self._skew_ms = events_max, linger_ms, skew_ms
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ats-committer")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while not self._queue.empty():
+            p = self._queue.get_nowait()
+            if not p.future.done():
+                p.future.set_exception(NotReady("not_ready", "node is shutting down"))
+
+    async def submit(self, envelopes: list[Envelope]) -> list[Outcome]:
+        """Commit envelopes (signatures already checked); returns one outcome each."""
+        if self._own.read_only_reason:
+            raise NotReady("read_only", f"node is read-only: {self._own.read_only_reason}")
+        outcomes: list[Outcome] = []
+        for start in range(0, len(envelopes), self._events_max):
+            chunk = envelopes[start : start + self._events_max]
+            fut = asyncio.get_running_loop().create_future()
+            self._queue.put_nowait(_Pending(chunk, [], fut))
+            outcomes.extend(await fut)
+        return outcomes
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            count = len(batch[0].envelopes)
+            deadline = loop.time() + self._linger_ms / 1000
+            while count < self._events_max:
+                if not self._queue.empty():
+                    nxt = self._queue._queue[0]  # peek: never split a request across batches
+                    if count + len(nxt.envelopes) > self._events_max:
+                        break
+                    batch.append(self._queue.get_nowait())
+                    count += len(nxt.envelopes)
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                batch.append(item)
+                count += len(item.envelopes)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        envelopes = [env for p in batch for env in p.envelopes]
+        now_ms = self._clock.now_ms()
+        started = self._clock.monotonic_s()
+        try:
+            results, frontier, note = await self._db.write(self._write, envelopes, now_ms)
+        except InvariantViolation as e:
+            self._own.read_only_reason = str(e)
+            logger.critical("invariant violated while committing; node is now read-only: %s", e)
+            self._fail(batch, e)
+            return
+        except sqlite3.Error as e:
+            logger.error("commit failed, batch rolled back: %s", e)
+            self._fail(batch, NotReady("not_ready", f"storage error, nothing was written: {e}"))
+            return
+        except BaseException as e:
+            self._fail(batch, NotReady("not_ready", "node is shutting down"))
+            raise
+        appended = sum(1 for r in results if r.receipt and r.receipt["status"] == "accepted")
+        if appended:
+            self._own.frontier = frontier
+            self._own.checkpoint_note = note
+            self._own.checkpoint_size = frontier.size
+            self._metrics.batch_events.observe(appended)
+            self._metrics.commit_seconds.observe(self._clock.monotonic_s() - started)
+            self._metrics.checkpoints.inc()
+        i = 0
+        for p in batch:
+            n = len(p.envelopes)
+            if not p.future.done():
+                p.future.set_result(results[i : i + n])
+            i += n
+
+    def _fail(self, batch: list[_Pending], error: LedgerError) -> None:
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(error)
+
+    def _write(self, conn: sqlite3.Connection, envelopes: Sequence[Envelope], now_ms: int):
+        """Writer thread: duplicates, clock rule, then one append transaction."""
+        own = self._own
+        held = log_store.find_entries(conn, [env.event.id for env in envelopes])
+        results: list[Outcome] = []
+        new: list[Envelope] = []
+        new_ids: dict[bytes, int] = {}
+        for env in envelopes:
+            ev = env.event
+            stored = held.get(ev.id)
+            if stored is not None:
+                results.append(Outcome(receipt(ev.id, "duplicate", stored.origin, stored.index)))
+                continue
+            if ev.id in new_ids:  # the same event twice in one batch
+                results.append(Outcome(receipt(ev.id, "duplicate", own.public_key, new_ids[ev.id])))
+                continue
+            try:
+                check_timestamp(ev.ts, now_ms, self._skew_ms)
+            except LedgerError as e:
+                results.append(Outcome(error=e))
+                continue
+            index = own.size + len(new)
+            new_ids[ev.id] = index
+            new.append(env)
+            results.append(Outcome(receipt(ev.id, "accepted", own.public_key, index)))
+        if not new:
+            return results, own.frontier, own.checkpoint_note
+        frontier, note = log_store.append_batch(conn, own.origin_id, own.frontier, new, now_ms, own.sign)
+        return results, frontier, note
+
+
+class Ingestor:
+    """Signature checks off the loop, then the committer."""
+
+    def __init__(self, committer: Committer, metrics: NodeMetrics, clock: SystemClock, verify_threads: int):
+        self._committer = committer
+        self._metrics = metrics
+        self._clock = clock
+        threads = verify_threads or (os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ats-verify")
+        self._threads = threads
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    async def _verify(self, envelopes: Sequence[Envelope]) -> list[LedgerError | None]:
+        def run(chunk: Sequence[Envelope]) -> list[LedgerError | None]:
+            out: list[LedgerError | None] = []
+            for env in chunk:
+                try:
+                    verify(env.event.raw, env.sig, env.event.signer)
+                    out.append(None)
+                except LedgerError as e:
+                    out.append(e)
+            return out
+
+        if len(envelopes) == 1:
+            return run(envelopes)
+        loop = asyncio.get_running_loop()
+        size = max(1, min(VERIFY_CHUNK, -(-len(envelopes) // self._threads)))
+        chunks = [envelopes[i : i + size] for i in range(0, len(envelopes), size)]
+        parts = await asyncio.gather(*(loop.run_in_executor(self._pool, run, c) for c in chunks))
+        return [e for part in parts for e in part]
+
+    async def submit(self, items: Sequence[Envelope | LedgerError]) -> list[Outcome]:
+        """Outcomes in order for parsed envelopes (or their parse errors)."""
+        started = self._clock.monotonic_s()
+        envelopes = [x for x in items if isinstance(x, Envelope)]
+        sig_errors = await self._verify(envelopes)
+        self._metrics.verify_seconds.observe(self._clock.monotonic_s() - started)
+        good = [env for env, err in zip(envelopes, sig_errors) if err is None]
+        committed = iter(await self._committer.submit(good) if good else [])
+        sig_iter = iter(sig_errors)
+        outcomes = []
+        for x in items:
+            if isinstance(x, LedgerError):
+                outcomes.append(Outcome(error=x))
+                continue
+            err = next(sig_iter)
+            outcomes.append(Outcome(error=err) if err else next(committed))
+        for o in outcomes:
+            self._metrics.events.inc(1, o.status)
+        self._metrics.submit_seconds.observe(self._clock.monotonic_s() - started)
+        return outcomes

@@ -1,0 +1,201 @@
+"""Origin logs in SQLite: entries, their Merkle hashes and checkpoints.
+
+`append_batch` is the one write path for a batch of new events: entries,
+stored tree hashes, the origin's size and the signed checkpoint go into one
+`BEGIN IMMEDIATE` transaction, so an acknowledged event is durable together
+with the tree that proves it, and a failed batch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from ledger.errors import check
+from ledger.events import Envelope
+from ledger.merkle import Frontier, leaf_hash
+from node.store import merkle as merkle_store
+from node.store.sqlite import transaction
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    origin: bytes  # origin public key
+    index: int
+    event_id: bytes
+    envelope: bytes
+    accepted_ms: int
+    budgets: str | None
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    origin: bytes
+    size: int
+    root: bytes
+    note: str
+    created_ms: int
+
+
+def ensure_origin(conn: sqlite3.Connection, public_key: bytes) -> tuple[int, int]:
+    """The (row id, size) of an origin log, creating an empty one if needed."""
+    row = conn.execute("SELECT id, size FROM origins WHERE public_key = ?", (public_key,)).fetchone()
+    if row:
+        return row[0], row[1]
+    with transaction(conn):
+        cur = conn.execute("INSERT INTO origins (public_key, size) VALUES (?, 0)", (public_key,))
+    return cur.lastrowid, 0
+
+
+def origin_row(conn: sqlite3.Connection, public_key: bytes) -> tuple[int, int] | None:
+    """(row id, size) of the origin with this key, or None."""
+    row = conn.execute("SELECT id, size FROM origins WHERE public_key = ?", (public_key,)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def list_origins(conn: sqlite3.Connection) -> list[tuple[int, bytes, int]]:
+    return conn.execute("SELECT id, public_key, size FROM origins ORDER BY id").fetchall()
+
+
+def find_entries(conn: sqlite3.Connection, ids: Sequence[bytes]) -> dict[bytes, StoredEntry]:
+    """Stored entries for the ids held (any origin; the lowest origin row first)."""
+    found: dict[bytes, StoredEntry] = {}
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT e.event_id, o.public_key, e.idx, e.envelope, e.accepted_ms, e.budgets"
+            f" FROM entries e JOIN origins o ON o.id = e.origin"
+            f" WHERE e.event_id IN ({marks}) ORDER BY e.origin",
+            chunk,
+        ).fetchall()
+        for event_id, origin, idx, envelope, accepted_ms, budgets in rows:
+            found.setdefault(event_id, StoredEntry(origin, idx, event_id, envelope, accepted_ms, budgets))
+    return found
+
+
+def append_batch(
+    conn: sqlite3.Connection,
+    origin_id: int,
+    frontier: Frontier,
+    envelopes: Sequence[Envelope],
+    now_ms: int,
+    sign: Callable[[int, bytes], str],
+) -> tuple[Frontier, str]:
+    """Append envelopes (already checked, none held) and a checkpoint, in one transaction.
+
+    `sign(size, root)` returns the signed checkpoint note. Works on a copy of
+    the frontier: returns (the advanced frontier, the checkpoint note); on any
+    failure the transaction rolls back and the caller's frontier is unchanged.
+    """
+    work = frontier.copy()
+    start = work.size
+    rows = []
+    leaves = []
+    for offset, env in enumerate(envelopes):
+        ev = env.event
+        m = ev.body.metrics() + (0, 0, 0, 0)
+        rows.append((origin_id, start + offset, ev.id, ev.signer, ev.kind, ev.ts, env.raw, m[0], m[1], m[2], m[3], now_ms))
+        leaves.append(leaf_hash(env.raw))
+    with transaction(conn):
+        conn.executemany(
+            "INSERT INTO entries (origin, idx, event_id, signer, kind, ts, envelope, m0, m1, m2, m3, accepted_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        merkle_store.append_leaves(conn, origin_id, work, leaves)
+        size = work.size
+        root = work.root()
+        # P4: the hashes just stored must give the same root as the frontier.
+        check(merkle_store.tree_hash_at(conn, origin_id, size) == root, "stored tree hash equals frontier root")
+        cur = conn.execute("UPDATE origins SET size = ? WHERE id = ? AND size = ?", (size, origin_id, start))
+        check(cur.rowcount == 1, "origin size advanced from the frontier's size")
+        note = sign(size, root)
+        conn.execute(
+            "INSERT INTO checkpoints (origin, size, root, note, created_ms) VALUES (?, ?, ?, ?, ?)",
+            (origin_id, size, root, note, now_ms),
+        )
+    return work, note
+
+
+def store_checkpoint(conn: sqlite3.Connection, origin_id: int, size: int, root: bytes, note: str, now_ms: int) -> None:
+    """Record a checkpoint (e.g. the size-0 one written at first start)."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT OR IGNORE INTO checkpoints (origin, size, root, note, created_ms) VALUES (?, ?, ?, ?, ?)",
+            (origin_id, size, root, note, now_ms),
+        )
+
+
+def latest_checkpoint(conn: sqlite3.Connection, origin_id: int) -> StoredCheckpoint | None:
+    row = conn.execute(
+        "SELECT o.public_key, c.size, c.root, c.note, c.created_ms FROM checkpoints c"
+        " JOIN origins o ON o.id = c.origin WHERE c.origin = ? ORDER BY c.size DESC LIMIT 1",
+        (origin_id,),
+    ).fetchone()
+    return StoredCheckpoint(*row) if row else None
+
+
+def checkpoint_at(conn: sqlite3.Connection, origin_id: int, size: int) -> StoredCheckpoint | None:
+    row = conn.execute(
+        "SELECT o.public_key, c.size, c.root, c.note, c.created_ms FROM checkpoints c"
+        " JOIN origins o ON o.id = c.origin WHERE c.origin = ? AND c.size = ?",
+        (origin_id, size),
+    ).fetchone()
+    return StoredCheckpoint(*row) if row else None
+
+
+def entries_range(conn: sqlite3.Connection, origin_id: int, start: int, end: int) -> list[bytes]:
+    """Envelopes at [start, end) of an origin log, in order."""
+    rows = conn.execute(
+        "SELECT envelope FROM entries WHERE origin = ? AND idx >= ? AND idx < ? ORDER BY idx",
+        (origin_id, start, end),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def iter_leaf_data(conn: sqlite3.Connection, origin_id: int, start: int = 0, chunk: int = 10_000) -> Iterable[tuple[int, bytes]]:
+    """(index, envelope) of every entry from start, streamed in chunks."""
+    idx = start
+    while True:
+        rows = conn.execute(
+            "SELECT idx, envelope FROM entries WHERE origin = ? AND idx >= ? ORDER BY idx LIMIT ?",
+            (origin_id, idx, chunk),
+        ).fetchall()
+        if not rows:
+            return
+        yield from rows
+        idx = rows[-1][0] + 1
+
+
+def usage_totals(
+    conn: sqlite3.Connection, signer: bytes, since_ms: int, until_ms: int, kind: str | None
+) -> list[tuple[str, int, int, int, int, int]]:
+    """(kind, count, Σm0, Σm1, Σm2, Σm3) of a signer's events with since ≤ ts < until.
+
+    Each event id counts once, whichever origin logs hold it.
+    """
+    sql = (
+        "SELECT kind, count(*), sum(m0), sum(m1), sum(m2), sum(m3) FROM ("
+        " SELECT kind, m0, m1, m2, m3 FROM entries WHERE signer = ? AND ts >= ? AND ts < ?"
+        + (" AND kind = ?" if kind else "")
+        + " GROUP BY event_id) GROUP BY kind ORDER BY kind"
+    )
+    args: list = [signer, since_ms, until_ms] + ([kind] if kind else [])
+    return conn.execute(sql, args).fetchall()
+
+
+def usage_events(
+    conn: sqlite3.Connection, signer: bytes, since_ms: int, until_ms: int, kind: str | None, limit: int
+) -> list[tuple[bytes, bytes, int, bytes]]:
+    """(event_id, origin key, index, envelope) of a signer's events, oldest first, at most limit."""
+    sql = (
+        "SELECT e.event_id, o.public_key, min(e.idx), e.envelope FROM entries e JOIN origins o ON o.id = e.origin"
+        " WHERE e.signer = ? AND e.ts >= ? AND e.ts < ?"
+        + (" AND e.kind = ?" if kind else "")
+        + " GROUP BY e.event_id ORDER BY e.ts, e.event_id LIMIT ?"
+    )
+    args: list = [signer, since_ms, until_ms] + ([kind] if kind else []) + [limit]
+    return conn.execute(sql, args).fetchall()

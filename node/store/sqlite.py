@@ -1,0 +1,116 @@
+"""SQLite connections: one writer thread, a pool of reader threads (P8).
+
+All writes run as whole functions on the single writer connection, in its own
+thread, so a group commit is one thread hop and one `BEGIN IMMEDIATE`
+transaction, however many events it holds. Reads run on separate read-only
+connections in a small thread pool; WAL mode lets them proceed while the
+writer commits. Store functions are plain synchronous code over a
+`sqlite3.Connection`, shared by the daemon, `ats verify-db` and benchmarks.
+
+(aiosqlite would give one thread hop per statement; a group commit of a
+thousand events is dozens of statements, so the writer runs whole functions
+instead. This is also what datasette does with its write thread.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+from node.store import schema
+
+T = TypeVar("T")
+
+
+def connect(path: str, *, readonly: bool = False, synchronous: str = "full") -> sqlite3.Connection:
+    """A configured connection. Autocommit mode: transactions are explicit."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA cache_size=-16000")  # 16 MiB per connection
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def open_database(path: str, synchronous: str = "full") -> sqlite3.Connection:
+    """Open (creating if needed) the ledger file and bring its schema up to date."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    conn = connect(path, synchronous=synchronous)
+    schema.migrate(conn)
+    return conn
+
+
+class Database:
+    """The single writer connection and the reader pool, used from asyncio."""
+
+    def __init__(self, path: str, *, synchronous: str = "full", reader_threads: int = 4):
+        self.path = path
+        self._synchronous = synchronous
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="ats-writer")
+        self._reader_pool = ThreadPoolExecutor(reader_threads, thread_name_prefix="ats-reader")
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._writer = await loop.run_in_executor(
+            self._writer_pool, lambda: open_database(self.path, self._synchronous)
+        )
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, readonly=True, synchronous=self._synchronous)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(writer_conn, *args) on the writer thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer_pool, lambda: fn(self._writer, *args))
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(reader_conn, *args) on a reader thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader_pool, lambda: fn(self._reader(), *args))
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def close_writer() -> None:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+        await loop.run_in_executor(self._writer_pool, close_writer)
+        self._writer_pool.shutdown(wait=True)
+        self._reader_pool.shutdown(wait=True)
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
