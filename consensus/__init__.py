@@ -1,0 +1,1 @@
+"""Replication and merge: gossip, anti-entropy, escrow, cosigning (pure state machines)."""

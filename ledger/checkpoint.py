@@ -34,7 +34,6 @@ own output raises InvariantViolation (check()).
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 from collections.abc import Iterable
@@ -85,7 +84,7 @@ def _b64decode(text: str) -> bytes | None:
         return None
     try:
         data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
+    except ValueError:  # binascii.Error is a ValueError
         return None
     # Re-encoding rejects non-zero padding bits: one signature, one spelling.
     return data if _b64encode(data) == text else None
@@ -126,9 +125,9 @@ def _is_valid_name(name: object) -> bool:
 
 
 def _require_name(name: object) -> str:
-    if not _is_valid_name(name):
+    if not isinstance(name, str) or not _is_valid_name(name):
         raise Malformed("malformed_note", f"invalid key name {name!r}")
-    return name  # type: ignore[return-value]
+    return name
 
 
 def _require_public_key(public_key: object, code: str = "malformed_note") -> bytes:

@@ -35,9 +35,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
+from ledger.constants import HASH_SIZE
 from ledger.errors import Invalid, check
-
-HASH_BYTES = 32
 
 _sha256 = hashlib.sha256
 _LEAF_PREFIX = b"\x00"  # RFC 9162 §2.1.1: domain separation of leaves ...
@@ -61,7 +60,7 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def stored_hash_index(level: int, n: int) -> int:
-    """Return the storage index of the n-th perfect subtree hash at `level` (tlog StoredHashIndex)."""
+    """Return the storage index of the n-th perfect subtree at `level` (tlog StoredHashIndex)."""
     if level < 0 or n < 0:
         raise Invalid("bad_range", f"no stored hash at level {level}, position {n}")
     # tlog: level L's n-th hash is written right after level L+1's (2n+1)-th hash, so walk down to
@@ -117,7 +116,7 @@ class Frontier:
         _check_size(n)
         check(len(hashes) == n.bit_count(), f"frontier of size {n} needs {n.bit_count()} hashes")
         for h in hashes:
-            check(len(h) == HASH_BYTES, "stored hash is not 32 bytes")
+            check(len(h) == HASH_SIZE, "stored hash is not 32 bytes")
         frontier = cls()
         frontier._size = n
         frontier._hashes = [bytes(h) for h in hashes]
@@ -141,12 +140,12 @@ class Frontier:
         self._hashes = list(other._hashes)
 
     def append(self, leaf: bytes) -> list[tuple[int, bytes]]:
-        """Append one leaf hash; return the (stored index, hash) pairs it completes (tlog StoredHashes)."""
+        """Append one leaf hash; return the (stored index, hash) pairs to store (StoredHashes)."""
         first, hashes = self.extend((leaf,))
         return [(first + i, h) for i, h in enumerate(hashes)]
 
     def extend(self, leaves: Iterable[bytes]) -> tuple[int, list[bytes]]:
-        """Append leaf hashes in order; return (first stored index, new stored hashes in index order).
+        """Append leaf hashes in order; return (first stored index, the new stored hashes in order).
 
         The stored hashes of consecutive leaves are contiguous (tlog writes record n's hashes
         starting at StoredHashIndex(0, n)), so the result covers indexes
@@ -163,7 +162,7 @@ class Frontier:
         size = self._size
         try:
             for h in leaves:
-                if len(h) != HASH_BYTES:
+                if len(h) != HASH_SIZE:
                     check(False, "leaf hash is not 32 bytes")
                 emit(h)
                 # Each trailing 1 bit of the old size is a perfect subtree that this leaf's
@@ -195,7 +194,7 @@ def _fold_right(hashes: Sequence[bytes]) -> bytes:
     return h
 
 
-# --- Reads: indexes -> one query -> pure compute --------------------------------------------------
+# --- Reads: indexes -> one query -> pure compute -------------------------------------------------
 #
 # Each reader is a port of tlog's pair (xxxIndex, xxx). The *_index walk appends the stored indexes
 # a result needs; the matching compute walk takes the same path and consumes the hashes in the same
@@ -249,7 +248,7 @@ def tree_hash_indexes(n: int) -> list[int]:
 
 
 def tree_hash(n: int, hashes: Sequence[bytes]) -> bytes:
-    """Return the RFC 9162 §2.1.1 root of the tree of n leaves from the hashes at tree_hash_indexes(n)."""
+    """Return the RFC 9162 §2.1.1 root of n leaves from the hashes at tree_hash_indexes(n)."""
     _check_size(n)
     cur = _Cursor(hashes)
     root = _subtree_hash(0, n, cur) if n else EMPTY_ROOT
@@ -263,7 +262,7 @@ def _check_inclusion_args(index: int, n: int) -> None:
 
 
 def inclusion_proof_indexes(index: int, n: int) -> list[int]:
-    """Return the stored indexes needed for the inclusion proof of leaf `index` in a tree of n leaves."""
+    """Return the stored indexes needed to prove leaf `index` in the tree of n leaves."""
     _check_inclusion_args(index, n)
     need: list[int] = []
     _leaf_proof_index(0, n, index, need)
@@ -368,11 +367,11 @@ def _tree_proof(lo: int, hi: int, m: int, cur: _Cursor, proof: list[bytes]) -> N
         proof.append(sibling)
 
 
-# --- Verification (RFC 9162 §2.1.3.2, §2.1.4.2) ---------------------------------------------------
+# --- Verification (RFC 9162 §2.1.3.2, §2.1.4.2) --------------------------------------------------
 
 
 def _all_hashes(hashes: Sequence[bytes]) -> bool:
-    return all(isinstance(h, (bytes, bytearray)) and len(h) == HASH_BYTES for h in hashes)
+    return all(isinstance(h, (bytes, bytearray)) and len(h) == HASH_SIZE for h in hashes)
 
 
 def verify_inclusion(
@@ -382,7 +381,7 @@ def verify_inclusion(
     # RFC 9162 §2.1.3.2 step 1: leaf_index >= tree_size fails.
     if index < 0 or size < 0 or index >= size:
         return False
-    if len(leaf_hash) != HASH_BYTES or len(root) != HASH_BYTES or not _all_hashes(proof):
+    if len(leaf_hash) != HASH_SIZE or len(root) != HASH_SIZE or not _all_hashes(proof):
         return False
     # Step 2-3.
     fn, sn = index, size - 1
@@ -418,7 +417,7 @@ def verify_consistency(
         return False
     if size1 == size2:
         return len(proof) == 0 and bytes(root1) == bytes(root2)
-    if len(root1) != HASH_BYTES or len(root2) != HASH_BYTES or not _all_hashes(proof):
+    if len(root1) != HASH_SIZE or len(root2) != HASH_SIZE or not _all_hashes(proof):
         return False
     # RFC 9162 §2.1.4.2 step 1: an empty proof fails (here size1 < size2).
     if not proof:

@@ -81,21 +81,29 @@ class OwnLog:
         return sign_checkpoint(Checkpoint(self.origin_line, size, root), self.seed)
 
     def open(self, conn: sqlite3.Connection, now_ms: int) -> None:
-        """Load the frontier (O(log n) reads) and check it against the last signed checkpoint (P4)."""
+        """Load the frontier (O(log n) reads) and check it against the last signed checkpoint (P4).
+
+        A failed check does not stop the node: it serves reads and refuses
+        writes (`read_only`), so an operator can inspect it and run verify-db.
+        """
         self.origin_id, size = log_store.ensure_origin(conn, self.public_key)
-        self.frontier = merkle_store.load_frontier(conn, self.origin_id, size)
         latest = log_store.latest_checkpoint(conn, self.origin_id)
-        if latest is None:
-            check(size == 0, "a non-empty log has a checkpoint")
+        if latest is None and size == 0:
             note = self.sign(0, EMPTY_ROOT)
             log_store.store_checkpoint(conn, self.origin_id, 0, EMPTY_ROOT, note, now_ms)
             latest = log_store.latest_checkpoint(conn, self.origin_id)
-            check(latest is not None, "size-0 checkpoint stored")
-        cp, _others = open_checkpoint(latest.note, self.public_key)  # type: ignore[union-attr]
-        check(cp.size == size, f"last checkpoint size {cp.size} equals log size {size}")
-        check(cp.root == self.frontier.root(), "stored tree root equals the last signed checkpoint's root")
-        self.checkpoint_note = latest.note  # type: ignore[union-attr]
-        self.checkpoint_size = size
+        if latest is not None:
+            self.checkpoint_note = latest.note
+            self.checkpoint_size = latest.size
+        try:
+            check(latest is not None, "a non-empty log has a checkpoint")
+            self.frontier = merkle_store.load_frontier(conn, self.origin_id, size)
+            cp, _others = open_checkpoint(latest.note, self.public_key)  # type: ignore[union-attr]
+            check(cp.size == size, f"last checkpoint size {cp.size} equals log size {size}")
+            check(cp.root == self.frontier.root(), "stored tree root equals the last signed checkpoint's root")
+        except LedgerError as e:
+            self.read_only_reason = f"startup check failed: {e.message}"
+            logger.critical("%s; serving reads only (run `ats verify-db`)", self.read_only_reason)
 
 
 @dataclass

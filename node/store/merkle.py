@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from itertools import repeat
 
 from ledger import merkle
+from ledger.constants import HASH_SIZE
 from ledger.errors import check
 
 TREE_HASHES_DDL = (
@@ -36,26 +37,37 @@ _PARAMS_MAX = 500
 _INSERT = "INSERT INTO tree_hashes (origin, sidx, hash) VALUES (?, ?, ?)"
 
 
+def _select_sql(count: int) -> str:
+    """The SELECT for `count` indexes; one string per count, so sqlite3's statement cache hits."""
+    sql = _SELECT_BY_COUNT.get(count)
+    if sql is None:
+        marks = ",".join("?" * count)
+        sql = f"SELECT sidx, hash FROM tree_hashes WHERE origin = ? AND sidx IN ({marks})"
+        _SELECT_BY_COUNT[count] = sql
+    return sql
+
+
+_SELECT_BY_COUNT: dict[int, str] = {}
+
+
 def read_hashes(conn: sqlite3.Connection, origin: int, indexes: Sequence[int]) -> list[bytes]:
-    """Return the stored hashes at `indexes`, in that order; InvariantViolation if any is missing."""
+    """Return the stored hashes at `indexes`, in order; InvariantViolation if one is missing."""
     if not indexes:
         return []
-    found: dict[int, bytes] = {}
-    for start in range(0, len(indexes), _PARAMS_MAX):
-        chunk = indexes[start : start + _PARAMS_MAX]
-        sql = (
-            "SELECT sidx, hash FROM tree_hashes WHERE origin = ? AND sidx IN ("
-            + ",".join("?" * len(chunk))
-            + ")"
-        )
-        found.update(conn.execute(sql, (origin, *chunk)).fetchall())
-    try:
-        hashes = [found[i] for i in indexes]
-    except KeyError as missing:
-        check(False, f"origin {origin}: stored hash {missing.args[0]} is missing")
-        raise  # unreachable: check(False) raises
-    for h in hashes:
-        check(len(h) == merkle.HASH_BYTES, f"origin {origin}: a stored hash is not 32 bytes")
+    if len(indexes) <= _PARAMS_MAX:  # every proof and root: one query
+        found = dict(conn.execute(_select_sql(len(indexes)), (origin, *indexes)).fetchall())
+    else:
+        found = {}
+        for start in range(0, len(indexes), _PARAMS_MAX):
+            chunk = indexes[start : start + _PARAMS_MAX]
+            found.update(conn.execute(_select_sql(len(chunk)), (origin, *chunk)).fetchall())
+    missing = [i for i in indexes if i not in found]
+    check(not missing, f"origin {origin}: stored hashes {missing[:8]} are missing")
+    hashes = [found[i] for i in indexes]
+    check(
+        all(len(h) == HASH_SIZE for h in hashes),
+        f"origin {origin}: a stored hash is not {HASH_SIZE} bytes",
+    )
     return hashes
 
 

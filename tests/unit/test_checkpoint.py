@@ -101,7 +101,7 @@ def enoch() -> Verifier:
 
 def peter_seed() -> bytes:
     # sumdb/note signer key: "PRIVATE+KEY+<name>+<hash>+base64(0x01 ‖ seed)".
-    key = base64.b64decode(PETER_SKEY.split("+")[4])
+    key = base64.b64decode(PETER_SKEY.split("+", 4)[4])
     assert key[0] == ALG_ED25519 and len(key) == 33
     return key[1:]
 
@@ -121,7 +121,7 @@ def sample_checkpoint(size: int = 7) -> Checkpoint:
 
 def oracle_open(note: bytes, vkey: str) -> bytes:
     """Verify note with vkey the way any C2SP signed-note verifier would; return the text."""
-    name, hash_hex, key_b64 = vkey.split("+")
+    name, hash_hex, key_b64 = vkey.split("+", 2)
     key = base64.b64decode(key_b64, validate=True)
     assert key[0] == 0x01 and len(key) == 33
     assert hashlib.sha256(name.encode() + b"\n" + key).digest()[:4].hex() == hash_hex
@@ -175,7 +175,7 @@ def test_go_verifier_key_parses_to_peter_neumanns_key() -> None:
 def test_go_signer_key_derives_the_same_public_key_and_hash() -> None:
     pub = bytes(SigningKey(peter_seed()).verify_key)
     assert pub == parse_verifier_key(PETER_VKEY)[2]
-    assert key_hash("PeterNeumann", ALG_ED25519, pub).hex() == PETER_SKEY.split("+")[3]
+    assert key_hash("PeterNeumann", ALG_ED25519, pub).hex() == PETER_SKEY.split("+", 4)[3]
 
 
 def test_go_verifier_key_substrings_and_byte_increments_are_rejected() -> None:

@@ -99,7 +99,7 @@ def tlog_stored_hash_count(n: int) -> int:
     return num
 
 
-# --- Storage: a dict, filled by Frontier ----------------------------------------------------------
+# --- Storage: a dict, filled by Frontier ---------------------------------------------------------
 
 
 class DictLog:
@@ -139,7 +139,7 @@ def _flip(h: bytes, bit: int = 0) -> bytes:
     return bytes([h[0] ^ (1 << bit)]) + h[1:]
 
 
-# --- Hashes and layout ----------------------------------------------------------------------------
+# --- Hashes and layout ---------------------------------------------------------------------------
 
 
 def test_hashes_use_rfc9162_domain_separation() -> None:
@@ -163,7 +163,7 @@ def test_stored_hash_index_rejects_negative_coordinates() -> None:
         assert err.value.code == "bad_range"
 
 
-# --- Appends and roots ----------------------------------------------------------------------------
+# --- Appends and roots ---------------------------------------------------------------------------
 
 
 def test_frontier_root_equals_mth_for_every_size_0_to_64() -> None:
@@ -177,7 +177,7 @@ def test_frontier_root_equals_mth_for_every_size_0_to_64() -> None:
         assert log.root(n) == mth(0, n)
         # Stored hashes are dense: indexes 0 .. count-1, exactly stored_hash_count(n) of them.
         assert sorted(log.stored) == list(range(merkle.stored_hash_count(n)))
-        # Appending leaf n-1 stores the leaf and one parent per trailing 1 bit of n-1 (StoredHashes).
+        # Leaf n-1 stores itself and one parent per trailing 1 bit of n-1 (tlog StoredHashes).
         first = merkle.stored_hash_index(0, n - 1)
         assert [sidx for sidx, _ in pairs] == list(range(first, first + len(pairs)))
         assert len(pairs) == 1 + ((n - 1) ^ n).bit_length() - 1
@@ -232,7 +232,7 @@ def test_appending_a_leaf_that_is_not_32_bytes_is_an_invariant_violation() -> No
         merkle.Frontier.from_hashes(3, [merkle.EMPTY_ROOT])  # size 3 needs two hashes
 
 
-# --- Inclusion proofs -----------------------------------------------------------------------------
+# --- Inclusion proofs ----------------------------------------------------------------------------
 
 
 def test_every_inclusion_proof_up_to_64_is_rfc_path_and_verifies(log64: DictLog) -> None:
@@ -297,7 +297,7 @@ def test_inclusion_verification_rejects_bad_arguments() -> None:
     assert not merkle.verify_inclusion(0, 1, leaf, [], leaf + b"\x00")
 
 
-# --- Consistency proofs ---------------------------------------------------------------------------
+# --- Consistency proofs --------------------------------------------------------------------------
 
 
 def test_every_consistency_proof_up_to_64_is_rfc_proof_and_verifies(log64: DictLog) -> None:
@@ -348,7 +348,7 @@ def test_consistency_edge_rules_follow_transparency_dev() -> None:
     assert not merkle.verify_consistency(3, 5, r1, r2, [])
 
 
-# --- Bad ranges and the P4 consumption check ------------------------------------------------------
+# --- Bad ranges and the P4 consumption check -----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -388,7 +388,7 @@ def test_proofs_must_consume_exactly_the_hashes_read(log64: DictLog) -> None:
         merkle.tree_hash(0, [merkle.EMPTY_ROOT])
 
 
-# --- Beyond 64: random shapes up to 2048 leaves ---------------------------------------------------
+# --- Beyond 64: random shapes up to 2048 leaves --------------------------------------------------
 
 
 @settings(max_examples=150, deadline=None)
