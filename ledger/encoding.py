@@ -106,6 +106,19 @@ def decode(data: bytes) -> Any:
         raise Malformed("malformed_cbor", f"CBOR does not decode: {type(e).__name__}") from None
 
 
+_PLAIN = (int, bytes, str, bool, type(None))
+
+
+def _text_keys_only(value: Any) -> bool:
+    """True if value is plain data (no floats, tags, …) whose maps all have text keys."""
+    t = type(value)
+    if t is dict:
+        return all(type(k) is str and _text_keys_only(v) for k, v in value.items())
+    if t is list:
+        return all(_text_keys_only(v) for v in value)
+    return t in _PLAIN
+
+
 def decode_canonical(data: bytes) -> Any:
     """Decode data and require it to be exactly its deterministic encoding.
 
@@ -113,6 +126,15 @@ def decode_canonical(data: bytes) -> Any:
     or tag, Malformed("not_canonical") if it is not deterministic.
     """
     value = decode(data)
+    # Fast path: when every map key is text, length-first order (cbor2's
+    # canonical mode, in C) and bytewise order coincide, because a text key's
+    # head byte grows with its length. Anything else takes the exact encoder.
+    if _text_keys_only(value):
+        try:
+            if cbor2.dumps(value, canonical=True) == data:
+                return value
+        except (cbor2.CBOREncodeError, ValueError, OverflowError):
+            pass
     if encode(value) != data:
         raise Malformed(
             "not_canonical",

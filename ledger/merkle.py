@@ -183,6 +183,9 @@ class Frontier:
         """Return the RFC 9162 §2.1.1 root of the current tree (EMPTY_ROOT when empty)."""
         return _fold_right(self._hashes)
 
+    def __repr__(self) -> str:
+        return f"Frontier(size={self._size}, root={self.root().hex()})"
+
 
 def _fold_right(hashes: Sequence[bytes]) -> bytes:
     """Hash the frontier right to left: MTH of a tree is node(left perfect subtree, MTH(rest))."""
@@ -270,7 +273,7 @@ def inclusion_proof_indexes(index: int, n: int) -> list[int]:
 
 
 def _leaf_proof_index(lo: int, hi: int, m: int, need: list[int]) -> None:
-    """Append the indexes for PATH(m, D[lo:hi]) (tlog leafProofIndex)."""
+    """Append the indexes for PATH(m - lo, D[lo:hi]) (tlog leafProofIndex)."""
     if lo + 1 == hi:
         return
     k = _largest_pow2_below(hi - lo)

@@ -98,6 +98,10 @@ async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -
     except OSError as e:
         await runner.cleanup()
         raise SystemExit(f"ats node: cannot listen on {config.listen_host}:{config.listen_port}: {e.strerror}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}"
     own = app[OWN_LOG_KEY]
@@ -105,10 +109,6 @@ async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -
     print(line, flush=True)
     if on_ready:
         on_ready(url)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("ats node: shutting down", file=sys.stderr, flush=True)
     await runner.cleanup()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -36,7 +35,7 @@ from node.clock import SystemClock
 from node.metrics import NodeMetrics
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
-from node.store.sqlite import Database
+from node.store.sqlite import Connection, Database, StorageError
 
 logger = logging.getLogger("ats.ingest")
 
@@ -80,7 +79,7 @@ class OwnLog:
     def sign(self, size: int, root: bytes) -> str:
         return sign_checkpoint(Checkpoint(self.origin_line, size, root), self.seed)
 
-    def open(self, conn: sqlite3.Connection, now_ms: int) -> None:
+    def open(self, conn: Connection, now_ms: int) -> None:
         """Load the frontier (O(log n) reads) and check it against the last signed checkpoint (P4).
 
         A failed check does not stop the node: it serves reads and refuses
@@ -186,7 +185,7 @@ class Committer:
             logger.critical("invariant violated while committing; node is now read-only: %s", e)
             self._fail(batch, e)
             return
-        except sqlite3.Error as e:
+        except StorageError as e:
             logger.error("commit failed, batch rolled back: %s", e)
             self._fail(batch, NotReady("not_ready", f"storage error, nothing was written: {e}"))
             return
@@ -213,7 +212,7 @@ class Committer:
             if not p.future.done():
                 p.future.set_exception(error)
 
-    def _write(self, conn: sqlite3.Connection, envelopes: Sequence[Envelope], now_ms: int):
+    def _write(self, conn: Connection, envelopes: Sequence[Envelope], now_ms: int):
         """Writer thread: duplicates, clock rule, then one append transaction."""
         own = self._own
         held = log_store.find_entries(conn, [env.event.id for env in envelopes])

@@ -9,7 +9,6 @@ is computed in memory, so a proof costs O(log n) point reads.
 from __future__ import annotations
 
 import base64
-import sqlite3
 from typing import Any
 
 from ledger.errors import Invalid, NotFound
@@ -19,7 +18,7 @@ from ledger.windows import window_bounds
 from node.ingest import OwnLog, receipt
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
-from node.store.sqlite import Database
+from node.store.sqlite import Connection, Database
 
 # The window each kind's totals are reported over until budgets define their own.
 DEFAULT_WINDOWS = {"act": "day", "dat": "day", "cpt": "hour", "trt": "week"}
@@ -64,7 +63,7 @@ class Queries:
 
     # -- origins --------------------------------------------------------------
 
-    def _origin(self, conn: sqlite3.Connection, origin_hex: str | None) -> tuple[bytes, int, int]:
+    def _origin(self, conn: Connection, origin_hex: str | None) -> tuple[bytes, int, int]:
         """(public key, row id, checkpointed size) of the named origin, or this node's."""
         if origin_hex is None:
             return self._own.public_key, self._own.origin_id, self._own.checkpoint_size
@@ -80,7 +79,7 @@ class Queries:
     async def event(self, id_hex: str) -> dict[str, Any]:
         event_id = parse_hex32(id_hex, "event id")
 
-        def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        def run(conn: Connection) -> dict[str, Any]:
             stored = log_store.find_entries(conn, [event_id]).get(event_id)
             if stored is None:
                 raise NotFound("event_not_found", f"no event with id {id_hex}")
@@ -100,7 +99,7 @@ class Queries:
         if origin_hex is None or origin_hex == self._own.public_key.hex():
             return self._own.checkpoint_note
 
-        def run(conn: sqlite3.Connection) -> str:
+        def run(conn: Connection) -> str:
             _key, origin_id, _size = self._origin(conn, origin_hex)
             cp = log_store.latest_checkpoint(conn, origin_id)
             if cp is None:
@@ -112,12 +111,10 @@ class Queries:
     async def inclusion(self, id_hex: str, origin_hex: str | None, size: int | None) -> dict[str, Any]:
         event_id = parse_hex32(id_hex, "id")
 
-        def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        def run(conn: Connection) -> dict[str, Any]:
             if origin_hex is not None:
                 key, origin_id, latest = self._origin(conn, origin_hex)
-                row = conn.execute(
-                    "SELECT idx, envelope FROM entries WHERE origin = ? AND event_id = ?", (origin_id, event_id)
-                ).fetchone()
+                row = log_store.entry_in_origin(conn, origin_id, event_id)
             else:
                 stored = log_store.find_entries(conn, [event_id]).get(event_id)
                 row = None
@@ -144,7 +141,7 @@ class Queries:
         return await self._db.read(run)
 
     async def consistency(self, first: int, second: int | None, origin_hex: str | None) -> dict[str, Any]:
-        def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        def run(conn: Connection) -> dict[str, Any]:
             key, origin_id, latest = self._origin(conn, origin_hex)
             to = latest if second is None else second
             if to > latest:
@@ -163,7 +160,7 @@ class Queries:
         return await self._db.read(run)
 
     async def entries(self, start: int, end: int, origin_hex: str | None) -> dict[str, Any]:
-        def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        def run(conn: Connection) -> dict[str, Any]:
             key, origin_id, latest = self._origin(conn, origin_hex)
             if start < 0 or end < start:
                 raise Invalid("bad_range", "need 0 <= start <= end")
@@ -184,7 +181,7 @@ class Queries:
         if since > until:
             raise Invalid("bad_range", "since must not be after until")
 
-        def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        def run(conn: Connection) -> dict[str, Any]:
             totals = {}
             for k, count, *sums in log_store.usage_totals(conn, agent, since, until, kind):
                 names = KINDS[k].METRICS if k in KINDS else ()
@@ -209,7 +206,7 @@ class Queries:
     async def balance(self, agent_hex: str, now_ms: int) -> dict[str, Any]:
         agent = parse_hex32(agent_hex, "agent")
 
-        def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        def run(conn: Connection) -> dict[str, Any]:
             budgets = []
             for kind, window in DEFAULT_WINDOWS.items():
                 start, end = window_bounds(window, now_ms)

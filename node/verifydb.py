@@ -10,7 +10,6 @@ stored tree hashes must give the same root. Reads only: safe on a running node.
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,7 +21,7 @@ from ledger.signing import verify
 from node.progress import Progress
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
-from node.store.sqlite import connect
+from node.store.sqlite import Connection, connect
 
 CHUNK = 2000
 
@@ -46,7 +45,7 @@ def _check_chunk(rows: list[tuple[int, bytes, bytes]]) -> list[bytes]:
     return leaves
 
 
-def verify_origin(conn: sqlite3.Connection, origin_id: int, public_key: bytes, pool: ThreadPoolExecutor, show: bool) -> int:
+def verify_origin(conn: Connection, origin_id: int, public_key: bytes, pool: ThreadPoolExecutor, show: bool) -> int:
     """Verify one origin log; returns its checkpointed size; raises VerifyFailed."""
     cp_row = log_store.latest_checkpoint(conn, origin_id)
     if cp_row is None:
@@ -68,10 +67,7 @@ def verify_origin(conn: sqlite3.Connection, origin_id: int, public_key: bytes, p
 
     last = -1
     while expected < size:
-        rows = conn.execute(
-            "SELECT idx, event_id, envelope FROM entries WHERE origin = ? AND idx >= ? AND idx < ? ORDER BY idx",
-            (origin_id, expected, min(size, expected + CHUNK)),
-        ).fetchall()
+        rows = log_store.entries_with_ids(conn, origin_id, expected, min(size, expected + CHUNK))
         if not rows:
             raise VerifyFailed(f"origin {public_key.hex()}: entry {expected} is missing")
         for idx, _eid, _env in rows:

@@ -66,6 +66,7 @@ class HttpTransport:
         self._rng = rng or random.Random()  # jitter only; P2: an instance, not the module
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
+        self.retry_count = 0  # retries made so far, over all requests (for metrics and tests)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -104,9 +105,7 @@ class HttpTransport:
             retry_after_s = None
             try:
                 async with self._client().request(method, self.url + path, params=params, data=data, headers=headers) as resp:
-                    body = await resp.content.read(RESPONSE_BYTES_MAX + 1)
-                    if len(body) > RESPONSE_BYTES_MAX:
-                        raise AtsError("bad_response", f"answer is larger than {RESPONSE_BYTES_MAX} bytes", resp.status)
+                    body = await _read_bounded(resp)
                     if resp.status != 503 or attempt == self.retries:
                         return resp.status, body, resp.headers
                     retry_after_s = parse_retry_after(resp.headers.get("Retry-After"))
@@ -115,6 +114,7 @@ class HttpTransport:
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 if attempt == self.retries:
                     break
+            self.retry_count += 1
             await self._sleep(self.delay_s(attempt, retry_after_s))
         raise AtsUnreachable(f"no answer from {self.url}{path} after {self.retries + 1} attempts ({last})")
 
@@ -137,6 +137,18 @@ class HttpTransport:
             return body.decode("utf-8")
         except UnicodeDecodeError:
             raise AtsError("bad_response", f"{path} answered with text that is not UTF-8", status) from None
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole response body, refusing more than RESPONSE_BYTES_MAX (P6)."""
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await resp.content.read(65_536):
+        total += len(chunk)
+        if total > RESPONSE_BYTES_MAX:
+            raise AtsError("bad_response", f"answer is larger than {RESPONSE_BYTES_MAX} bytes", resp.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _decode_json(body: bytes) -> Any:

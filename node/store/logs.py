@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from ledger.errors import check
 from ledger.events import Envelope
@@ -156,18 +156,19 @@ def entries_range(conn: sqlite3.Connection, origin_id: int, start: int, end: int
     return [r[0] for r in rows]
 
 
-def iter_leaf_data(conn: sqlite3.Connection, origin_id: int, start: int = 0, chunk: int = 10_000) -> Iterable[tuple[int, bytes]]:
-    """(index, envelope) of every entry from start, streamed in chunks."""
-    idx = start
-    while True:
-        rows = conn.execute(
-            "SELECT idx, envelope FROM entries WHERE origin = ? AND idx >= ? ORDER BY idx LIMIT ?",
-            (origin_id, idx, chunk),
-        ).fetchall()
-        if not rows:
-            return
-        yield from rows
-        idx = rows[-1][0] + 1
+def entry_in_origin(conn: sqlite3.Connection, origin_id: int, event_id: bytes) -> tuple[int, bytes] | None:
+    """(index, envelope) of an event in one origin log, or None."""
+    return conn.execute(
+        "SELECT idx, envelope FROM entries WHERE origin = ? AND event_id = ?", (origin_id, event_id)
+    ).fetchone()
+
+
+def entries_with_ids(conn: sqlite3.Connection, origin_id: int, start: int, end: int) -> list[tuple[int, bytes, bytes]]:
+    """(index, event id, envelope) at [start, end) of an origin log, in order."""
+    return conn.execute(
+        "SELECT idx, event_id, envelope FROM entries WHERE origin = ? AND idx >= ? AND idx < ? ORDER BY idx",
+        (origin_id, start, end),
+    ).fetchall()
 
 
 def usage_totals(

@@ -26,6 +26,13 @@ from node.store import schema
 
 T = TypeVar("T")
 
+# Re-exported so code outside node/store/ names connections without importing sqlite3.
+Connection = sqlite3.Connection
+
+
+class StorageError(Exception):
+    """SQLite failed (disk full, I/O error, locked): the operation's transaction rolled back."""
+
 
 def connect(path: str, *, readonly: bool = False, synchronous: str = "full") -> sqlite3.Connection:
     """A configured connection. Autocommit mode: transactions are explicit."""
@@ -61,6 +68,13 @@ def open_database(path: str, synchronous: str = "full") -> sqlite3.Connection:
     return conn
 
 
+def _wrapped(fn: Callable[..., T], conn: sqlite3.Connection | None, args: tuple) -> T:
+    try:
+        return fn(conn, *args)
+    except sqlite3.Error as e:
+        raise StorageError(f"{type(e).__name__}: {e}") from e
+
+
 class Database:
     """The single writer connection and the reader pool, used from asyncio."""
 
@@ -92,12 +106,12 @@ class Database:
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(writer_conn, *args) on the writer thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer_pool, lambda: fn(self._writer, *args))
+        return await loop.run_in_executor(self._writer_pool, _wrapped, fn, self._writer, args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(reader_conn, *args) on a reader thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reader_pool, lambda: fn(self._reader(), *args))
+        return await loop.run_in_executor(self._reader_pool, lambda: _wrapped(fn, self._reader(), args))
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

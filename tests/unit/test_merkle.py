@@ -391,6 +391,16 @@ def test_proofs_must_consume_exactly_the_hashes_read(log64: DictLog) -> None:
 # --- Beyond 64: random shapes up to 2048 leaves --------------------------------------------------
 
 
+def _build_log2048() -> DictLog:
+    log = DictLog()
+    for data in DATA:
+        log.append(data)
+    return log
+
+
+_LOG2048 = _build_log2048()
+
+
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_random_proofs_in_larger_trees_match_the_oracle(data: st.DataObject) -> None:
@@ -405,13 +415,3 @@ def test_random_proofs_in_larger_trees_match_the_oracle(data: st.DataObject) -> 
     c = log.consistency(m, n)
     assert c == proof(m, n)
     assert merkle.verify_consistency(m, n, mth(0, m), mth(0, n), c)
-
-
-def _build_log2048() -> DictLog:
-    log = DictLog()
-    for data in DATA:
-        log.append(data)
-    return log
-
-
-_LOG2048 = _build_log2048()

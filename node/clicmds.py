@@ -1,0 +1,205 @@
+"""The SDK-backed `ats` commands: submit, checkpoint, audit (argparse lives in node/cli.py).
+
+Exit codes (node/cli.py): 0 ok; 1 the node refused, or a verification failed;
+2 usage (bad key file, body or verifier key); 3 the node could not be reached.
+Every verification runs locally with `ledger/` code through `node.sdk.Auditor`;
+the node's word is only ever input to a check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from ledger.checkpoint import Checkpoint, parse_verifier_key
+from ledger.errors import LedgerError
+from node.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
+from node.sdk import AgentClient, AtsError, AtsUnreachable, Auditor, AuditFailed
+
+# Body fields that are bytes(32) on the wire (PROTOCOL.md §3), written as hex in JSON.
+BYTES_FIELDS = frozenset({"result", "src", "dst", "subject"})
+NOTE_FILE_BYTES_MAX = 65_536  # ledger.checkpoint.NOTE_BYTES_MAX: a saved note is bounded before reading (P6)
+
+
+class UsageError(Exception):
+    """Bad input on the command line: exit 2."""
+
+
+def body_from_json(text: str) -> dict[str, Any]:
+    """The event body from --body JSON, with 64-hex strings in bytes fields turned into bytes."""
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"--body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise UsageError("--body must be a JSON object")
+    body = dict(doc)
+    for name in sorted(BYTES_FIELDS & body.keys()):
+        value = body[name]
+        if not isinstance(value, str) or len(value) != 64:
+            raise UsageError(f"--body field {name!r} must be 64 hex digits")
+        try:
+            body[name] = bytes.fromhex(value)
+        except ValueError:
+            raise UsageError(f"--body field {name!r} must be 64 hex digits") from None
+    return body
+
+
+def _check_vkey(vkey: str | None) -> None:
+    if vkey is not None:
+        try:
+            parse_verifier_key(vkey)
+        except LedgerError as e:
+            raise UsageError(f"--vkey: {e.message}") from None
+
+
+def _run(coro_fn: Any, args: argparse.Namespace) -> int:
+    """Run one command coroutine and map the SDK's exceptions to exit codes."""
+    try:
+        return asyncio.run(coro_fn(args))
+    except UsageError as e:
+        return fail(str(e), EXIT_USAGE)
+    except AtsUnreachable as e:
+        return fail(f"cannot reach the node: {e.message}", EXIT_UNREACHABLE)
+    except AtsError as e:
+        return fail(f"{e.code}: {e.message}", EXIT_FAILED)
+
+
+def _warn_tofu(auditor: Auditor) -> None:
+    if auditor.trust_on_first_use:
+        print(
+            f"ats: no --vkey given: trusting the key the node reports (trust on first use): {auditor.vkey}",
+            file=sys.stderr,
+        )
+
+
+# -- submit ---------------------------------------------------------------------
+
+
+def submit(args: argparse.Namespace) -> int:
+    """`ats submit KIND --key FILE --body JSON`: sign, send, print the receipt."""
+    from node.keys import KeyFileError, read_key
+
+    try:
+        seed = read_key(args.key)
+    except KeyFileError as e:
+        return fail(str(e), EXIT_USAGE)
+    return _run(lambda a: _submit(a, seed), args)
+
+
+async def _submit(args: argparse.Namespace, seed: bytes) -> int:
+    body = body_from_json(args.body)
+    async with AgentClient(args.url, seed) as agent:
+        receipt = await agent.submit(args.kind, body, args.ts)
+    print(json.dumps(receipt, indent=2))
+    return EXIT_OK
+
+
+# -- checkpoint -----------------------------------------------------------------
+
+
+def _verified_line(cp: Checkpoint) -> str:
+    return f"verified: origin {cp.origin} size {cp.size} root {cp.root.hex()}"
+
+
+def checkpoint(args: argparse.Namespace) -> int:
+    """`ats checkpoint`: fetch the latest checkpoint, verify its signature, print it."""
+    return _run(_checkpoint, args)
+
+
+async def _checkpoint(args: argparse.Namespace) -> int:
+    _check_vkey(args.vkey)
+    async with Auditor(args.url, args.vkey) as auditor:
+        try:
+            cp, note = await auditor.checkpoint(args.origin)
+        except AuditFailed as e:
+            _warn_tofu(auditor)
+            print(f"FAIL checkpoint: {e.reason}")
+            return EXIT_FAILED
+        _warn_tofu(auditor)
+    sys.stdout.write(note)
+    print(_verified_line(cp))
+    return EXIT_OK
+
+
+# -- audit ----------------------------------------------------------------------
+
+
+def audit(args: argparse.Namespace) -> int:
+    """`ats audit [--id ID]... [--since FILE] [--save FILE]`: one line per check; exit 1 on any FAIL."""
+    return _run(_audit, args)
+
+
+def _read_note(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(NOTE_FILE_BYTES_MAX + 1)
+    except OSError as e:
+        raise UsageError(f"cannot read checkpoint file {path}: {e.strerror}") from None
+    if len(raw) > NOTE_FILE_BYTES_MAX:
+        raise AuditFailed(f"{path} is larger than a checkpoint note can be ({NOTE_FILE_BYTES_MAX} bytes)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuditFailed(f"{path} is not UTF-8 text") from None
+
+
+def _save_note(path: str, note: str) -> None:
+    """Write the verified note atomically (temp file, fsync, rename)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(note)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    _check_vkey(args.vkey)
+    failures = 0
+
+    def failed(what: str, reason: str) -> None:
+        nonlocal failures
+        failures += 1
+        print(f"FAIL {what}: {reason}", flush=True)
+
+    async with Auditor(args.url, args.vkey) as auditor:
+        try:
+            cp, note = await auditor.checkpoint(args.origin)
+        except AuditFailed as e:
+            _warn_tofu(auditor)
+            failed("checkpoint", e.reason)
+            return EXIT_FAILED
+        _warn_tofu(auditor)
+        print(f"ok   checkpoint origin {cp.origin} size {cp.size} root {cp.root.hex()}", flush=True)
+        for event_id in args.ids:
+            try:
+                proved = await auditor.prove_inclusion(event_id, cp)
+            except AuditFailed as e:
+                failed(f"inclusion {event_id}", e.reason)
+                continue
+            print(f"ok   inclusion {event_id} index {proved['index']} size {proved['size']}", flush=True)
+        if args.since:
+            try:
+                old = await auditor.verify_note(_read_note(args.since), args.origin)
+            except AuditFailed as e:
+                failed(f"since {args.since}", e.reason)
+            else:
+                try:
+                    await auditor.prove_consistency(old, cp)
+                except AuditFailed as e:
+                    failed(f"consistency {old.size} -> {cp.size}", e.reason)
+                else:
+                    note_0 = " (nothing to prove from the empty tree)" if old.size == 0 else ""
+                    print(f"ok   consistency {old.size} -> {cp.size}{note_0}", flush=True)
+    if failures:
+        return EXIT_FAILED
+    if args.save:
+        # Only a checkpoint whose every check passed becomes the next --since.
+        _save_note(args.save, note)
+        print(f"saved checkpoint size {cp.size} to {args.save}", file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,635 @@
+"""Benchmark durable ingest against a real `ats node` process on 127.0.0.1.
+
+    python scripts/bench_ingest.py [--events 60000] [--agents 1000] [--batch 500] [--conns 6]
+                                   [--rate 2000] [--seconds 5] [--clients 1] [--schedule poisson|fixed]
+                                   [--synchronous full|normal] [--keep]
+
+In one run, printing each figure as it goes and a summary table at the end:
+  a. the Ed25519 verify ceiling of this machine: pynacl `crypto_sign_open` over pre-signed ~200-byte
+     events, one process per core, for --ceiling-seconds (3 s);
+  b. pre-signs --events envelopes for the batch phase plus rate × seconds (+10 %) for the single
+     phase, from --agents agents, with a multiprocessing pool, with ts = now (the node runs with
+     ATS_SKEW_MS=3600000 so none goes stale), before any timer starts;
+  c. batch ingest: a node (NodeProcess, default settings: sqlite_synchronous=full) and --conns
+     concurrent submitters each POSTing CBOR arrays of --batch envelopes to /v1/events/batch;
+     events/s counted from "accepted" receipts only (all must be accepted), the ratio to the
+     ceiling (target >= 0.75), and the node's ats_commit_batch_events histogram (mean per commit);
+  d. single events, open loop: POST /v1/events at --rate requests/s for --seconds on a Poisson
+     (or fixed-interval) schedule fixed in advance; each latency runs from the request's SCHEDULED
+     send time to its reply (coordinated-omission-free), so a client or server that falls behind
+     shows as latency. The client's own lag (actual send - scheduled) is printed too: when it is
+     large the client, not the node, is the bottleneck (then try --clients 2).
+     Target: p99 <= 2 ms at 2,000 requests/s.
+The data dir is a temp folder under /tmp, removed at the end unless --keep. Only 127.0.0.1 is
+contacted. Every node process started is killed on exit, Ctrl-C or error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiohttp  # noqa: E402
+import cbor2  # noqa: E402
+import nacl.bindings  # noqa: E402
+
+from ledger import encoding  # noqa: E402
+from ledger.constants import EVENT_SIGNING_PREFIX  # noqa: E402
+from ledger.events import make_envelope_bytes, parse_envelope  # noqa: E402
+from tests.integration.nodeproc import NodeProcess  # noqa: E402
+
+RATIO_TARGET = 0.75
+P99_TARGET_MS = 2.0
+SKEW_MS = 3_600_000
+CBOR = {"Content-Type": "application/cbor"}
+
+
+# -- pre-signed events ---------------------------------------------------------------------------
+
+_KEYPAIRS: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
+
+
+def agent_keypair(tag: bytes, agent: int) -> tuple[bytes, bytes]:
+    """(public key, secret key) of bench agent number `agent` (deterministic from tag)."""
+    key = (tag, agent)
+    kp = _KEYPAIRS.get(key)
+    if kp is None:
+        seed = hashlib.sha256(b"ats-bench-agent/" + tag + agent.to_bytes(8, "big")).digest()
+        kp = _KEYPAIRS[key] = nacl.bindings.crypto_sign_seed_keypair(seed)
+    return kp
+
+
+def event_body(kind: str, j: int) -> dict[str, Any]:
+    """A valid body of `kind` (PROTOCOL.md §3), varied by j."""
+    h = hashlib.sha256(j.to_bytes(8, "big")).digest()
+    if kind == "act":
+        return {"op": "llm.call", "cost": 1000 + j % 5000, "units": 10 + j % 4000, "result": h}
+    if kind == "dat":
+        return {"src": h, "dst": h[::-1], "read": j % 100_000, "written": j % 7_000, "dur": j % 900}
+    if kind == "cpt":
+        return {"node": "bench-node-1", "cpu": j % 64, "gpu": j % 8, "mem": 512 + j % 4096, "jobs": 1 + j % 16}
+    return {"subject": h, "type": "reliability", "value": (j % 2001) - 1000, "halflife": 86_400}
+
+
+MIX = ("act",) * 7 + ("dat", "cpt", "trt")
+
+
+def sign_range(args: tuple[int, int, int, int, bytes, str]) -> list[bytes]:
+    """Envelope bytes of events first .. first+count-1; event j is signed by agent j % agents.
+
+    Events are encoded with the ledger's deterministic CBOR encoder (as make_event_bytes does, less
+    its schema self-check: the node checks every one) and signed over "ats-event/v1\\n" ‖ event.
+    """
+    first, count, agents, ts, tag, kinds = args
+    out = []
+    for j in range(first, first + count):
+        pk, sk = agent_keypair(tag, j % agents)
+        kind = "act" if kinds == "act" else MIX[j % len(MIX)]
+        raw = encoding.encode(
+            {"v": 1, "kind": kind, "signer": pk, "ts": ts, "nonce": os.urandom(16), "body": event_body(kind, j)}
+        )
+        sig = nacl.bindings.crypto_sign(EVENT_SIGNING_PREFIX + raw, sk)[:64]
+        out.append(make_envelope_bytes(raw, sig))
+    return out
+
+
+def presign(total: int, agents: int, ts: int, *, kinds: str = "act", chunk: int = 2000,
+            processes: int | None = None) -> list[bytes]:
+    """`total` envelopes signed in a fork pool (one process per core)."""
+    tag = os.urandom(8)
+    jobs = [(s, min(chunk, total - s), agents, ts, tag, kinds) for s in range(0, total, chunk)]
+    out: list[bytes] = []
+    with mp.get_context("fork").Pool(processes or os.cpu_count() or 1) as pool:
+        for part in pool.imap(sign_range, jobs):
+            out.extend(part)
+    parse_envelope(out[0])  # the first one is checked here: a schema slip fails fast
+    return out
+
+
+def cbor_array(items: Sequence[bytes]) -> bytes:
+    """A definite-length CBOR array of already-encoded items (shortest-form header)."""
+    n = len(items)
+    if n < 24:
+        head = bytes((0x80 | n,))
+    elif n < 0x100:
+        head = bytes((0x98, n))
+    elif n < 0x10000:
+        head = bytes((0x99,)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x9A,)) + n.to_bytes(4, "big")
+    return head + b"".join(items)
+
+
+# -- a. verify ceiling -----------------------------------------------------------------------------
+
+
+def _verify_worker(signed: list[tuple[bytes, bytes]], seconds: float, start_at: float, out: Any) -> None:
+    open_ = nacl.bindings.crypto_sign_open
+    while time.monotonic() < start_at:
+        time.sleep(0.001)
+    deadline = start_at + seconds
+    done = 0
+    while True:
+        for sm, pk in signed:
+            open_(sm, pk)
+        done += len(signed)
+        if time.monotonic() >= deadline:
+            break
+    out.put((done, time.monotonic() - start_at))
+
+
+def verify_ceiling(envelopes: Sequence[bytes], seconds: float, processes: int) -> float:
+    """Verifies/s of crypto_sign_open on all cores (one process each, fixed duration)."""
+    signed = []
+    for env in envelopes[:256]:
+        m = cbor2.loads(env)
+        raw = m["event"]
+        pk = cbor2.loads(raw)["signer"]
+        signed.append((m["sig"] + EVENT_SIGNING_PREFIX + raw, pk))
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    start_at = time.monotonic() + 0.3
+    procs = [ctx.Process(target=_verify_worker, args=(signed, seconds, start_at, out)) for _ in range(processes)]
+    try:
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=seconds + 30) for _ in procs]
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(5)
+    return sum(done / elapsed for done, elapsed in results)
+
+
+# -- node helpers --------------------------------------------------------------------------------
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def system_busy_s() -> float:
+    """CPU seconds all processes of the machine have used (user+nice+system+irq+softirq+steal)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def proc_mem_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of a process, MiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def parse_histogram(text: str, name: str) -> dict[str, Any]:
+    """Buckets (cumulative), sum and count of one Prometheus histogram in /metrics text."""
+    buckets: list[tuple[str, float]] = []
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((le, float(line.rsplit(" ", 1)[1])))
+        elif line.startswith(name + "_sum "):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(name + "_count "):
+            count = float(line.rsplit(" ", 1)[1])
+    return {"buckets": buckets, "sum": total, "count": count}
+
+
+def histogram_delta(after: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
+    if before is None:
+        return after
+    b = dict(before["buckets"])
+    return {
+        "buckets": [(le, n - b.get(le, 0)) for le, n in after["buckets"]],
+        "sum": after["sum"] - before["sum"],
+        "count": after["count"] - before["count"],
+    }
+
+
+def describe_histogram(h: dict[str, Any], unit: str = "", scale: float = 1.0) -> str:
+    """One line: count, mean, and the non-empty buckets (non-cumulative)."""
+    if not h["count"]:
+        return "no observations"
+    parts, prev = [], 0.0
+    for le, cum in h["buckets"]:
+        n = cum - prev
+        prev = cum
+        if n:
+            label = le if le == "+Inf" else f"{float(le) * scale:g}"
+            parts.append(f"<={label}{unit}:{int(n)}")
+    mean = h["sum"] / h["count"] * scale
+    return f"count {int(h['count'])}, mean {mean:.2f}{unit}; buckets {' '.join(parts)}"
+
+
+async def fetch_metrics(session: aiohttp.ClientSession, url: str) -> str:
+    async with session.get(url + "/metrics") as r:
+        return await r.text()
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[i]
+
+
+# -- c. batch ingest -------------------------------------------------------------------------------
+
+
+async def batch_phase(url: str, bodies: list[bytes], sizes: list[int], conns: int) -> dict[str, Any]:
+    """POST every body to /v1/events/batch on `conns` concurrent connections."""
+    statuses: dict[str, int] = {}
+    latencies: list[float] = []
+    http_errors: list[str] = []
+    next_i = 0
+    accepted = 0
+    summary_accepted = 0
+
+    async def submitter(session: aiohttp.ClientSession) -> None:
+        nonlocal next_i, accepted, summary_accepted
+        while next_i < len(bodies):
+            i = next_i
+            next_i += 1
+            t = time.monotonic()
+            async with session.post(url + "/v1/events/batch", data=bodies[i], headers=CBOR) as r:
+                payload = await r.read()
+                status = r.status
+            latencies.append(time.monotonic() - t)
+            if status != 200:
+                http_errors.append(f"HTTP {status}: {payload[:200]!r}")
+                continue
+            doc = json.loads(payload)
+            if len(doc["results"]) != sizes[i]:
+                http_errors.append(f"batch {i}: {len(doc['results'])} results for {sizes[i]} envelopes")
+            for res in doc["results"]:
+                key = res.get("status") or res.get("error", {}).get("code", "?")
+                statuses[key] = statuses.get(key, 0) + 1
+                if res.get("status") == "accepted":
+                    accepted += 1
+            summary_accepted += doc["accepted"]
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conns), timeout=timeout) as session:
+        # Open the connections first (not timed).
+        await asyncio.gather(*(session.get(url + "/healthz") for _ in range(conns)))
+        cpu0, t0 = time.process_time(), time.monotonic()
+        await asyncio.gather(*(submitter(session) for _ in range(conns)))
+        elapsed = time.monotonic() - t0
+        client_cpu = time.process_time() - cpu0
+    latencies.sort()
+    return {
+        "elapsed": elapsed,
+        "accepted": accepted,
+        "summary_accepted": summary_accepted,
+        "statuses": statuses,
+        "http_errors": http_errors,
+        "latency_p50": percentile(latencies, 50),
+        "latency_p99": percentile(latencies, 99),
+        "client_cpu": client_cpu,
+    }
+
+
+# -- d. single events, open loop -----------------------------------------------------------------
+
+
+def make_schedule(n: int, rate: float, kind: str, seed: int) -> list[float]:
+    """Send offsets (s from t0) of n requests at `rate` per second."""
+    if kind == "fixed":
+        return [i / rate for i in range(n)]
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        out.append(t)
+    return out
+
+
+async def _open_loop(url: str, envelopes: list[bytes], offsets: list[float], t0: float, limit: int,
+                     warm: int, drain_s: float) -> dict[str, Any]:
+    n = len(offsets)
+    sent = [float("nan")] * n
+    done = [float("nan")] * n
+    status = [0] * n
+    errors: dict[str, int] = {}
+
+    async def send(i: int, session: aiohttp.ClientSession) -> None:
+        sent[i] = time.monotonic()
+        try:
+            async with session.post(url + "/v1/events", data=envelopes[i], headers=CBOR) as r:
+                await r.read()
+                status[i] = r.status
+        except Exception as e:  # counted, never hidden
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+        done[i] = time.monotonic()
+
+    timeout = aiohttp.ClientTimeout(total=10)
+    connector = aiohttp.TCPConnector(limit=limit)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async def warm_one() -> None:
+            async with session.get(url + "/healthz") as r:
+                await r.read()
+
+        await asyncio.gather(*(warm_one() for _ in range(warm)))  # open connections before t0
+        cpu0 = time.process_time()
+        while time.monotonic() < t0:
+            await asyncio.sleep(min(0.01, max(0.0, t0 - time.monotonic())))
+        tasks = []
+        i = 0
+        while i < n:
+            now = time.monotonic()
+            while i < n and t0 + offsets[i] <= now:
+                tasks.append(asyncio.create_task(send(i, session)))
+                i += 1
+            if i < n:
+                delay = t0 + offsets[i] - time.monotonic()
+                await asyncio.sleep(delay if delay > 0 else 0)
+        finished, pending = await asyncio.wait(tasks, timeout=drain_s)
+        for t in pending:
+            t.cancel()
+        if pending:
+            errors["unfinished"] = len(pending)
+            await asyncio.gather(*pending, return_exceptions=True)
+        cpu = time.process_time() - cpu0
+    return {"sent": sent, "done": done, "status": status, "errors": errors, "client_cpu": cpu}
+
+
+def _open_loop_proc(url: str, envelopes: list[bytes], offsets: list[float], t0: float, limit: int,
+                    warm: int, drain_s: float, conn: Any) -> None:
+    try:
+        conn.send(asyncio.run(_open_loop(url, envelopes, offsets, t0, limit, warm, drain_s)))
+    except BaseException as e:  # report to the parent rather than die silently
+        conn.send({"fatal": repr(e)})
+    finally:
+        conn.close()
+
+
+def single_phase(url: str, envelopes: list[bytes], rate: float, seconds: float, clients: int, limit: int,
+                 schedule: str) -> dict[str, Any]:
+    """Run the open-loop schedule in `clients` processes (request i goes to client i % clients)."""
+    n = int(rate * seconds)
+    offsets = make_schedule(n, rate, schedule, seed=1)
+    ctx = mp.get_context("fork")
+    t0 = time.monotonic() + 1.5  # every client has forked and opened its connections by then
+    drain_s = 30.0
+    procs, pipes = [], []
+    per_client = max(1, limit // clients)
+    try:
+        for c in range(clients):
+            mine = list(range(c, n, clients))
+            parent, child = ctx.Pipe(duplex=False)
+            p = ctx.Process(
+                target=_open_loop_proc,
+                args=(url, [envelopes[i] for i in mine], [offsets[i] for i in mine], t0, per_client,
+                      min(per_client, 32), drain_s, child),
+            )
+            p.start()
+            child.close()
+            procs.append((p, mine))
+            pipes.append(parent)
+        results = []
+        for parent in pipes:
+            if not parent.poll(seconds + drain_s + 30):
+                raise RuntimeError("an open-loop client did not report in time")
+            results.append(parent.recv())
+    finally:
+        for p, _ in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(5)
+    sched = [float("nan")] * n
+    sent = [float("nan")] * n
+    done = [float("nan")] * n
+    status = [0] * n
+    errors: dict[str, int] = {}
+    client_cpu = []
+    for (p, mine), res in zip(procs, results):
+        if "fatal" in res:
+            raise RuntimeError(f"open-loop client failed: {res['fatal']}")
+        for k, i in enumerate(mine):
+            sched[i] = t0 + offsets[i]
+            sent[i], done[i], status[i] = res["sent"][k], res["done"][k], res["status"][k]
+        for k, v in res["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+        client_cpu.append(res["client_cpu"])
+    ok = [i for i in range(n) if status[i] == 201]
+    by_status: dict[int, int] = {}
+    for s in status:
+        by_status[s] = by_status.get(s, 0) + 1
+    latency = sorted((done[i] - sched[i]) * 1000 for i in ok)
+    service = sorted((done[i] - sent[i]) * 1000 for i in ok)
+    lag = sorted((sent[i] - sched[i]) * 1000 for i in range(n) if sent[i] == sent[i])
+    last_sent = max((s for s in sent if s == s), default=t0)
+    last_done = max((d for d in done if d == d), default=t0)
+    return {
+        "n": n,
+        "ok": len(ok),
+        "by_status": by_status,
+        "errors": errors,
+        "latency": latency,
+        "service": service,
+        "lag": lag,
+        "schedule_s": offsets[-1] if offsets else 0.0,
+        "send_rate": n / max(1e-9, last_sent - t0),
+        "reply_rate": len(ok) / max(1e-9, last_done - t0),
+        "client_cpu": client_cpu,
+    }
+
+
+def fmt_dist(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    return (f"p50 {percentile(values, 50):.3f}  p90 {percentile(values, 90):.3f}  "
+            f"p99 {percentile(values, 99):.3f}  max {values[-1]:.3f} ms")
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=60_000, help="events for the batch phase")
+    ap.add_argument("--agents", type=int, default=1000, help="distinct signing agents")
+    ap.add_argument("--batch", type=int, default=500, help="envelopes per POST /v1/events/batch (<= 1000)")
+    ap.add_argument("--conns", type=int, default=6, help="concurrent batch submitters")
+    ap.add_argument("--rate", type=float, default=2000, help="single-event requests per second")
+    ap.add_argument("--seconds", type=float, default=5, help="single-event phase duration")
+    ap.add_argument("--clients", type=int, default=1, help="client processes for the single-event phase")
+    ap.add_argument("--limit", type=int, default=256, help="client connection pool size (split over clients)")
+    ap.add_argument("--schedule", choices=("poisson", "fixed"), default="poisson")
+    ap.add_argument("--ceiling-seconds", type=float, default=3.0)
+    ap.add_argument("--synchronous", choices=("full", "normal"), default=None,
+                    help="override the node's sqlite_synchronous (default: the node's default, full)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    args = ap.parse_args(argv)
+    if not 1 <= args.batch <= 1000:
+        ap.error("--batch must be 1..1000")
+    cores = os.cpu_count() or 1
+    print(f"machine: {cores} cores, Python {sys.version.split()[0]}, load average {loadavg()} "
+          "(other processes on this machine skew every figure below)")
+
+    # b. pre-sign everything before any timer.
+    single_n = int(args.rate * args.seconds)
+    total = args.events + single_n + 100
+    t = time.monotonic()
+    ts = int(time.time() * 1000)
+    envelopes = presign(total, args.agents, ts)
+    sign_s = time.monotonic() - t
+    sizes = [len(cbor2.loads(e)["event"]) for e in envelopes[:1000]]
+    print(f"\n[b] pre-signed {total} envelopes from {args.agents} agents in {sign_s:.1f} s "
+          f"({total / sign_s:,.0f}/s, {cores} processes); event {statistics.mean(sizes):.0f} B, "
+          f"envelope {statistics.mean(len(e) for e in envelopes[:1000]):.0f} B")
+    batch_envs = envelopes[: args.events]
+    single_envs = envelopes[args.events : args.events + single_n]
+    warm_envs = envelopes[args.events + single_n :]
+
+    # a. the verify ceiling.
+    busy0, t = system_busy_s(), time.monotonic()
+    ceiling = verify_ceiling(envelopes, args.ceiling_seconds, cores)
+    busy, wall = system_busy_s() - busy0, time.monotonic() - t
+    print(f"\n[a] Ed25519 verify ceiling (crypto_sign_open, {cores} processes, {args.ceiling_seconds:g} s): "
+          f"{ceiling:,.0f} verifies/s ({ceiling / cores:,.0f} per core); "
+          f"machine busy {busy / wall:.2f} of {cores} cores during it")
+
+    base = tempfile.mkdtemp(prefix="ats-bench-ingest-", dir="/tmp")
+    data_dir = os.path.join(base, "data")
+    env = {"ATS_SKEW_MS": str(SKEW_MS)}
+    if args.synchronous:
+        env["ATS_SQLITE_SYNCHRONOUS"] = args.synchronous
+    node = NodeProcess(data_dir, env=env)
+    summary: dict[str, Any] = {"ceiling": ceiling}
+    ok = True
+    try:
+        node.start()
+        pid = node.proc.pid  # type: ignore[union-attr]
+        print(f"\nnode: pid {pid} {node.url} data_dir={data_dir} "
+              f"sqlite_synchronous={args.synchronous or 'full (default)'} skew_ms={SKEW_MS}")
+
+        async def warm_and_metrics() -> str:
+            async with aiohttp.ClientSession() as s:
+                async with s.post(node.url + "/v1/events/batch", data=cbor_array(warm_envs), headers=CBOR) as r:
+                    doc = await r.json()
+                    assert r.status == 200 and doc["accepted"] == len(warm_envs), doc
+                return await fetch_metrics(s, node.url)
+
+        metrics0 = asyncio.run(warm_and_metrics())  # warm-up (not counted)
+
+        # c. batch ingest.
+        chunks = [batch_envs[i : i + args.batch] for i in range(0, len(batch_envs), args.batch)]
+        bodies = [cbor_array(c) for c in chunks]
+        cpu0, busy0 = proc_cpu_s(pid), system_busy_s()
+        res = asyncio.run(batch_phase(node.url, bodies, [len(c) for c in chunks], args.conns))
+        node_cpu, busy = proc_cpu_s(pid) - cpu0, system_busy_s() - busy0
+        rate = res["accepted"] / res["elapsed"]
+        ratio = rate / ceiling
+        summary.update(batch_rate=rate, ratio=ratio)
+        all_ok = res["accepted"] == len(batch_envs) == res["summary_accepted"] and not res["http_errors"]
+        ok &= all_ok
+        print(f"\n[c] batch ingest: {len(batch_envs)} events in {len(bodies)} batches of {args.batch}, "
+              f"{args.conns} connections")
+        print(f"    accepted {res['accepted']} in {res['elapsed']:.2f} s = {rate:,.0f} events/s; "
+              f"ratio to verify ceiling {ratio:.3f} (target >= {RATIO_TARGET})")
+        print(f"    outcomes {res['statuses']}" + (f"; HTTP errors {res['http_errors'][:3]}" if res["http_errors"] else ""))
+        print(f"    {'all accepted' if all_ok else 'NOT ALL ACCEPTED'}")
+        print(f"    per-batch round trip p50 {res['latency_p50'] * 1000:.1f} ms, p99 {res['latency_p99'] * 1000:.1f} ms")
+        print(f"    CPU: node {node_cpu:.2f} s ({node_cpu / res['elapsed']:.2f} cores, "
+              f"{node_cpu / max(1, res['accepted']) * 1e6:.0f} us/event), "
+              f"client {res['client_cpu']:.2f} s ({res['client_cpu'] / res['elapsed']:.2f} cores), "
+              f"other processes {(busy - node_cpu - res['client_cpu']) / res['elapsed']:.2f} cores")
+
+        async def metrics_now() -> str:
+            async with aiohttp.ClientSession() as s:
+                return await fetch_metrics(s, node.url)
+
+        metrics1 = asyncio.run(metrics_now())
+        for name, unit, scale in (("ats_commit_batch_events", " ev", 1.0), ("ats_commit_seconds", " ms", 1000.0),
+                                  ("ats_verify_seconds", " ms", 1000.0), ("ats_submit_seconds", " ms", 1000.0)):
+            h = histogram_delta(parse_histogram(metrics1, name), parse_histogram(metrics0, name))
+            print(f"    /metrics {name}: {describe_histogram(h, unit, scale)}")
+            if name == "ats_commit_batch_events":
+                summary["mean_commit"] = h["sum"] / h["count"] if h["count"] else float("nan")
+
+        # d. single events, open loop.
+        cpu0, busy0, t = proc_cpu_s(pid), system_busy_s(), time.monotonic()
+        s = single_phase(node.url, single_envs, args.rate, args.seconds, args.clients, args.limit, args.schedule)
+        node_cpu, busy, wall = proc_cpu_s(pid) - cpu0, system_busy_s() - busy0, time.monotonic() - t
+        metrics2 = asyncio.run(metrics_now())
+        p99 = percentile(s["latency"], 99)
+        summary.update(single_p99=p99, single_rate=s["reply_rate"], single_errors=s["n"] - s["ok"],
+                       lag_p99=percentile(s["lag"], 99))
+        print(f"\n[d] single events, open loop: {s['n']} requests, {args.schedule} schedule at "
+              f"{args.rate:g}/s over {s['schedule_s']:.2f} s, {args.clients} client process(es), pool {args.limit}")
+        print(f"    statuses {s['by_status']}; errors {s['errors'] or 'none'}; ok {s['ok']}/{s['n']}")
+        print(f"    achieved: send rate {s['send_rate']:,.0f}/s, reply rate {s['reply_rate']:,.0f}/s")
+        print(f"    latency from scheduled send: {fmt_dist(s['latency'])}   (target p99 <= {P99_TARGET_MS} ms)")
+        print(f"    service time (from actual send): {fmt_dist(s['service'])}")
+        print(f"    client lag (actual - scheduled send): {fmt_dist(s['lag'])}")
+        print(f"    CPU: node {node_cpu:.2f} s ({node_cpu / args.seconds:.2f} cores), client "
+              + ", ".join(f"{c:.2f} s" for c in s["client_cpu"])
+              + f" ({sum(s['client_cpu']) / args.seconds:.2f} cores); machine busy {busy / wall:.2f} cores over"
+              f" {wall:.1f} s incl. fork/warm-up/drain")
+        for name, unit, scale in (("ats_commit_batch_events", " ev", 1.0), ("ats_commit_seconds", " ms", 1000.0),
+                                  ("ats_submit_seconds", " ms", 1000.0)):
+            h = histogram_delta(parse_histogram(metrics2, name), parse_histogram(metrics1, name))
+            print(f"    /metrics {name}: {describe_histogram(h, unit, scale)}")
+        ok &= s["ok"] == s["n"]
+    finally:
+        node.kill()
+        if args.keep:
+            print(f"\nkept data dir {data_dir}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+    # e. summary.
+    print("\n== summary ==")
+    rows = [
+        ("verify ceiling (all cores)", f"{summary['ceiling']:,.0f} /s", ""),
+        ("batch ingest, accepted", f"{summary.get('batch_rate', float('nan')):,.0f} events/s", ""),
+        ("  ratio to ceiling", f"{summary.get('ratio', float('nan')):.3f}",
+         f">= {RATIO_TARGET}: {'PASS' if summary.get('ratio', 0) >= RATIO_TARGET else 'MISS'}"),
+        ("  mean events per commit", f"{summary.get('mean_commit', float('nan')):.1f}", ""),
+        (f"single p99 at {args.rate:g}/s", f"{summary.get('single_p99', float('nan')):.3f} ms",
+         f"<= {P99_TARGET_MS} ms: {'PASS' if summary.get('single_p99', 1e9) <= P99_TARGET_MS else 'MISS'}"),
+        ("  single reply rate", f"{summary.get('single_rate', float('nan')):,.0f} /s", ""),
+        ("  single errors", f"{summary.get('single_errors', 'n/a')}", ""),
+        ("  client lag p99", f"{summary.get('lag_p99', float('nan')):.3f} ms", ""),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    for a, b, c in rows:
+        print(f"  {a:<{w0}}  {b:>{w1}}  {c}")
+    if not ok:
+        print("some events were not accepted (see above)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
