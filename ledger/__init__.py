@@ -52,5 +52,6 @@ from ledger.merkle import (
     verify_inclusion,
 )
 from ledger.signing import event_id, public_key_from_seed, sign, verify
+from ledger import policy  # registers the policy, governance, run and node-record kinds
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -7,7 +7,8 @@
     ├── Conflict         409  stale_timestamp, replayed
     ├── TooLarge         413  body_too_large, batch_too_large
     ├── Invalid          422  invalid_body, unknown_kind, bad_range, ...
-    ├── OverBudget       429  budget_exceeded, throttled (details["retry_after_ms"])
+    ├── Forbidden        403  not_authority (a policy record from a key that may not sign it)
+    ├── OverBudget       429  budget_exceeded, throttled, suspended (details["retry_after_ms"])
     └── NotReady         503  not_ready, read_only
     InvariantViolation   500  our own bug: the node goes read-only
 
@@ -78,6 +79,12 @@ class InvariantViolation(LedgerError):
         super().__init__("internal", f"invariant violated: {what}")
 
 
+class Forbidden(LedgerError):
+    """A signer that may not do this: say, a vote by a key that is not a governance authority."""
+
+    status_hint = 403
+
+
 def check(cond: object, what: str) -> None:
     """Raise InvariantViolation unless cond holds (unlike assert, survives python -O)."""
     if not cond:
@@ -129,4 +136,18 @@ CODES: dict[str, str] = {
     "malformed_note": "Malformed",
     "malformed_checkpoint": "Malformed",
     "unknown_key": "BadSignature",
+    # plans, multipliers and reputation (ledger/plans.py, ledger/multipliers.py)
+    "unknown_plan": "Invalid",
+    "invalid_policy": "Invalid",
+    # governance (ledger/governance.py)
+    "not_authority": "Forbidden",
+    "proposal_not_found": "NotFound",
+    "proposal_expired": "Conflict",
+    # budgets and runs (node/budgets.py)
+    "suspended": "OverBudget",
+    "too_many_runs": "OverBudget",
+    "unknown_run": "Invalid",
+    "run_exists": "Conflict",
+    "tool_not_allowed": "Invalid",
+    "run_limit_exceeded": "Invalid",
 }

@@ -287,3 +287,34 @@ def parse_envelope(raw: bytes) -> Envelope:
         raise Malformed("malformed_envelope", "an envelope needs event and sig")
     env = envelope_from_parts(m["event"], m["sig"])
     return Envelope(event=env.event, sig=env.sig, raw=raw)
+
+
+def body_from_json(kind: str, doc: Any) -> dict[str, Any]:
+    """A body map from its JSON form: byte fields are written as lowercase hex strings.
+
+    Raises Invalid for an unknown kind or bad hex; the body is checked later
+    against its kind's schema like any other.
+    """
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise Invalid("unknown_kind", f"unknown event kind {str(kind)[:64]!r}")
+    if not isinstance(doc, dict):
+        raise Invalid("invalid_body", "body must be a JSON object")
+    byte_fields = {f.name for f in fields(cls) if "bytes" in str(f.type)}
+    out = {}
+    for key, value in doc.items():
+        if key in byte_fields and isinstance(value, str):
+            try:
+                value = bytes.fromhex(value)
+            except ValueError:
+                raise Invalid("invalid_body", f"{key} must be hex digits (64 hex digits for 32 bytes)") from None
+        out[key] = value
+    return out
+
+
+def unsigned_event(kind: str, signer: bytes, ts: int, body: dict[str, Any]) -> Event:
+    """An event that was never signed (raw and id empty): for estimates, never for the log."""
+    cls = KINDS.get(kind)
+    if cls is None:
+        raise Invalid("unknown_kind", f"unknown event kind {kind[:64]!r}")
+    return Event(kind=kind, signer=signer, ts=ts, nonce=bytes(NONCE_SIZE), body=cls.from_map(body), raw=b"", id=b"")

@@ -18,7 +18,9 @@ from aiohttp import web
 
 from node.api import events, info, log
 from node.api.errors import error_middleware
-from node.appkeys import CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
+from node.alerts import AlertSender
+from node.appkeys import ALERTS_KEY, CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
+from node.budgets import BudgetBook
 from node.clock import SystemClock
 from node.config import Config
 from node.ingest import Committer, Ingestor, OwnLog
@@ -52,19 +54,35 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     db = Database(config.db_path, synchronous=config.sqlite_synchronous, reader_threads=config.reader_threads)
     await db.open()
     await db.write(own.open, clock.now_ms())
+    book = BudgetBook(
+        node_key=own.public_key,
+        authorities=tuple(bytes.fromhex(k) for k in config.authorities),
+        oracles=tuple(bytes.fromhex(k) for k in config.oracles),
+        threshold=config.governance_threshold,
+        unregistered=config.unregistered_agents,
+        default_plan=config.default_plan,
+        enforce=config.budgets,
+    )
+    await db.write(book.load, clock.now_ms())
+    alerts = AlertSender(db, config.alert_webhooks, config.alert_retry_max, own.public_key.hex())
+    app[ALERTS_KEY] = alerts
     committer = Committer(
         db, own, clock, metrics,
         events_max=config.checkpoint_events_max, linger_ms=config.checkpoint_ms_max, skew_ms=config.skew_ms,
+        book=book, on_alerts=alerts.enqueue,
     )
     committer.start()
     ingestor = Ingestor(committer, metrics, clock, config.verify_threads)
     app[INGESTOR_KEY] = ingestor
     app[QUERIES_KEY] = Queries(
-        db, own, entries_page_max=config.entries_page_max, usage_events_max=config.usage_events_max
+        db, own, book, entries_page_max=config.entries_page_max, usage_events_max=config.usage_events_max
     )
+    delivery = alerts.run()
+    await delivery.__anext__()
     try:
         yield
     finally:
+        await delivery.aclose()
         await committer.stop()
         ingestor.close()
         await db.close()

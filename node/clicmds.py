@@ -16,12 +16,11 @@ import sys
 from typing import Any
 
 from ledger.checkpoint import Checkpoint, parse_verifier_key
+from ledger import events
 from ledger.errors import LedgerError
 from node.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 from node.sdk import AgentClient, AtsError, AtsUnreachable, Auditor, AuditFailed
 
-# Body fields that are bytes(32) on the wire (PROTOCOL.md §3), written as hex in JSON.
-BYTES_FIELDS = frozenset({"result", "src", "dst", "subject"})
 NOTE_FILE_BYTES_MAX = 65_536  # ledger.checkpoint.NOTE_BYTES_MAX: a saved note is bounded before reading (P6)
 
 
@@ -29,24 +28,18 @@ class UsageError(Exception):
     """Bad input on the command line: exit 2."""
 
 
-def body_from_json(text: str) -> dict[str, Any]:
-    """The event body from --body JSON, with 64-hex strings in bytes fields turned into bytes."""
+def body_from_json(kind: str, text: str) -> dict[str, Any]:
+    """The event body from --body JSON; byte fields of the kind (agent, subject, run, …) are hex."""
     try:
         doc = json.loads(text)
     except ValueError as e:
         raise UsageError(f"--body is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise UsageError("--body must be a JSON object")
-    body = dict(doc)
-    for name in sorted(BYTES_FIELDS & body.keys()):
-        value = body[name]
-        if not isinstance(value, str) or len(value) != 64:
-            raise UsageError(f"--body field {name!r} must be 64 hex digits")
-        try:
-            body[name] = bytes.fromhex(value)
-        except ValueError:
-            raise UsageError(f"--body field {name!r} must be 64 hex digits") from None
-    return body
+    try:
+        return events.body_from_json(kind, doc)
+    except LedgerError as e:
+        raise UsageError(f"--body: {e.message}") from None
 
 
 def _check_vkey(vkey: str | None) -> None:
@@ -92,7 +85,7 @@ def submit(args: argparse.Namespace) -> int:
 
 
 async def _submit(args: argparse.Namespace, seed: bytes) -> int:
-    body = body_from_json(args.body)
+    body = body_from_json(args.kind, args.body)
     async with AgentClient(args.url, seed) as agent:
         receipt = await agent.submit(args.kind, body, args.ts)
     print(json.dumps(receipt, indent=2))

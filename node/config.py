@@ -38,6 +38,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("usage_events_max", 1000, "events", "most events listed by one GET /v1/agents/{agent}/usage"),
     Setting("shutdown_timeout_ms", 10_000, "ms", "grace period for in-flight requests on shutdown"),
     Setting("log_level", "info", "level", "diagnostics level: debug, info, warning, error"),
+    Setting("authorities", (), "hex keys", "governance authority public keys: may sign registrations, plans, suspensions, proposals and votes"),
+    Setting("oracles", (), "hex keys", "oracle public keys: may sign stake.set records"),
+    Setting("governance_threshold", 0, "votes", "approvals that adopt a proposal (m of n; 0: a majority of the authorities)"),
+    Setting("unregistered_agents", "default", "mode", "an agent with no agent.register record: 'default' (put on default_plan) or 'refuse' (422 unknown_agent)"),
+    Setting("default_plan", "freemium", "plan", "the plan of unregistered agents and of registrations naming no known plan"),
+    Setting("budgets", True, "bool", "enforce budgets at admission (false: record only)"),
+    Setting("alert_webhooks", (), "URLs", "URLs that receive every alert as a JSON POST (retried, never blocking admission)"),
+    Setting("alert_retry_max", 5, "attempts", "delivery attempts per alert and webhook"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -60,6 +68,14 @@ class Config:
     usage_events_max: int = 1000
     shutdown_timeout_ms: int = 10_000
     log_level: str = "info"
+    authorities: tuple[str, ...] = ()
+    oracles: tuple[str, ...] = ()
+    governance_threshold: int = 0
+    unregistered_agents: str = "default"
+    default_plan: str = "freemium"
+    budgets: bool = True
+    alert_webhooks: tuple[str, ...] = ()
+    alert_retry_max: int = 5
 
     @property
     def db_path(self) -> str:
@@ -80,6 +96,12 @@ class ConfigError(Exception):
 
 def _coerce(name: str, value: Any, problems: list[str]) -> Any:
     default = _BY_NAME[name].default
+    if isinstance(default, tuple):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            problems.append(f"{name}: must be a list of strings")
+            return default
+        return tuple(i.strip() for i in items if i.strip())
     if isinstance(default, bool):
         if isinstance(value, str):
             return value.lower() in ("1", "true", "yes", "on")
@@ -155,6 +177,19 @@ def validate(config: Config) -> list[str]:
         problems.append("log_level must be debug, info, warning or error")
     if not config.data_dir:
         problems.append("data_dir must not be empty")
+    for name in ("authorities", "oracles"):
+        for key in getattr(config, name):
+            if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+                problems.append(f"{name}: {key!r} is not 64 lowercase hex digits")
+    if config.governance_threshold < 0 or config.governance_threshold > max(1, len(config.authorities)):
+        problems.append("governance_threshold must be between 0 and the number of authorities")
+    if config.unregistered_agents not in ("default", "refuse"):
+        problems.append("unregistered_agents must be default or refuse")
+    for url in config.alert_webhooks:
+        if not url.startswith(("http://", "https://")):
+            problems.append(f"alert_webhooks: {url!r} is not an http(s) URL")
+    if config.alert_retry_max < 1:
+        problems.append("alert_retry_max must be at least 1")
     return problems
 
 

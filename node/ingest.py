@@ -19,20 +19,24 @@ old, already accepted event gets its receipt rather than `stale_timestamp`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ledger.admission import check_timestamp
 from ledger.checkpoint import Checkpoint, open_checkpoint, origin_line, sign_checkpoint
 from ledger.errors import InvariantViolation, LedgerError, NotReady, check
-from ledger.events import Envelope
+from ledger.constants import NONCE_SIZE
+from ledger.events import Envelope, make_envelope_bytes, make_event_bytes, parse_envelope
 from ledger.merkle import EMPTY_ROOT, Frontier
-from ledger.signing import public_key_from_seed, verify
+from ledger.signing import public_key_from_seed, sign, verify
 from node.clock import SystemClock
 from node.metrics import NodeMetrics
+from node.budgets import Admitted, BudgetBook
+from node.store import budgets as budget_store
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
 from node.store.sqlite import Connection, Database, StorageError
@@ -54,9 +58,19 @@ class Outcome:
         return self.receipt["status"] if self.receipt else self.error.code  # type: ignore[union-attr]
 
 
-def receipt(event_id: bytes, status: str, origin: bytes, index: int, budgets: Any = None) -> dict[str, Any]:
-    """The contract's receipt (PROTOCOL.md §5)."""
-    return {"id": event_id.hex(), "status": status, "origin": origin.hex(), "index": index, "budgets": budgets or []}
+def receipt(event_id: bytes, status: str, origin: bytes, index: int, budgets: Any = None,
+            run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The contract's receipt (PROTOCOL.md §5); `run` is added for run records."""
+    r = {"id": event_id.hex(), "status": status, "origin": origin.hex(), "index": index, "budgets": budgets or []}
+    if run is not None:
+        r["run"] = run
+    return r
+
+
+def stored_receipt(stored: log_store.StoredEntry, status: str = "duplicate") -> dict[str, Any]:
+    """The receipt an event got when it was accepted, with the given status."""
+    extra = json.loads(stored.budgets) if stored.budgets else {}
+    return receipt(stored.event_id, status, stored.origin, stored.index, **extra)
 
 
 class OwnLog:
@@ -108,7 +122,6 @@ class OwnLog:
 @dataclass
 class _Pending:
     envelopes: list[Envelope]
-    ts_errors: list[LedgerError | None]
     future: asyncio.Future
 
 
@@ -116,8 +129,10 @@ class Committer:
     """Owns the writer: batches pending envelopes into one transaction and checkpoint each."""
 
     def __init__(self, db: Database, own: OwnLog, clock: SystemClock, metrics: NodeMetrics, *,
-                 events_max: int, linger_ms: int, skew_ms: int):
+                 events_max: int, linger_ms: int, skew_ms: int, book: BudgetBook | None = None,
+                 on_alerts: Callable[[list[dict[str, Any]]], None] | None = None):
         self._db, self._own, self._clock, self._metrics = db, own, clock, metrics
+        self._book, self._on_alerts = book, on_alerts
         self._events_max, self._linger_ms, self._skew_ms = events_max, linger_ms, skew_ms
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task | None = None
@@ -145,7 +160,7 @@ class Committer:
         for start in range(0, len(envelopes), self._events_max):
             chunk = envelopes[start : start + self._events_max]
             fut = asyncio.get_running_loop().create_future()
-            self._queue.put_nowait(_Pending(chunk, [], fut))
+            self._queue.put_nowait(_Pending(chunk, fut))
             outcomes.extend(await fut)
         return outcomes
 
@@ -179,7 +194,7 @@ class Committer:
         now_ms = self._clock.now_ms()
         started = self._clock.monotonic_s()
         try:
-            results, frontier, note = await self._db.write(self._write, envelopes, now_ms)
+            results, frontier, note, alerts = await self._db.write(self._write, envelopes, now_ms)
         except InvariantViolation as e:
             self._own.read_only_reason = str(e)
             logger.critical("invariant violated while committing; node is now read-only: %s", e)
@@ -187,12 +202,15 @@ class Committer:
             return
         except StorageError as e:
             logger.error("commit failed, batch rolled back: %s", e)
+            await self._reload_book(now_ms)
             self._fail(batch, NotReady("not_ready", f"storage error, nothing was written: {e}"))
             return
         except BaseException as e:
             self._fail(batch, NotReady("not_ready", "node is shutting down"))
             raise
-        appended = sum(1 for r in results if r.receipt and r.receipt["status"] == "accepted")
+        appended = frontier.size - self._own.size
+        if alerts and self._on_alerts:
+            self._on_alerts(alerts)
         if appended:
             self._own.frontier = frontier
             self._own.checkpoint_note = note
@@ -207,40 +225,72 @@ class Committer:
                 p.future.set_result(results[i : i + n])
             i += n
 
+    async def _reload_book(self, now_ms: int) -> None:
+        """After a rolled-back batch the book may hold its effects: rebuild it from the log."""
+        if self._book is not None:
+            await self._db.write(self._book.reload, now_ms)
+
     def _fail(self, batch: list[_Pending], error: LedgerError) -> None:
         for p in batch:
             if not p.future.done():
                 p.future.set_exception(error)
 
     def _write(self, conn: Connection, envelopes: Sequence[Envelope], now_ms: int):
-        """Writer thread: duplicates, clock rule, then one append transaction."""
-        own = self._own
+        """Writer thread: duplicates, clock rule, budgets, then one append transaction."""
+        own, book = self._own, self._book
         held = log_store.find_entries(conn, [env.event.id for env in envelopes])
         results: list[Outcome] = []
         new: list[Envelope] = []
-        new_ids: dict[bytes, int] = {}
+        extras: list[str | None] = []
+        new_ids: dict[bytes, dict[str, Any]] = {}
+        batch = Admitted()
         for env in envelopes:
             ev = env.event
             stored = held.get(ev.id)
             if stored is not None:
-                results.append(Outcome(receipt(ev.id, "duplicate", stored.origin, stored.index)))
+                results.append(Outcome(stored_receipt(stored)))
                 continue
             if ev.id in new_ids:  # the same event twice in one batch
-                results.append(Outcome(receipt(ev.id, "duplicate", own.public_key, new_ids[ev.id])))
+                results.append(Outcome({**new_ids[ev.id], "status": "duplicate"}))
                 continue
             try:
                 check_timestamp(ev.ts, now_ms, self._skew_ms)
+                admitted, rejection = book.admit(conn, ev, now_ms) if book else (Admitted(), None)
             except LedgerError as e:
                 results.append(Outcome(error=e))
                 continue
-            index = own.size + len(new)
-            new_ids[ev.id] = index
+            batch.merge(admitted)
+            if rejection is not None:
+                results.append(Outcome(error=rejection))
+                continue
+            extra = {"budgets": admitted.budgets, **({"run": admitted.run} if admitted.run else {})}
+            r = receipt(ev.id, "accepted", own.public_key, own.size + len(new), **extra)
+            new_ids[ev.id] = r
             new.append(env)
-            results.append(Outcome(receipt(ev.id, "accepted", own.public_key, index)))
+            extras.append(json.dumps(extra, separators=(",", ":")) if admitted.budgets or admitted.run else None)
+            results.append(Outcome(r))
+        for kind, body in batch.node_records:
+            new.append(self._node_record(kind, body, now_ms))
+            extras.append(None)
         if not new:
-            return results, own.frontier, own.checkpoint_note
-        frontier, note = log_store.append_batch(conn, own.origin_id, own.frontier, new, now_ms, own.sign)
-        return results, frontier, note
+            return results, own.frontier, own.checkpoint_note, []
+
+        alert_ids: list[int] = []
+
+        def also(c: Connection) -> None:
+            budget_store.add_counters(c, batch.deltas)
+            alert_ids.extend(budget_store.insert_alerts(c, batch.alerts))
+
+        frontier, note = log_store.append_batch(
+            conn, own.origin_id, own.frontier, new, now_ms, own.sign, receipts=extras, also=also
+        )
+        alerts = [{**a, "id": i} for a, i in zip(batch.alerts, alert_ids)]
+        return results, frontier, note, alerts
+
+    def _node_record(self, kind: str, body: dict[str, Any], now_ms: int) -> Envelope:
+        """An event signed by this node (suspensions, policy updates, system trust)."""
+        raw = make_event_bytes(kind, self._own.public_key, now_ms, os.urandom(NONCE_SIZE), body)
+        return parse_envelope(make_envelope_bytes(raw, sign(raw, self._own.seed)))
 
 
 class Ingestor:

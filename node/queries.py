@@ -11,17 +11,14 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from ledger.errors import Invalid, NotFound
-from ledger.events import KINDS, parse_envelope
+from ledger.errors import Invalid, LedgerError, NotFound
+from ledger.events import KINDS, Event, parse_envelope
 from ledger.merkle import leaf_hash
-from ledger.windows import window_bounds
+from node.budgets import BudgetBook
 from node.ingest import OwnLog, receipt
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
 from node.store.sqlite import Connection, Database
-
-# The window each kind's totals are reported over until budgets define their own.
-DEFAULT_WINDOWS = {"act": "day", "dat": "day", "cpt": "hour", "trt": "week"}
 
 
 def parse_hex32(value: str | None, what: str) -> bytes:
@@ -55,9 +52,10 @@ def event_view(env_bytes: bytes) -> dict[str, Any]:
 
 
 class Queries:
-    def __init__(self, db: Database, own: OwnLog, *, entries_page_max: int, usage_events_max: int):
+    def __init__(self, db: Database, own: OwnLog, book: BudgetBook, *, entries_page_max: int, usage_events_max: int):
         self._db = db
         self._own = own
+        self._book = book
         self._entries_page_max = entries_page_max
         self._usage_events_max = usage_events_max
 
@@ -204,31 +202,30 @@ class Queries:
         return await self._db.read(run)
 
     async def balance(self, agent_hex: str, now_ms: int) -> dict[str, Any]:
+        """Every budget of the agent and its scopes; read on the writer thread for a consistent view."""
         agent = parse_hex32(agent_hex, "agent")
+        return await self._db.write(self._book.balance, agent, now_ms)
+
+    async def quota_check(self, event: Event, now_ms: int) -> dict[str, Any]:
+        """Would this event be admitted now? Decided like a submission; nothing is recorded."""
 
         def run(conn: Connection) -> dict[str, Any]:
-            budgets = []
-            for kind, window in DEFAULT_WINDOWS.items():
-                start, end = window_bounds(window, now_ms)
-                rows = log_store.usage_totals(conn, agent, start, end, kind)
-                count, *sums = rows[0][1:] if rows else (0, 0, 0, 0, 0)
-                for i, metric in enumerate(KINDS[kind].METRICS):
-                    budgets.append(
-                        {
-                            "scope": "agent",
-                            "scope_id": agent_hex,
-                            "kind": kind,
-                            "metric": metric,
-                            "window": window,
-                            "window_start": start,
-                            "window_end": end,
-                            "events": count,
-                            "allocated": None,
-                            "consumed": int(sums[i] or 0),
-                            "remaining": None,
-                            "status": "healthy",
-                        }
-                    )
-            return {"agent": agent_hex, "now": now_ms, "budgets": budgets, "suspended": False}
+            try:
+                admitted, rejection = self._book.admit(conn, event, now_ms, dry_run=True)
+            except LedgerError as e:
+                rejection, admitted = e, None
+            answer: dict[str, Any] = {
+                "allowed": rejection is None,
+                "agent": event.signer.hex(),
+                "kind": event.kind,
+                "budgets": admitted.budgets if admitted else [],
+            }
+            if rejection is not None:
+                answer["error"] = rejection.to_json()["error"]
+                if "retry_after_ms" in rejection.details:
+                    answer["retry_after_ms"] = rejection.details["retry_after_ms"]
+            if admitted is not None and admitted.run:
+                answer["run"] = admitted.run
+            return answer
 
-        return await self._db.read(run)
+        return await self._db.write(run)

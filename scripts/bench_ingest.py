@@ -34,9 +34,12 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -143,17 +146,19 @@ def _verify_worker(signed: list[tuple[bytes, bytes]], seconds: float, start_at: 
         time.sleep(0.001)
     deadline = start_at + seconds
     done = 0
+    cpu0 = time.process_time()
     while True:
         for sm, pk in signed:
             open_(sm, pk)
         done += len(signed)
         if time.monotonic() >= deadline:
             break
-    out.put((done, time.monotonic() - start_at))
+    out.put((done, time.monotonic() - start_at, time.process_time() - cpu0))
 
 
-def verify_ceiling(envelopes: Sequence[bytes], seconds: float, processes: int) -> float:
-    """Verifies/s of crypto_sign_open on all cores (one process each, fixed duration)."""
+def verify_ceiling(envelopes: Sequence[bytes], seconds: float, processes: int) -> tuple[float, float]:
+    """(verifies/s of crypto_sign_open on all cores, one process each for a fixed duration;
+    CPU cores that OTHER processes of the machine used meanwhile)."""
     signed = []
     for env in envelopes[:256]:
         m = cbor2.loads(env)
@@ -163,17 +168,20 @@ def verify_ceiling(envelopes: Sequence[bytes], seconds: float, processes: int) -
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     start_at = time.monotonic() + 0.3
+    busy0 = system_busy_s()
     procs = [ctx.Process(target=_verify_worker, args=(signed, seconds, start_at, out)) for _ in range(processes)]
     try:
         for p in procs:
             p.start()
         results = [out.get(timeout=seconds + 30) for _ in procs]
+        busy = system_busy_s() - busy0
     finally:
         for p in procs:
             if p.is_alive():
                 p.terminate()
             p.join(5)
-    return sum(done / elapsed for done, elapsed in results)
+    others = (busy - sum(cpu for _, _, cpu in results)) / seconds
+    return sum(done / elapsed for done, elapsed, _ in results), max(0.0, others)
 
 
 # -- node helpers --------------------------------------------------------------------------------
@@ -360,18 +368,40 @@ async def _open_loop(url: str, envelopes: list[bytes], offsets: list[float], t0:
 
         await asyncio.gather(*(warm_one() for _ in range(warm)))  # open connections before t0
         cpu0 = time.process_time()
-        while time.monotonic() < t0:
-            await asyncio.sleep(min(0.01, max(0.0, t0 - time.monotonic())))
-        tasks = []
-        i = 0
-        while i < n:
-            now = time.monotonic()
-            while i < n and t0 + offsets[i] <= now:
-                tasks.append(asyncio.create_task(send(i, session)))
-                i += 1
-            if i < n:
+        # A timer thread sleeps (time.sleep: ~0.1 ms precision, no CPU burnt) until each scheduled
+        # send and wakes the loop through call_soon_threadsafe; asyncio's own timers round up to
+        # whole milliseconds (epoll), which would add up to 1 ms of client lag to every request.
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task] = []
+        all_started = loop.create_future()
+        stop = threading.Event()
+
+        def start(first: int, last: int) -> None:
+            for k in range(first, last):
+                tasks.append(asyncio.create_task(send(k, session)))
+            if last == n and not all_started.done():
+                all_started.set_result(None)
+
+        def timer() -> None:
+            i = 0
+            while i < n and not stop.is_set():
                 delay = t0 + offsets[i] - time.monotonic()
-                await asyncio.sleep(delay if delay > 0 else 0)
+                if delay > 0:
+                    time.sleep(delay)
+                now = time.monotonic()
+                j = i + 1
+                while j < n and t0 + offsets[j] <= now:
+                    j += 1
+                loop.call_soon_threadsafe(start, i, j)
+                i = j
+
+        thread = threading.Thread(target=timer, name="schedule", daemon=True)
+        thread.start()
+        try:
+            await asyncio.wait_for(all_started, offsets[-1] + drain_s if offsets else 1)
+        finally:
+            stop.set()
+            thread.join(5)
         finished, pending = await asyncio.wait(tasks, timeout=drain_s)
         for t in pending:
             t.cancel()
@@ -471,6 +501,30 @@ def fmt_dist(values: Sequence[float]) -> str:
             f"p99 {percentile(values, 99):.3f}  max {values[-1]:.3f} ms")
 
 
+class PySpy:
+    """Optional: `py-spy record` of the node during one phase (raw collapsed stacks, all threads)."""
+
+    def __init__(self, out_dir: str | None, pid: int, phase: str):
+        self.proc = None
+        if out_dir and shutil.which("py-spy"):
+            os.makedirs(out_dir, exist_ok=True)
+            self.path = os.path.join(out_dir, f"{phase}.txt")
+            self.proc = subprocess.Popen(
+                ["py-spy", "record", "-p", str(pid), "-r", "250", "--threads", "--idle", "--nonblocking",
+                 "-f", "raw", "-o", self.path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)  # attached before the phase starts
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            print(f"    py-spy profile of the node: {self.path}")
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -489,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synchronous", choices=("full", "normal"), default=None,
                     help="override the node's sqlite_synchronous (default: the node's default, full)")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    ap.add_argument("--py-spy", metavar="DIR", help="record the node with py-spy (if installed) during c and d into DIR")
     args = ap.parse_args(argv)
     if not 1 <= args.batch <= 1000:
         ap.error("--batch must be 1..1000")
@@ -512,12 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     warm_envs = envelopes[args.events + single_n :]
 
     # a. the verify ceiling.
-    busy0, t = system_busy_s(), time.monotonic()
-    ceiling = verify_ceiling(envelopes, args.ceiling_seconds, cores)
-    busy, wall = system_busy_s() - busy0, time.monotonic() - t
+    # Measured twice (now, and again after the node phases); the best is the ceiling, since other
+    # processes on the machine can only lower it.
+    ceiling, others = verify_ceiling(envelopes, args.ceiling_seconds, cores)
     print(f"\n[a] Ed25519 verify ceiling (crypto_sign_open, {cores} processes, {args.ceiling_seconds:g} s): "
-          f"{ceiling:,.0f} verifies/s ({ceiling / cores:,.0f} per core); "
-          f"machine busy {busy / wall:.2f} of {cores} cores during it")
+          f"{ceiling:,.0f} verifies/s ({ceiling / cores:,.0f} per core); other processes used {others:.2f} cores meanwhile")
 
     base = tempfile.mkdtemp(prefix="ats-bench-ingest-", dir="/tmp")
     data_dir = os.path.join(base, "data")
@@ -545,9 +599,13 @@ def main(argv: list[str] | None = None) -> int:
         # c. batch ingest.
         chunks = [batch_envs[i : i + args.batch] for i in range(0, len(batch_envs), args.batch)]
         bodies = [cbor_array(c) for c in chunks]
+        spy = PySpy(args.py_spy, pid, "batch")
         cpu0, busy0 = proc_cpu_s(pid), system_busy_s()
-        res = asyncio.run(batch_phase(node.url, bodies, [len(c) for c in chunks], args.conns))
-        node_cpu, busy = proc_cpu_s(pid) - cpu0, system_busy_s() - busy0
+        try:
+            res = asyncio.run(batch_phase(node.url, bodies, [len(c) for c in chunks], args.conns))
+        finally:
+            node_cpu, busy = proc_cpu_s(pid) - cpu0, system_busy_s() - busy0
+            spy.stop()
         rate = res["accepted"] / res["elapsed"]
         ratio = rate / ceiling
         summary.update(batch_rate=rate, ratio=ratio)
@@ -556,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[c] batch ingest: {len(batch_envs)} events in {len(bodies)} batches of {args.batch}, "
               f"{args.conns} connections")
         print(f"    accepted {res['accepted']} in {res['elapsed']:.2f} s = {rate:,.0f} events/s; "
-              f"ratio to verify ceiling {ratio:.3f} (target >= {RATIO_TARGET})")
+              f"ratio to the first verify ceiling {ratio:.3f} (target >= {RATIO_TARGET}; summary uses the best)")
         print(f"    outcomes {res['statuses']}" + (f"; HTTP errors {res['http_errors'][:3]}" if res["http_errors"] else ""))
         print(f"    {'all accepted' if all_ok else 'NOT ALL ACCEPTED'}")
         print(f"    per-batch round trip p50 {res['latency_p50'] * 1000:.1f} ms, p99 {res['latency_p99'] * 1000:.1f} ms")
@@ -577,16 +635,33 @@ def main(argv: list[str] | None = None) -> int:
             if name == "ats_commit_batch_events":
                 summary["mean_commit"] = h["sum"] / h["count"] if h["count"] else float("nan")
 
-        # d. single events, open loop.
+        # d. single events, open loop. First the floor: sequential GET /healthz round trips (client
+        # + aiohttp server, no ledger work), to tell HTTP cost from ingest cost.
+        async def healthz_floor(k: int) -> list[float]:
+            out = []
+            async with aiohttp.ClientSession() as sess:
+                for _ in range(k):
+                    t = time.monotonic()
+                    async with sess.get(node.url + "/healthz") as r:
+                        await r.read()
+                    out.append((time.monotonic() - t) * 1000)
+            return sorted(out[20:])
+
+        floor = asyncio.run(healthz_floor(520))
+        spy = PySpy(args.py_spy, pid, "single")
         cpu0, busy0, t = proc_cpu_s(pid), system_busy_s(), time.monotonic()
-        s = single_phase(node.url, single_envs, args.rate, args.seconds, args.clients, args.limit, args.schedule)
-        node_cpu, busy, wall = proc_cpu_s(pid) - cpu0, system_busy_s() - busy0, time.monotonic() - t
+        try:
+            s = single_phase(node.url, single_envs, args.rate, args.seconds, args.clients, args.limit, args.schedule)
+        finally:
+            node_cpu, busy, wall = proc_cpu_s(pid) - cpu0, system_busy_s() - busy0, time.monotonic() - t
+            spy.stop()
         metrics2 = asyncio.run(metrics_now())
         p99 = percentile(s["latency"], 99)
         summary.update(single_p99=p99, single_rate=s["reply_rate"], single_errors=s["n"] - s["ok"],
                        lag_p99=percentile(s["lag"], 99))
         print(f"\n[d] single events, open loop: {s['n']} requests, {args.schedule} schedule at "
               f"{args.rate:g}/s over {s['schedule_s']:.2f} s, {args.clients} client process(es), pool {args.limit}")
+        print(f"    HTTP floor, sequential GET /healthz (no ledger work): {fmt_dist(floor)}")
         print(f"    statuses {s['by_status']}; errors {s['errors'] or 'none'}; ok {s['ok']}/{s['n']}")
         print(f"    achieved: send rate {s['send_rate']:,.0f}/s, reply rate {s['reply_rate']:,.0f}/s")
         print(f"    latency from scheduled send: {fmt_dist(s['latency'])}   (target p99 <= {P99_TARGET_MS} ms)")
@@ -608,10 +683,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(base, ignore_errors=True)
 
+    again, others = verify_ceiling(envelopes, args.ceiling_seconds, cores)
+    print(f"\n[a] verify ceiling again: {again:,.0f} verifies/s (other processes used {others:.2f} cores meanwhile); "
+          f"best {max(ceiling, again):,.0f}/s is the ceiling")
+    if again > ceiling:
+        summary["ceiling"] = again
+        if "batch_rate" in summary:
+            summary["ratio"] = summary["batch_rate"] / again
+
     # e. summary.
     print("\n== summary ==")
     rows = [
-        ("verify ceiling (all cores)", f"{summary['ceiling']:,.0f} /s", ""),
+        ("verify ceiling (all cores, best of 2)", f"{summary['ceiling']:,.0f} /s", ""),
         ("batch ingest, accepted", f"{summary.get('batch_rate', float('nan')):,.0f} events/s", ""),
         ("  ratio to ceiling", f"{summary.get('ratio', float('nan')):.3f}",
          f">= {RATIO_TARGET}: {'PASS' if summary.get('ratio', 0) >= RATIO_TARGET else 'MISS'}"),

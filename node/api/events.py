@@ -9,7 +9,7 @@ from aiohttp import web
 from ledger.admission import check_timestamp
 from ledger.errors import Invalid, Malformed
 from ledger.signing import verify
-from ledger.events import KINDS
+from ledger.events import Event, body_from_json, unsigned_event
 from node.api import bodies
 from node.appkeys import CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, QUERIES_KEY
 from node.api.errors import render
@@ -44,23 +44,24 @@ async def get_event(request: web.Request) -> web.Response:
 
 
 async def quota_check(request: web.Request) -> web.Response:
-    """POST /v1/quota/check: would this event (or estimate) be allowed now; records nothing.
+    """POST /v1/quota/check: would this event (or estimated run) be allowed now; records nothing.
 
     Body: an envelope (CBOR or JSON, as for POST /v1/events), or the JSON
-    estimate {"agent": hex, "kind": "act", "amounts": {"cost": 1200}}.
+    estimate {"agent": hex, "kind": "run.reserve", "body": {...}} with byte
+    fields in hex — e.g. a run's op, tokens and tools, priced by the node.
     """
     queries = request.app[QUERIES_KEY]
     now_ms = request.app[CLOCK_KEY].now_ms()
     if request.content_type == "application/json":
         doc = await request.json(loads=_loads)
         if isinstance(doc, dict) and "agent" in doc:
-            return web.json_response(await _estimate(request, doc, now_ms))
+            return web.json_response(await queries.quota_check(_estimate(doc, now_ms), now_ms))
     envelope = await bodies.single(request)
     verify(envelope.event.raw, envelope.sig, envelope.event.signer)
     check_timestamp(envelope.event.ts, now_ms, request.app[CONFIG_KEY].skew_ms)
-    ev = envelope.event
-    amounts = dict(zip(type(ev.body).METRICS, ev.body.metrics()))
-    return web.json_response(await _answer(queries, ev.signer.hex(), ev.kind, amounts, now_ms, event_id=ev.id_hex))
+    answer = await queries.quota_check(envelope.event, now_ms)
+    answer["id"] = envelope.event.id_hex
+    return web.json_response(answer)
 
 
 def _loads(text: str) -> object:
@@ -70,33 +71,13 @@ def _loads(text: str) -> object:
         raise Malformed("malformed_json", f"body is not valid JSON: {e}") from None
 
 
-async def _estimate(request: web.Request, doc: dict, now_ms: int) -> dict:
+def _estimate(doc: dict, now_ms: int) -> Event:
     for key in doc:
-        if key not in ("agent", "kind", "amounts"):
+        if key not in ("agent", "kind", "body"):
             raise Malformed("unknown_field", f"unknown estimate key {key!r}")
     agent = doc.get("agent")
-    parse_hex32(agent if isinstance(agent, str) else None, "agent")
+    signer = parse_hex32(agent if isinstance(agent, str) else None, "agent")
     kind = doc.get("kind")
-    if kind not in KINDS:
-        raise Invalid("unknown_kind", f"kind must be one of {', '.join(sorted(KINDS))}")
-    amounts = doc.get("amounts", {})
-    metrics = KINDS[kind].METRICS
-    if not isinstance(amounts, dict) or any(
-        k not in metrics or type(v) is not int or v < 0 for k, v in amounts.items()
-    ):
-        raise Invalid("invalid_body", f"amounts maps metrics of {kind} ({', '.join(metrics)}) to unsigned integers")
-    return await _answer(request.app[QUERIES_KEY], agent, kind, amounts, now_ms)
-
-
-async def _answer(queries, agent_hex: str, kind: str, amounts: dict, now_ms: int, event_id: str | None = None) -> dict:
-    balance = await queries.balance(agent_hex, now_ms)
-    budgets = []
-    for b in balance["budgets"]:
-        if b["kind"] != kind:
-            continue
-        after = b["consumed"] + amounts.get(b["metric"], 0)
-        budgets.append({**b, "consumed_after": after})
-    answer = {"allowed": True, "reason": None, "agent": agent_hex, "kind": kind, "amounts": amounts, "budgets": budgets}
-    if event_id:
-        answer["id"] = event_id
-    return answer
+    if not isinstance(kind, str):
+        raise Invalid("unknown_kind", "kind must be the name of an event kind")
+    return unsigned_event(kind, signer, now_ms, body_from_json(kind, doc.get("body", {})))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ledger.errors import check
-from ledger.events import Envelope
+from ledger.events import Envelope, Event
 from ledger.merkle import Frontier, leaf_hash
 from node.store import merkle as merkle_store
 from node.store.sqlite import transaction
@@ -76,6 +76,13 @@ def find_entries(conn: sqlite3.Connection, ids: Sequence[bytes]) -> dict[bytes, 
     return found
 
 
+def subject_of(ev: Event) -> bytes | None:
+    """Who an entry is about, for lookups: a TRT's subject, a policy record's agent."""
+    body = ev.body
+    subject = getattr(body, "subject", None) or getattr(body, "agent", None)
+    return subject if isinstance(subject, bytes) else None
+
+
 def append_batch(
     conn: sqlite3.Connection,
     origin_id: int,
@@ -83,10 +90,15 @@ def append_batch(
     envelopes: Sequence[Envelope],
     now_ms: int,
     sign: Callable[[int, bytes], str],
+    *,
+    receipts: Sequence[str | None] | None = None,
+    also: Callable[[sqlite3.Connection], None] | None = None,
 ) -> tuple[Frontier, str]:
     """Append envelopes (already checked, none held) and a checkpoint, in one transaction.
 
-    `sign(size, root)` returns the signed checkpoint note. Works on a copy of
+    `sign(size, root)` returns the signed checkpoint note; `receipts` holds each
+    envelope's stored receipt extras (JSON) and `also(conn)` writes whatever else
+    belongs to the same transaction (budget counters, alerts). Works on a copy of
     the frontier: returns (the advanced frontier, the checkpoint note); on any
     failure the transaction rolls back and the caller's frontier is unchanged.
     """
@@ -97,14 +109,18 @@ def append_batch(
     for offset, env in enumerate(envelopes):
         ev = env.event
         m = ev.body.metrics() + (0, 0, 0, 0)
-        rows.append((origin_id, start + offset, ev.id, ev.signer, ev.kind, ev.ts, env.raw, m[0], m[1], m[2], m[3], now_ms))
+        extra = receipts[offset] if receipts else None
+        rows.append((origin_id, start + offset, ev.id, ev.signer, ev.kind, ev.ts, env.raw, m[0], m[1], m[2], m[3],
+                     now_ms, extra, subject_of(ev)))
         leaves.append(leaf_hash(env.raw))
     with transaction(conn):
         conn.executemany(
-            "INSERT INTO entries (origin, idx, event_id, signer, kind, ts, envelope, m0, m1, m2, m3, accepted_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO entries (origin, idx, event_id, signer, kind, ts, envelope, m0, m1, m2, m3, accepted_ms,"
+            " budgets, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
+        if also is not None:
+            also(conn)
         merkle_store.append_leaves(conn, origin_id, work, leaves)
         size = work.size
         root = work.root()

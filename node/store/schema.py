@@ -51,6 +51,33 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (origin, size)
     ) WITHOUT ROWID;
     """,
+    # 2: budgets: who an entry is about (TRT subject, policy record's agent), usage counters,
+    # alerts, and run reservations.
+    """
+    ALTER TABLE entries ADD COLUMN subject BLOB;
+    CREATE INDEX entries_subject_kind ON entries (subject, kind) WHERE subject IS NOT NULL;
+    CREATE INDEX entries_policy ON entries (ts) WHERE kind NOT IN ('act', 'dat', 'cpt', 'trt');
+    CREATE TABLE usage_counters (
+        scope TEXT NOT NULL,
+        scope_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        window TEXT NOT NULL,
+        start_ms INTEGER NOT NULL,
+        amount INTEGER NOT NULL,
+        PRIMARY KEY (scope, scope_id, metric, window, start_ms)
+    ) WITHOUT ROWID;
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        scope_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX alerts_scope ON alerts (scope, scope_id, ts_ms);
+    """,
 )
 
 

@@ -17,20 +17,30 @@ from tests.integration.http import get, post_cbor, post_json, request
 from tests.integration.nodeproc import NodeProcess
 
 AGENT = TestAgent(bytes(range(32)))
+AUTHORITY = TestAgent(bytes([7]) * 32)
 
 # Codes no HTTP request can produce yet, and why. The completeness test below
 # fails if a code is neither walked nor listed here.
 NOT_REACHABLE_OVER_HTTP = {
     "replayed": "reserved: a replayed id is answered as a duplicate (an outcome, not an error)",
-    "unknown_agent": "comes with budgets: every agent is accepted until registration exists",
-    "budget_exceeded": "comes with budgets",
-    "throttled": "comes with budgets",
-    "not_ready": "only while shutting down or on a storage error (tested by kill/restart tests)",
-    "internal": "our own bug; rendered by the middleware (see test_read_only_after_tamper)",
+    "not_ready": "only while shutting down or on a storage error",
+    "internal": "our own bug; rendered by the middleware",
     "malformed_note": "checkpoint parsing is client-side (ats audit), not an API input",
     "malformed_checkpoint": "checkpoint parsing is client-side (ats audit), not an API input",
     "unknown_key": "checkpoint parsing is client-side (ats audit), not an API input",
-    "read_only": "walked in tests/integration/test_ingest.py::test_tampered_log_makes_node_read_only",
+}
+# Codes that need state (a spent budget, an open run): walked by the named test.
+WALKED_ELSEWHERE = {
+    "read_only": "test_ingest.test_tampered_log_makes_node_read_only",
+    "unknown_agent": "test_budgets.test_unregistered_agents_get_the_default_plan_or_are_refused",
+    "budget_exceeded": "test_budgets.test_reserve_then_hard_limit_rejects_with_retry_after_and_suspends_until_lifted",
+    "suspended": "test_budgets.test_reserve_then_hard_limit_rejects_with_retry_after_and_suspends_until_lifted",
+    "throttled": "test_budgets.test_soft_limit_warns_then_throttles",
+    "too_many_runs": "test_budgets.test_run_reservation_lifecycle",
+    "tool_not_allowed": "test_budgets.test_run_reservation_lifecycle",
+    "run_limit_exceeded": "test_budgets.test_run_reservation_lifecycle",
+    "run_exists": "test_budgets.test_run_reservation_lifecycle",
+    "proposal_expired": "test_budgets.test_vote_after_expiry_is_refused",
 }
 
 
@@ -85,6 +95,17 @@ def cases():
     yield "bad_parameter", 422, ("GET", "/v1/log/proof/inclusion?id=xyz", None, None)
     yield "bad_parameter", 422, ("GET", "/v1/agents/ABC/balance", None, None)
     yield "bad_parameter", 422, ("GET", "/v1/log/entries?start=0", None, None)
+    # policy records: the error node names AUTHORITY as its only governance authority
+    reg = {"agent": bytes(32), "user": bytes(32), "team": "t", "platform": "p", "plan": "freemium"}
+    yield "not_authority", 403, ("POST", "/v1/events", AGENT.envelope("agent.register", reg), "application/cbor")
+    yield "unknown_plan", 422, ("POST", "/v1/events", AUTHORITY.envelope("agent.register", {**reg, "plan": "gold"}), "application/cbor")
+    now = int(time.time() * 1000)
+    bad = {"title": "x", "changes": {"budgets": {"act": {"limit": -5}}}, "activate_at": now, "expires_at": now + 1000}
+    yield "invalid_policy", 422, ("POST", "/v1/events", AUTHORITY.envelope("gov.propose", bad), "application/cbor")
+    vote = {"proposal": bytes(32), "approve": True}
+    yield "proposal_not_found", 404, ("POST", "/v1/events", AUTHORITY.envelope("gov.vote", vote), "application/cbor")
+    charge = {"run": bytes(16), "cost": 1, "tokens": 1}
+    yield "unknown_run", 422, ("POST", "/v1/events", AGENT.envelope("run.charge", charge), "application/cbor")
 
 
 CASES = list(cases())
@@ -93,7 +114,8 @@ CASES = list(cases())
 @pytest.fixture(scope="module")
 def error_node(tmp_path_factory):
     """One node for all error paths: none of them may store anything."""
-    proc = NodeProcess(str(tmp_path_factory.mktemp("errors") / "node")).start()
+    env = {"ATS_AUTHORITIES": AUTHORITY.public_key.hex()}
+    proc = NodeProcess(str(tmp_path_factory.mktemp("errors") / "node"), env=env).start()
     try:
         yield proc
     finally:
@@ -122,10 +144,16 @@ def node_size(node) -> int:
 
 
 def test_every_error_code_is_walked_or_explained():
+    import importlib
+
     walked = {c[0] for c in CASES}
-    missing = set(CODES) - walked - set(NOT_REACHABLE_OVER_HTTP)
+    missing = set(CODES) - walked - set(NOT_REACHABLE_OVER_HTTP) - set(WALKED_ELSEWHERE)
     assert not missing, f"error codes with no test path: {sorted(missing)}"
     assert not (walked & set(NOT_REACHABLE_OVER_HTTP))
+    for code, where in WALKED_ELSEWHERE.items():
+        module, name = where.split(".")
+        test = getattr(importlib.import_module(f"tests.integration.{module}"), name)
+        assert f'"{code}"' in open(test.__code__.co_filename).read(), code
 
 
 def test_batch_with_a_bad_element_reports_it_and_keeps_the_others(node):
@@ -148,10 +176,22 @@ def test_batch_array_that_lies_about_its_length_is_malformed(node):
 def test_quota_check_records_nothing(node):
     env = AGENT.envelope("act", {"op": "agent.run", "cost": 5000})
     reply = post_cbor(node.url, "/v1/quota/check", env)
-    assert reply.status == 200 and reply.json()["allowed"] is True
-    est = post_json(node.url, "/v1/quota/check", {"agent": AGENT.public_key.hex(), "kind": "act", "amounts": {"cost": 10}})
-    assert est.status == 200 and est.json()["budgets"][0]["consumed_after"] == 10
-    bad = post_json(node.url, "/v1/quota/check", {"agent": AGENT.public_key.hex(), "kind": "act", "amounts": {"cost": -1}})
+    assert reply.status == 200 and reply.json()["allowed"] is True and reply.json()["id"]
+    agent = AGENT.public_key.hex()
+    est = post_json(node.url, "/v1/quota/check", {"agent": agent, "kind": "act", "body": {"op": "llm.call", "cost": 10}})
+    assert est.status == 200
+    cost = [b for b in est.json()["budgets"] if b["scope"] == "agent" and b["metric"] == "act.cost"][0]
+    assert cost["consumed"] == 10 and cost["allocated"] == 5_000_000
+    too_much = post_json(node.url, "/v1/quota/check", {"agent": agent, "kind": "act", "body": {"op": "x", "cost": 6_000_000}})
+    doc = too_much.json()
+    assert too_much.status == 200 and doc["allowed"] is False and doc["error"]["code"] == "budget_exceeded"
+    assert doc["retry_after_ms"] > 0
+    bad = post_json(node.url, "/v1/quota/check", {"agent": agent, "kind": "act", "body": {"op": "x", "cost": -1}})
     assert bad.status == 422 and bad.code == "invalid_body"
+    extra = post_json(node.url, "/v1/quota/check", {"agent": agent, "kind": "act", "amounts": {}})
+    assert extra.status == 400 and extra.code == "unknown_field"
     assert node_size(node) == 0
-    assert get(node.url, f"/v1/agents/{AGENT.public_key.hex()}/usage").json()["totals"] == {}
+    assert get(node.url, f"/v1/agents/{agent}/usage").json()["totals"] == {}
+    # nothing moved: a real submission still starts from zero
+    first = post_cbor(node.url, "/v1/events", AGENT.envelope("act", {"op": "x", "cost": 7}))
+    assert [b for b in first.json()["budgets"] if b["metric"] == "act.cost"][0]["consumed"] == 7

@@ -1,0 +1,234 @@
+"""Budgets: what an event costs, and whether a scope may spend it now.
+
+Theory of operation. An event *charges* amounts to metrics (`charges`): an ACT
+event's cost weight to `act.cost`, its LLM tokens to `act.llm_tokens` when its
+op is `llm.call`, one run to `act.runs` when its op is `agent.run`, and so on
+(`METRICS`). It charges them to its signer and to every ancestor scope the
+signer is registered under (agent → user → team → platform). A `Rule` limits
+one metric of one scope over one UTC-aligned window. `evaluate` decides one
+rule for one event from the amount already consumed in the event's window,
+the amount held by pending run reservations, and the overage policy:
+
+    consumed + held + amount  <  soft         ok (status healthy or normal)
+                              ≥  soft         ok with a warning; throttled if the policy says
+                              >  hard         ok from the emergency reserve while it lasts (flagged)
+                              >  hard+reserve rejected: 429 budget_exceeded until the window ends,
+                                              and the scope is suspended if the policy says
+
+Everything here is integer arithmetic on values passed in, so every node that
+holds the same events computes the same limits, statuses and decisions. The
+token bucket of a throttled scope is the one piece of local pacing state; it
+is passed in and returned, never read from a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ledger.events import Event
+
+# -- metrics -------------------------------------------------------------------
+
+
+def _act_op(op: str) -> Callable[[Any], int]:
+    return lambda body: 1 if body.op == op else 0
+
+
+# metric name -> {kind: amount(body)}
+METRICS: dict[str, dict[str, Callable[[Any], int]]] = {
+    "act.cost": {
+        "act": lambda b: b.cost,
+        "run.charge": lambda b: b.cost,
+        "run.post": lambda b: b.cost,
+    },
+    "act.llm_tokens": {
+        "act": lambda b: (b.units or 0) if b.op == "llm.call" else 0,
+        "run.charge": lambda b: b.tokens,
+        "run.post": lambda b: b.tokens,
+    },
+    "act.runs": {"act": _act_op("agent.run"), "run.reserve": lambda b: 1},
+    "act.messages": {"act": lambda b: 1 if b.op.startswith("message.") else 0},
+    "dat.bytes": {"dat": lambda b: b.read + b.written},
+    "dat.written": {"dat": lambda b: b.written},
+    "cpt.units": {"cpt": lambda b: b.cpu + b.gpu},
+    "trt.count": {"trt": lambda b: 1},
+    "events": {k: (lambda b: 1) for k in ("act", "dat", "cpt", "trt", "run.reserve", "run.charge", "run.post")},
+}
+
+METRIC_UNITS = {
+    "act.cost": "milli-T (cost weight × 1000)",
+    "act.llm_tokens": "tokens",
+    "act.runs": "runs",
+    "act.messages": "messages",
+    "dat.bytes": "bytes read + written",
+    "dat.written": "bytes written",
+    "cpt.units": "CPU + GPU time slices",
+    "trt.count": "trust ratings issued",
+    "events": "events",
+}
+
+
+def charges(event: Event) -> dict[str, int]:
+    """The non-zero amount this event adds to each metric."""
+    out = {}
+    for metric, by_kind in METRICS.items():
+        fn = by_kind.get(event.kind)
+        if fn is not None:
+            amount = fn(event.body)
+            if amount:
+                out[metric] = amount
+    return out
+
+
+# -- rules and statuses ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overage:
+    """What happens as a window fills: soft and hard thresholds in % of the limit."""
+
+    soft_pct: int
+    hard_pct: int
+    throttle: bool
+    suspend: bool
+    reserve_pct: int
+
+
+PLAN_QUOTA_OVERAGE = Overage(soft_pct=80, hard_pct=100, throttle=False, suspend=False, reserve_pct=0)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A limit on one metric of one scope over one window; limit None = unlimited."""
+
+    scope: str
+    scope_id: str
+    metric: str
+    window: str
+    limit: int | None
+    overage: Overage
+    source: str  # "default" (per-kind budget) or the plan quota name
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.scope, self.scope_id, self.metric, self.window)
+
+
+def thresholds(rule: Rule) -> tuple[int, int, int]:
+    """(soft, hard, reserve) amounts of a limited rule, floored to integers."""
+    limit = rule.limit or 0
+    o = rule.overage
+    return limit * o.soft_pct // 100, limit * o.hard_pct // 100, limit * o.reserve_pct // 100
+
+
+def status(consumed: int, rule: Rule) -> str:
+    """healthy (< 50 %), normal, warning (≥ soft), critical (≥ hard)."""
+    if rule.limit is None:
+        return "healthy"
+    soft, hard, _reserve = thresholds(rule)
+    if consumed >= hard:
+        return "critical"
+    if consumed >= soft:
+        return "warning"
+    if consumed * 2 < rule.limit:
+        return "healthy"
+    return "normal"
+
+
+# -- throttling --------------------------------------------------------------------
+
+
+@dataclass
+class Bucket:
+    """A token bucket for a scope past its soft limit: refills so that the rest of
+    the budget lasts until the window ends."""
+
+    tokens: int
+    updated_ms: int
+
+
+BUCKET_CAPACITY_PCT = 5  # of the limit: a burst a throttled scope may still spend at once
+
+
+# -- decisions -----------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    """The outcome of one rule for one event."""
+
+    ok: bool
+    code: str = ""
+    message: str = ""
+    retry_after_ms: int = 0
+    flags: list[str] = field(default_factory=list)
+    suspend_until_ms: int | None = None
+    bucket: Bucket | None = None
+
+
+def evaluate(
+    rule: Rule,
+    consumed: int,
+    held: int,
+    amount: int,
+    now_ms: int,
+    window_end_ms: int,
+    bucket: Bucket | None,
+) -> Verdict:
+    """Decide one rule: may `amount` be added to `consumed` (+ `held` by reservations) now?"""
+    if rule.limit is None:
+        return Verdict(ok=True)
+    soft, hard, reserve = thresholds(rule)
+    before = consumed + held
+    after = before + amount
+    remaining_ms = max(1, window_end_ms - now_ms)
+    flags = []
+    if after > hard:
+        if after <= hard + reserve:
+            flags.append("reserve")
+            if before <= hard:
+                flags.append("hard_crossed")
+            return Verdict(ok=True, flags=flags)
+        return Verdict(
+            ok=False,
+            code="budget_exceeded",
+            message=(
+                f"{rule.scope} {rule.scope_id[:16]} would use {after} of its {rule.metric} limit {rule.limit}"
+                f" per {rule.window} (hard {hard}, reserve {reserve})"
+            ),
+            retry_after_ms=remaining_ms,
+            suspend_until_ms=window_end_ms if rule.overage.suspend else None,
+        )
+    if after >= soft:
+        flags.append("warning")
+        if before < soft:
+            flags.append("soft_crossed")
+        if rule.overage.throttle:
+            return _throttle(rule, hard - before, amount, now_ms, remaining_ms, bucket, flags)
+    return Verdict(ok=True, flags=flags)
+
+
+def _throttle(
+    rule: Rule, room: int, amount: int, now_ms: int, remaining_ms: int, bucket: Bucket | None, flags: list[str]
+) -> Verdict:
+    """Token bucket: refills at room/remaining_ms so the rest of the budget lasts the window."""
+    assert rule.limit is not None
+    capacity = max(1, rule.limit * BUCKET_CAPACITY_PCT // 100)
+    if bucket is None:
+        bucket = Bucket(tokens=capacity, updated_ms=now_ms)
+    elapsed = max(0, now_ms - bucket.updated_ms)
+    # integer refill: room × elapsed / remaining, capped at the capacity
+    bucket = Bucket(tokens=min(capacity, bucket.tokens + room * elapsed // remaining_ms), updated_ms=now_ms)
+    if bucket.tokens >= amount or bucket.tokens >= capacity:
+        bucket.tokens = max(0, bucket.tokens - amount)
+        return Verdict(ok=True, flags=flags + ["throttled"], bucket=bucket)
+    missing = amount - bucket.tokens
+    wait_ms = -(-missing * remaining_ms // max(1, room))
+    return Verdict(
+        ok=False,
+        code="throttled",
+        message=f"{rule.scope} {rule.scope_id[:16]} is past its soft {rule.metric} limit and throttled",
+        retry_after_ms=max(1, min(wait_ms, remaining_ms)),
+        bucket=bucket,
+    )

@@ -1,0 +1,561 @@
+"""The budget book: policy state, usage counters and run reservations, owned by the writer thread.
+
+Theory of operation. Every input is an event in the log, so the book is a fold:
+policy records (registrations, plans, stakes, suspensions, governance) and run
+records rebuild it at start-up, and every admitted event updates it in the same
+writer-thread step that appends it. `admit(event)` decides an event against
+the book; it raises the LedgerError that rejects it, or returns what the
+receipt reports and what the transaction must also write (counter deltas,
+alerts, the node's own records). Usage counters live in `usage_counters`,
+cached here for the windows in use; a counter missing from the cache is read
+from SQLite once.
+
+The decision rules themselves are pure (`ledger.budget`, `ledger.plans`,
+`ledger.multipliers`, `ledger.reputation`, `ledger.governance`); this module
+only holds state and looks things up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger import budget as rules_mod
+from ledger.budget import Bucket, Overage, Rule, charges, evaluate, status
+from ledger.errors import Conflict, Forbidden, Invalid, LedgerError, NotFound, OverBudget
+from ledger.events import Event
+from ledger.governance import Governance, Policy, Proposal, Vote
+from ledger.multipliers import effective_limit, reputation_multiplier, stake_multiplier
+from ledger.plans import QUOTA_METRICS, plan_named
+from ledger.policy import AUTHORITY_KINDS, NODE_KINDS, ORACLE_KINDS, RUN_KINDS
+from ledger.reputation import Rating, anomaly_penalty_milli, performance_trust, score_ppm
+from ledger.windows import DAY_MS, window_bounds
+from node.store import budgets as budget_store
+from node.store.sqlite import Connection
+
+logger = logging.getLogger("ats.budgets")
+
+METERING = ("act", "dat", "cpt", "trt")
+RUN_TIMEOUT_MS_MAX = 24 * 3_600_000
+MANUAL_SUSPENSION_RETRY_MS = 3_600_000
+
+
+@dataclass
+class Registration:
+    user: str
+    team: str
+    platform: str
+    plan: str
+    max_tokens_per_run: int | None = None
+    max_cost_per_run: int | None = None
+    max_parallel_runs: int | None = None
+    allowed_tools: tuple[str, ...] | None = None
+
+
+@dataclass
+class Run:
+    run: bytes
+    agent: bytes
+    chain: list[tuple[str, str]]
+    reserved: int
+    spent: int
+    tokens: int
+    expires_ms: int
+    open: bool = True
+
+    @property
+    def hold(self) -> int:
+        return max(0, self.reserved - self.spent) if self.open else 0
+
+
+@dataclass
+class Suspension:
+    start_ms: int
+    until_ms: int | None  # None: until lifted
+    reason: str
+    metric: str
+
+
+@dataclass
+class Admitted:
+    """What an admitted event adds to its transaction and its receipt."""
+
+    budgets: list[dict[str, Any]] = field(default_factory=list)
+    run: dict[str, Any] | None = None
+    deltas: dict[tuple[str, str, str, str, int], int] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    node_records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def merge(self, other: "Admitted") -> None:
+        """Add another event's writes to this batch's (receipt parts are per event)."""
+        for key, amount in other.deltas.items():
+            self.deltas[key] = self.deltas.get(key, 0) + amount
+        self.alerts.extend(other.alerts)
+        self.node_records.extend(other.node_records)
+
+
+class BudgetBook:
+    def __init__(self, *, node_key: bytes, authorities: tuple[bytes, ...], oracles: tuple[bytes, ...],
+                 threshold: int, unregistered: str, default_plan: str, enforce: bool):
+        self._args = dict(node_key=node_key, authorities=authorities, oracles=oracles, threshold=threshold,
+                          unregistered=unregistered, default_plan=default_plan, enforce=enforce)
+        self.node_key = node_key
+        self.authorities = frozenset(authorities)
+        self.oracles = frozenset(oracles)
+        m = threshold or (len(authorities) // 2 + 1 if authorities else 1)
+        self.governance = Governance(self.authorities, m) if authorities else Governance(frozenset({node_key}), 1)
+        self.unregistered = unregistered
+        self.default_plan = default_plan
+        self.enforce = enforce
+        self.registrations: dict[bytes, Registration] = {}
+        self.users: set[bytes] = set()
+        self.plans: dict[tuple[str, str], str] = {}
+        self.stakes: dict[bytes, int] = {}
+        self.suspensions: dict[bytes, list[Suspension]] = {}
+        self.runs: dict[bytes, Run] = {}
+        self.holds: dict[tuple[str, str], int] = {}
+        self.counters: dict[tuple[str, str, str, str, int], int] = {}
+        self.buckets: dict[tuple[str, str, str, str], Bucket] = {}
+        self.reputation: dict[bytes, dict[int, int]] = {}  # agent -> UTC day start -> score ppm
+        self.announced: set[bytes] = set()
+
+    # -- start-up ---------------------------------------------------------------------
+
+    def load(self, conn: Connection, now_ms: int) -> None:
+        """Rebuild the book from the log's policy and run records (few; a partial index finds them)."""
+        for event in budget_store.policy_events(conn, now_ms - RUN_TIMEOUT_MS_MAX):
+            try:
+                self._apply(event, event.ts, replay=True)
+            except LedgerError as e:  # recorded once admitted; a later rule change may refuse it now
+                logger.warning("policy record %s no longer applies: %s", event.id_hex, e.message)
+        self.announced = {a.proposal for a in self.governance.adopted()}
+
+    def reload(self, conn: Connection, now_ms: int) -> None:
+        """Forget everything and rebuild from the log (after a rolled-back transaction)."""
+        self.__init__(**self._args)  # type: ignore[misc]
+        self.load(conn, now_ms)
+
+    # -- scopes and rules ------------------------------------------------------------------
+
+    def chain(self, signer: bytes) -> list[tuple[str, str]]:
+        """The scopes an event by signer charges: agent, then its user, team and platform."""
+        reg = self.registrations.get(signer)
+        if reg is None:
+            return [("agent", signer.hex())]
+        return [("agent", signer.hex()), ("user", reg.user), ("team", reg.team), ("platform", reg.platform)]
+
+    def _plan_of(self, scope: str, scope_id: str) -> str | None:
+        explicit = self.plans.get((scope, scope_id))
+        if explicit:
+            return explicit
+        if scope == "agent":
+            reg = self.registrations.get(bytes.fromhex(scope_id))
+            return reg.plan if reg else self.default_plan
+        return None
+
+    def score(self, conn: Connection, agent: bytes, at_ms: int) -> int:
+        """Reputation (ppm) as of the start of the UTC day holding at_ms: stable within a day."""
+        day = at_ms - at_ms % DAY_MS
+        by_day = self.reputation.setdefault(agent, {})
+        cached = by_day.get(day)
+        if cached is None:
+            # |value| is capped at 1000 (one full rating) so no single record can dominate a score
+            ratings = [
+                Rating(ts_ms=ts, value_milli=max(-1000, min(1000, value)), halflife_s=halflife,
+                       issuer_role=self._role(issuer), type=type_)
+                for ts, issuer, value, halflife, type_ in budget_store.ratings_about(conn, agent, day)
+            ]
+            cached = score_ppm(ratings, day)
+            by_day.clear()  # only the current day's score is kept
+            by_day[day] = cached
+        return cached
+
+    def _role(self, issuer: bytes) -> str:
+        if issuer == self.node_key or issuer in self.authorities:
+            return "system"
+        if issuer in self.registrations:
+            return "peer"
+        return "user"
+
+    def rules(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int) -> list[Rule]:
+        """Every rule on the chain's scopes in force at at_ms, with multipliers and bursts applied."""
+        policy = self.governance.policy_at(at_ms)
+        out: list[Rule] = []
+        for scope, scope_id in chain:
+            agent = bytes.fromhex(scope_id) if scope == "agent" else None
+            stake = self.stakes.get(agent, 0) if agent else 0
+            score = self.score(conn, agent, at_ms) if agent else 0
+            if scope != "agent":
+                # ancestors count every metering kind's metric (visible in balance); their
+                # limits come from the plan they are assigned, below
+                for kind, b in policy.budgets.items():
+                    o = Overage(b.soft_pct, b.hard_pct, b.throttle, False, b.reserve_pct)
+                    out.append(Rule(scope, scope_id, b.metric, b.window, None, o, kind))
+            if scope == "agent":
+                for kind, b in policy.budgets.items():
+                    base = effective_limit(b.limit, stake, score, stake_tiers=policy.stake_table(),
+                                           reputation_tiers=policy.reputation_table())
+                    o = Overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
+                    out.append(self._burst(policy, Rule(scope, scope_id, b.metric, b.window, base, o, kind), at_ms))
+            plan_name = self._plan_of(scope, scope_id)
+            if plan_name is None:
+                continue
+            plan = policy.plan(plan_name)
+            for quota, (metric, window) in QUOTA_METRICS.items():
+                base = plan.limits[quota]
+                if agent is not None:
+                    base = effective_limit(base, stake, score, stake_tiers=policy.stake_table(),
+                                           reputation_tiers=policy.reputation_table())
+                rule = Rule(scope, scope_id, metric, window, base, rules_mod.PLAN_QUOTA_OVERAGE, quota)
+                out.append(self._burst(policy, rule, at_ms))
+        return out
+
+    def _burst(self, policy: Policy, rule: Rule, at_ms: int) -> Rule:
+        factor = self.governance.active_bursts(rule.scope, rule.scope_id, rule.metric, at_ms)
+        if factor == 100 or rule.limit is None:
+            return rule
+        return Rule(rule.scope, rule.scope_id, rule.metric, rule.window, rule.limit * factor // 100, rule.overage, rule.source)
+
+    # -- counters ---------------------------------------------------------------------------
+
+    def consumed(self, conn: Connection, key: tuple[str, str, str, str, int]) -> int:
+        value = self.counters.get(key)
+        if value is None:
+            value = budget_store.counter(conn, key)
+            self.counters[key] = value
+        return value
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def authorize(self, ev: Event) -> None:
+        """Policy records only from their signers (ledger.policy); raises Forbidden."""
+        if ev.kind in AUTHORITY_KINDS and ev.signer not in self.authorities:
+            raise Forbidden("not_authority", f"{ev.kind} must be signed by a governance authority of this node")
+        if ev.kind in ORACLE_KINDS and ev.signer not in self.oracles:
+            raise Forbidden("not_authority", f"{ev.kind} must be signed by an oracle of this node")
+        if ev.kind in NODE_KINDS and ev.signer != self.node_key:
+            raise Forbidden("not_authority", f"{ev.kind} records are written by nodes, not submitted")
+
+    def admit(self, conn: Connection, ev: Event, now_ms: int, *, dry_run: bool = False) -> tuple[Admitted, LedgerError | None]:
+        """Decide ev against the book and apply it if admitted: (what to write, the rejection or None).
+
+        Raises the LedgerError of a record that is invalid whatever the budgets
+        (not an authority, unknown run, run limits). With dry_run nothing moves:
+        the answer of POST /v1/quota/check.
+        """
+        self.authorize(ev)
+        out = Admitted()
+        if ev.kind not in METERING and ev.kind not in RUN_KINDS:
+            if not dry_run:
+                self._apply(ev, now_ms, out=out)
+            return out, None
+        if ev.kind == "trt" and not dry_run:
+            # a late rating may change a score already computed for its subject
+            self.reputation.pop(ev.body.subject, None)
+        if ev.signer == self.node_key:
+            return out, None  # the node's own trust records are not metered
+        if ev.kind != "trt" and ev.signer not in self.registrations and self.unregistered == "refuse":
+            raise Invalid("unknown_agent", "this agent has no agent.register record and the node refuses unregistered agents")
+        chain = self.chain(ev.signer)
+        if self.enforce:
+            self._check_suspended(ev.signer, now_ms)
+        run = self._run_precheck(ev, chain, now_ms)
+        consume = charges(ev)
+        hold_delta = self._hold_delta(ev, run)
+        rules = self.rules(conn, chain, ev.ts)
+        windows: dict[str, set[str]] = {}
+        for rule in rules:
+            windows.setdefault(rule.metric, set()).add(rule.window)
+        checked: list[tuple[Rule, int, int, int, list[str]]] = []
+        for rule in rules:
+            amount = consume.get(rule.metric, 0) + (hold_delta if rule.metric == "act.cost" else 0)
+            if amount <= 0 and rule.metric not in consume:
+                continue
+            start, end = window_bounds(rule.window, ev.ts)
+            consumed = self.consumed(conn, rule.key + (start,))
+            held = self.holds.get((rule.scope, rule.scope_id), 0) if rule.metric == "act.cost" else 0
+            verdict = evaluate(rule, consumed, held, max(0, amount), now_ms, end, self.buckets.get(rule.key))
+            if verdict.bucket is not None and not dry_run:
+                self.buckets[rule.key] = verdict.bucket
+            if not verdict.ok and self.enforce:
+                if verdict.suspend_until_ms is not None and not dry_run:
+                    self._auto_suspend(ev.signer, rule, verdict.suspend_until_ms, now_ms, out)
+                error = OverBudget(verdict.code, verdict.message, details={"retry_after_ms": verdict.retry_after_ms})
+                return out, error
+            checked.append((rule, consumed + consume.get(rule.metric, 0), held, end, verdict.flags))
+        if dry_run:
+            for rule, consumed, held, end, flags in checked:
+                held_after = held + (hold_delta if rule.metric == "act.cost" else 0)
+                out.budgets.append(self._budget_view(rule, consumed, held_after, end, flags))
+            if run is not None and ev.kind == "run.reserve":
+                out.run = {"run": run.run.hex(), "state": "estimate", "reserved": run.reserved, "expires": run.expires_ms}
+            return out, None
+        # admitted: counters, holds and runs move; the receipt reports every rule it touched
+        for scope, scope_id in chain:
+            for metric, amount in consume.items():
+                for window in windows.get(metric, ()):
+                    key = (scope, scope_id, metric, window, window_bounds(window, ev.ts)[0])
+                    self.counters[key] = self.consumed(conn, key) + amount
+                    out.deltas[key] = out.deltas.get(key, 0) + amount
+        self._apply_run(ev, run, chain, hold_delta, now_ms, out)
+        for rule, consumed, held, end, flags in checked:
+            out.budgets.append(self._budget_view(rule, consumed, self.holds.get((rule.scope, rule.scope_id), 0) if rule.metric == "act.cost" else 0, end, flags))
+            for flag, alert in (("soft_crossed", "soft_limit"), ("hard_crossed", "hard_limit"), ("reserve", "reserve")):
+                if flag in flags and (alert != "reserve" or "hard_crossed" in flags):
+                    out.alerts.append(self._alert(alert, rule, now_ms, {"consumed": consumed, "limit": rule.limit}))
+        return out, None
+
+    def _budget_view(self, rule: Rule, consumed: int, held: int, window_end: int, flags: list[str]) -> dict[str, Any]:
+        limit = rule.limit
+        return {
+            "scope": rule.scope,
+            "scope_id": rule.scope_id,
+            "metric": rule.metric,
+            "window": rule.window,
+            "source": rule.source,
+            "allocated": limit,
+            "consumed": consumed,
+            "held": held,
+            "remaining": None if limit is None else max(0, limit - consumed - held),
+            "status": status(consumed + held, rule),
+            "window_end": window_end,
+            **({"flags": sorted(set(flags) - {"soft_crossed", "hard_crossed"})} if flags else {}),
+        }
+
+    def _alert(self, type_: str, rule: Rule, now_ms: int, detail: dict[str, Any]) -> dict[str, Any]:
+        return {"ts_ms": now_ms, "type": type_, "scope": rule.scope, "scope_id": rule.scope_id,
+                "metric": rule.metric, "detail": json.dumps(detail, sort_keys=True)}
+
+    # -- suspensions --------------------------------------------------------------------------
+
+    def _active_suspension(self, agent: bytes, now_ms: int) -> Suspension | None:
+        for s in self.suspensions.get(agent, ()):
+            if s.until_ms is None or s.until_ms > now_ms:
+                return s
+        return None
+
+    def _check_suspended(self, agent: bytes, now_ms: int) -> None:
+        s = self._active_suspension(agent, now_ms)
+        if s is not None:
+            retry = MANUAL_SUSPENSION_RETRY_MS if s.until_ms is None else s.until_ms - now_ms
+            until = "until an authority lifts it" if s.until_ms is None else f"until {s.until_ms} ms"
+            raise OverBudget("suspended", f"agent is suspended {until}: {s.reason}", details={"retry_after_ms": retry})
+
+    def _auto_suspend(self, agent: bytes, rule: Rule, until_ms: int, now_ms: int, out: Admitted) -> None:
+        current = self._active_suspension(agent, now_ms)
+        if current is not None and (current.until_ms is None or current.until_ms >= until_ms):
+            return
+        reason = f"hard limit of {rule.metric} per {rule.window} reached"
+        self.suspensions.setdefault(agent, []).append(Suspension(now_ms, until_ms, reason, rule.metric))
+        out.node_records.append(("agent.suspended", {"agent": agent, "metric": rule.metric, "until": until_ms, "reason": reason}))
+        # a usage anomaly lowers trust: the node rates the agent, in the log, like any issuer
+        out.node_records.append(("trt", {"subject": agent, "type": "compliance", "value": anomaly_penalty_milli(1),
+                                          "halflife": 7 * 86_400}))
+        out.alerts.append(self._alert("suspended", rule, now_ms, {"until": until_ms, "reason": reason}))
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def estimate(self, op: str, tokens: int, at_ms: int) -> int:
+        """A run's cost estimate in milli-T from the pricing table (T per unit × 1000)."""
+        prices = self.governance.policy_at(at_ms).prices
+        return 1000 * (prices.get(op, 0) + tokens * prices.get("llm.call.token", 0))
+
+    def _open_run(self, ev: Event, now_ms: int) -> Run:
+        run = self.runs.get(ev.body.run)
+        if run is None or not run.open or run.agent != ev.signer:
+            raise Invalid("unknown_run", "no open run with this id for this agent (never reserved, already posted or voided)")
+        if run.expires_ms <= now_ms:
+            run.open = False
+            self._release(run)
+            raise Invalid("unknown_run", "this run's reservation expired")
+        return run
+
+    def _run_precheck(self, ev: Event, chain: list[tuple[str, str]], now_ms: int) -> Run | None:
+        """Validate a run record against the agent's run limits; the run it touches, if any."""
+        self._expire_runs(ev.signer, now_ms)
+        if ev.kind == "run.reserve":
+            body = ev.body
+            if body.run in self.runs:
+                raise Conflict("run_exists", "a run with this id was already reserved")
+            if not 0 < body.timeout <= RUN_TIMEOUT_MS_MAX:
+                raise Invalid("invalid_body", f"timeout must be 1..{RUN_TIMEOUT_MS_MAX} ms")
+            cost = body.cost if body.cost is not None else self.estimate(body.op, body.tokens, ev.ts)
+            reg = self.registrations.get(ev.signer)
+            if reg is not None:
+                if reg.allowed_tools is not None and not set(body.tools or ()) <= set(reg.allowed_tools):
+                    denied = sorted(set(body.tools or ()) - set(reg.allowed_tools))
+                    raise Invalid("tool_not_allowed", f"tools not allowed for this agent: {', '.join(denied)}")
+                if reg.max_tokens_per_run is not None and body.tokens > reg.max_tokens_per_run:
+                    raise Invalid("run_limit_exceeded", f"{body.tokens} tokens is over max_tokens_per_run {reg.max_tokens_per_run}")
+                if reg.max_cost_per_run is not None and cost > reg.max_cost_per_run:
+                    raise Invalid("run_limit_exceeded", f"estimated cost {cost} is over max_cost_per_run {reg.max_cost_per_run}")
+                open_runs = [r for r in self.runs.values() if r.open and r.agent == ev.signer]
+                if reg.max_parallel_runs is not None and len(open_runs) >= reg.max_parallel_runs:
+                    retry = min(r.expires_ms for r in open_runs) - now_ms if open_runs else 1000
+                    raise OverBudget("too_many_runs", f"{len(open_runs)} runs open, max_parallel_runs is {reg.max_parallel_runs}",
+                                     details={"retry_after_ms": max(1, retry)})
+            return Run(body.run, ev.signer, chain, cost, 0, 0, ev.ts + body.timeout)
+        if ev.kind in ("run.charge", "run.post", "run.void"):
+            return self._open_run(ev, now_ms)
+        return None
+
+    def _hold_delta(self, ev: Event, run: Run | None) -> int:
+        if run is None:
+            return 0
+        if ev.kind == "run.reserve":
+            return run.reserved
+        if ev.kind == "run.charge":
+            return max(0, run.reserved - run.spent - ev.body.cost) - run.hold
+        return -run.hold  # post, void
+
+    def _release(self, run: Run, amount: int | None = None) -> None:
+        amount = run.hold if amount is None else amount
+        for scope in run.chain:
+            self.holds[scope] = self.holds.get(scope, 0) - amount
+
+    def _expire_runs(self, agent: bytes, now_ms: int) -> None:
+        for run in self.runs.values():
+            if run.open and run.agent == agent and run.expires_ms <= now_ms:
+                self._release(run)
+                run.open = False
+
+    def _apply_run(self, ev: Event, run: Run | None, chain: list, hold_delta: int, now_ms: int, out: Admitted) -> None:
+        if run is None:
+            return
+        for scope in run.chain:
+            self.holds[scope] = self.holds.get(scope, 0) + hold_delta
+        if ev.kind == "run.reserve":
+            self.runs[run.run] = run
+        elif ev.kind in ("run.charge", "run.post"):
+            run.spent += ev.body.cost
+            run.tokens += ev.body.tokens
+        if ev.kind in ("run.post", "run.void"):
+            run.open = False
+        if ev.kind == "run.post" and ev.body.score is not None:
+            value = performance_trust(ev.body.score)
+            if value is not None:
+                out.node_records.append(("trt", {"subject": ev.signer, "type": "reliability", "value": value,
+                                                  "halflife": 30 * 86_400}))
+        reg = self.registrations.get(ev.signer)
+        limit = reg.max_cost_per_run if reg else None
+        out.run = {
+            "run": run.run.hex(),
+            "state": "pending" if run.open else ("posted" if ev.kind == "run.post" else "voided"),
+            "reserved": run.reserved,
+            "spent": run.spent,
+            "held": run.hold,
+            "max_cost_per_run": limit,
+            "expires": run.expires_ms,
+            "stop": bool(run.open and ((limit is not None and run.spent >= limit) or run.spent >= run.reserved)),
+        }
+
+    # -- policy records ---------------------------------------------------------------------------
+
+    def _apply(self, ev: Event, now_ms: int, *, out: Admitted | None = None, replay: bool = False) -> None:
+        """Fold one policy, governance, node or (on replay) run record into the book."""
+        b = ev.body
+        if ev.kind == "agent.register":
+            plan_named(b.plan)
+            self.registrations[b.agent] = Registration(
+                b.user.hex(), b.team, b.platform, b.plan, b.max_tokens_per_run, b.max_cost_per_run,
+                b.max_parallel_runs, b.allowed_tools,
+            )
+            self.users.add(b.user)
+        elif ev.kind == "plan.assign":
+            plan_named(b.plan)
+            self.plans[(b.scope, b.id)] = b.plan
+        elif ev.kind == "stake.set":
+            self.stakes[b.agent] = b.amount
+        elif ev.kind == "agent.suspend":
+            self.suspensions.setdefault(b.agent, []).append(Suspension(ev.ts, None, b.reason, "*"))
+            if out is not None:
+                out.alerts.append({"ts_ms": now_ms, "type": "suspended", "scope": "agent", "scope_id": b.agent.hex(),
+                                   "metric": "*", "detail": json.dumps({"reason": b.reason, "by": ev.signer.hex()})})
+        elif ev.kind == "agent.suspended":
+            self.suspensions.setdefault(b.agent, []).append(Suspension(ev.ts, b.until, b.reason, b.metric))
+        elif ev.kind == "agent.lift":
+            before = self.suspensions.get(b.agent, [])
+            self.suspensions[b.agent] = [s for s in before if s.start_ms > ev.ts]
+            for key in [k for k in self.buckets if k[0] == "agent" and k[1] == b.agent.hex()]:
+                del self.buckets[key]
+            if out is not None and before:
+                out.alerts.append({"ts_ms": now_ms, "type": "lifted", "scope": "agent", "scope_id": b.agent.hex(),
+                                   "metric": "*", "detail": json.dumps({"reason": b.reason, "by": ev.signer.hex()})})
+        elif ev.kind == "gov.propose":
+            self.governance.propose(Proposal(ev.id, ev.signer, ev.ts, b.changes, b.activate_at, b.expires_at))
+        elif ev.kind == "gov.vote":
+            self.governance.vote(Vote(ev.id, b.proposal, ev.signer, ev.ts, b.approve))
+            if out is not None:
+                for adoption in self.governance.adopted():
+                    if adoption.proposal not in self.announced:
+                        self.announced.add(adoption.proposal)
+                        out.node_records.append(("governance.policy.updated",
+                                                 {"proposal": adoption.proposal, "effective": adoption.effective_ms}))
+        elif ev.kind in RUN_KINDS and replay:
+            self._replay_run(ev)
+
+    def _replay_run(self, ev: Event) -> None:
+        chain = self.chain(ev.signer)
+        b = ev.body
+        if ev.kind == "run.reserve":
+            cost = b.cost if b.cost is not None else self.estimate(b.op, b.tokens, ev.ts)
+            run = Run(b.run, ev.signer, chain, cost, 0, 0, ev.ts + b.timeout)
+            self.runs[b.run] = run
+            for scope in chain:
+                self.holds[scope] = self.holds.get(scope, 0) + run.hold
+            return
+        run = self.runs.get(b.run)
+        if run is None or not run.open:
+            return
+        old = run.hold
+        if ev.kind in ("run.charge", "run.post"):
+            run.spent += b.cost
+            run.tokens += b.tokens
+        if ev.kind in ("run.post", "run.void"):
+            run.open = False
+        for scope in run.chain:
+            self.holds[scope] = self.holds.get(scope, 0) + run.hold - old
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    def balance(self, conn: Connection, agent: bytes, now_ms: int) -> dict[str, Any]:
+        """Every budget of the agent and its scopes, as of now_ms."""
+        chain = self.chain(agent)
+        budgets = []
+        for rule in self.rules(conn, chain, now_ms):
+            start, end = window_bounds(rule.window, now_ms)
+            consumed = self.consumed(conn, rule.key + (start,))
+            held = self.holds.get((rule.scope, rule.scope_id), 0) if rule.metric == "act.cost" else 0
+            view = self._budget_view(rule, consumed, held, end, [])
+            view["window_start"] = start
+            budgets.append(view)
+        reg = self.registrations.get(agent)
+        suspension = self._active_suspension(agent, now_ms) if self.enforce else None
+        policy = self.governance.policy_at(now_ms)
+        stake = self.stakes.get(agent, 0)
+        score = self.score(conn, agent, now_ms)
+        return {
+            "agent": agent.hex(),
+            "now": now_ms,
+            "registered": reg is not None,
+            "scopes": [{"scope": s, "id": i, "plan": self._plan_of(s, i)} for s, i in chain],
+            "stake": stake,
+            "reputation_ppm": score,
+            "multipliers": {
+                "stake": str(stake_multiplier(stake, policy.stake_table())),
+                "reputation": str(reputation_multiplier(score, policy.reputation_table())),
+            },
+            "suspended": suspension is not None,
+            "suspension": None if suspension is None else {
+                "since": suspension.start_ms, "until": suspension.until_ms, "reason": suspension.reason,
+                "metric": suspension.metric,
+            },
+            "runs": [
+                {"run": r.run.hex(), "reserved": r.reserved, "spent": r.spent, "held": r.hold, "expires": r.expires_ms}
+                for r in self.runs.values() if r.open and r.agent == agent and r.expires_ms > now_ms
+            ],
+            "budgets": budgets,
+            "alerts": budget_store.recent_alerts(conn, chain, 20),
+        }

@@ -1,0 +1,91 @@
+"""Budget state in SQLite: usage counters, alerts, and the records the budget book replays."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Iterable
+
+from ledger.events import Event, parse_envelope
+
+_METERING = ("act", "dat", "cpt", "trt")
+
+
+def policy_events(conn: sqlite3.Connection, runs_since_ms: int) -> Iterable[Event]:
+    """Policy records (all) and run records (since runs_since_ms), in log order (origin, index)."""
+    rows = conn.execute(
+        "SELECT envelope, kind, ts FROM entries WHERE kind NOT IN ('act', 'dat', 'cpt', 'trt')"
+        " ORDER BY origin, idx"
+    ).fetchall()
+    for envelope, kind, ts in rows:
+        if kind.startswith("run.") and ts < runs_since_ms:
+            continue
+        yield parse_envelope(envelope).event
+
+
+def counter(conn: sqlite3.Connection, key: tuple[str, str, str, str, int]) -> int:
+    row = conn.execute(
+        "SELECT amount FROM usage_counters WHERE scope = ? AND scope_id = ? AND metric = ? AND window = ? AND start_ms = ?",
+        key,
+    ).fetchone()
+    return row[0] if row else 0
+
+
+def add_counters(conn: sqlite3.Connection, deltas: dict[tuple[str, str, str, str, int], int]) -> None:
+    """Add deltas to counters (inside the caller's transaction)."""
+    conn.executemany(
+        "INSERT INTO usage_counters (scope, scope_id, metric, window, start_ms, amount) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (scope, scope_id, metric, window, start_ms) DO UPDATE SET amount = amount + excluded.amount",
+        [key + (amount,) for key, amount in deltas.items() if amount],
+    )
+
+
+def insert_alerts(conn: sqlite3.Connection, alerts: list[dict[str, Any]]) -> list[int]:
+    ids = []
+    for a in alerts:
+        cur = conn.execute(
+            "INSERT INTO alerts (ts_ms, type, scope, scope_id, metric, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (a["ts_ms"], a["type"], a["scope"], a["scope_id"], a["metric"], a["detail"]),
+        )
+        ids.append(cur.lastrowid)
+    return ids
+
+
+def recent_alerts(conn: sqlite3.Connection, scopes: list[tuple[str, str]], limit: int) -> list[dict[str, Any]]:
+    out = []
+    for scope, scope_id in scopes:
+        rows = conn.execute(
+            "SELECT id, ts_ms, type, metric, detail, delivered FROM alerts WHERE scope = ? AND scope_id = ?"
+            " ORDER BY ts_ms DESC, id DESC LIMIT ?",
+            (scope, scope_id, limit),
+        ).fetchall()
+        for id_, ts, type_, metric, detail, delivered in rows:
+            out.append({"id": id_, "ts": ts, "type": type_, "scope": scope, "scope_id": scope_id, "metric": metric,
+                        "detail": json.loads(detail), "delivered": bool(delivered)})
+    out.sort(key=lambda a: (-a["ts"], -a["id"]))
+    return out[:limit]
+
+
+def mark_delivered(conn: sqlite3.Connection, alert_id: int) -> None:
+    conn.execute("UPDATE alerts SET delivered = 1 WHERE id = ?", (alert_id,))
+
+
+def ratings_about(conn: sqlite3.Connection, subject: bytes, before_ms: int) -> list[tuple[int, bytes, int, int, str]]:
+    """(ts, issuer, value, halflife, type) of TRT events about subject with ts < before_ms, each id once."""
+    rows = conn.execute(
+        "SELECT ts, signer, envelope FROM entries WHERE subject = ? AND kind = 'trt' AND ts < ? GROUP BY event_id",
+        (subject, before_ms),
+    ).fetchall()
+    out = []
+    for ts, signer, envelope in rows:
+        body = parse_envelope(envelope).event.body
+        out.append((ts, signer, body.value, body.halflife, body.type))
+    return out
+
+
+def mark_delivered_tx(conn: sqlite3.Connection, alert_id: int) -> None:
+    """Mark an alert delivered, in its own transaction."""
+    from node.store.sqlite import transaction
+
+    with transaction(conn):
+        mark_delivered(conn, alert_id)
