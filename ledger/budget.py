@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ledger.errors import check
 from ledger.events import Event
 
 # -- metrics -------------------------------------------------------------------
@@ -108,11 +109,14 @@ class Rule:
     window: str
     limit: int | None
     overage: Overage
-    source: str  # "default" (per-kind budget) or the plan quota name
+    source: str  # the metering kind of a per-kind budget, or the plan quota name
+    key: tuple[str, str, str, str] = field(init=False, repr=False, compare=False)
+    scope_key: tuple[str, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.scope, self.scope_id, self.metric, self.window)
+    def __post_init__(self) -> None:
+        # precomputed: the admission loop looks rules up by these on every event
+        object.__setattr__(self, "key", (self.scope, self.scope_id, self.metric, self.window))
+        object.__setattr__(self, "scope_key", (self.scope, self.scope_id))
 
 
 def thresholds(rule: Rule) -> tuple[int, int, int]:
@@ -213,7 +217,7 @@ def _throttle(
     rule: Rule, room: int, amount: int, now_ms: int, remaining_ms: int, bucket: Bucket | None, flags: list[str]
 ) -> Verdict:
     """Token bucket: refills at room/remaining_ms so the rest of the budget lasts the window."""
-    assert rule.limit is not None
+    check(rule.limit is not None, "a throttled rule has a limit")
     capacity = max(1, rule.limit * BUCKET_CAPACITY_PCT // 100)
     if bucket is None:
         bucket = Bucket(tokens=capacity, updated_ms=now_ms)

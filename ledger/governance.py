@@ -48,7 +48,7 @@ so is an empty map or list anywhere in it):
                                                 unlimited); merged
     "stake_tiers":      [[threshold, num, den], ...]      replaces the table: highest first,
     "reputation_tiers": [[threshold_ppm, num, den], ...]  last threshold 0 (ledger.multipliers)
-    "prices":           {name: int}             T per unit, >= 0; merged, new names allowed
+    "prices":           {name: int}             milli-T per unit, >= 0; merged, new names allowed
     "bursts":           [{"scope", "scope_id", "metric", "factor_pct", "start_ms", "end_ms"}]
                                                 appended; factor 200..300 %, in force over
                                                 [start_ms, end_ms), end - start <= 24 h
@@ -152,13 +152,14 @@ DEFAULT_STAKE_TIERS: tuple[Tier, ...] = ((20_000, (2, 1)), (5_000, (3, 2)), (1_0
 DEFAULT_REPUTATION_TIERS: tuple[Tier, ...] = (
     (900_000, (3, 2)), (800_000, (6, 5)), (700_000, (1, 1)), (500_000, (4, 5)), (0, (1, 2)),
 )
-# The price of one unit of each item in T, the internal compute unit (act.cost counts milli-T).
+# The price of one unit of each item in milli-T (thousandths of the internal compute unit "1T"),
+# the unit act.cost counts in: a daily ACT budget of 5,000 T holds 500,000 LLM tokens at 10.
 DEFAULT_PRICES: FrozenMap[int] = FrozenMap({
-    "llm.call.token": 1,  # one LLM token, prompt or completion
-    "agent.run": 100,  # starting one agent run, before its tokens and tools
-    "tool.browser": 50,  # one browser tool call
-    "cpt.unit": 10,  # one CPU or GPU time slice
-    "dat.byte_per_kb": 1,  # one KiB read or written
+    "llm.call.token": 10,  # one LLM token, prompt or completion: 0.01 T
+    "agent.run": 10_000,  # starting one agent run, before its tokens and tools: 10 T
+    "tool.browser": 5_000,  # one browser tool call: 5 T
+    "cpt.unit": 1_000,  # one CPU or GPU time slice: 1 T
+    "dat.byte_per_kb": 1,  # one KiB read or written: 0.001 T
 })
 
 

@@ -58,6 +58,12 @@ def _bool(name: str, value: Any) -> bool:
     return value
 
 
+def _score(name: str, value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= 1000:
+        raise Invalid("invalid_body", f"{name} must be a task performance score 0..1000 (× 1000)")
+    return value
+
+
 def _scope(name: str, value: Any) -> str:
     if value not in SCOPES or type(value) is not str:
         raise Invalid("invalid_body", f"{name} must be one of {', '.join(SCOPES)}")
@@ -227,7 +233,7 @@ class RunPostBody(Body):
     run: bytes = spec(_bytes16)
     cost: int = spec(_uint)
     tokens: int = spec(_uint)
-    score: int | None = spec(_uint, required=False)
+    score: int | None = spec(_score, required=False)
 
 
 @register_kind

@@ -39,6 +39,7 @@ logger = logging.getLogger("ats.budgets")
 
 METERING = ("act", "dat", "cpt", "trt")
 RUN_TIMEOUT_MS_MAX = 24 * 3_600_000
+RULE_CACHE_SCOPES_MAX = 50_000
 MANUAL_SUSPENSION_RETRY_MS = 3_600_000
 
 
@@ -120,6 +121,8 @@ class BudgetBook:
         self.buckets: dict[tuple[str, str, str, str], Bucket] = {}
         self.reputation: dict[bytes, dict[int, int]] = {}  # agent -> UTC day start -> score ppm
         self.announced: set[bytes] = set()
+        self.version = 0  # bumped by every change to registrations, plans and stakes
+        self._rule_cache: dict[tuple[str, str], tuple[tuple, list[Rule]]] = {}
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -180,39 +183,58 @@ class BudgetBook:
         return "user"
 
     def rules(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int) -> list[Rule]:
-        """Every rule on the chain's scopes in force at at_ms, with multipliers and bursts applied."""
+        """Every rule on the chain's scopes in force at at_ms, with multipliers and bursts applied.
+
+        Rules of a scope are cached: they change only with the policy in force
+        (governance), the book's registrations, plans and stakes (`version`),
+        the UTC day (reputation is a day-start score) and the bursts in force.
+        """
         policy = self.governance.policy_at(at_ms)
+        day = at_ms - at_ms % DAY_MS
         out: list[Rule] = []
         for scope, scope_id in chain:
-            agent = bytes.fromhex(scope_id) if scope == "agent" else None
-            stake = self.stakes.get(agent, 0) if agent else 0
-            score = self.score(conn, agent, at_ms) if agent else 0
-            if scope != "agent":
-                # ancestors count every metering kind's metric (visible in balance); their
-                # limits come from the plan they are assigned, below
-                for kind, b in policy.budgets.items():
-                    o = Overage(b.soft_pct, b.hard_pct, b.throttle, False, b.reserve_pct)
-                    out.append(Rule(scope, scope_id, b.metric, b.window, None, o, kind))
-            if scope == "agent":
-                for kind, b in policy.budgets.items():
-                    base = effective_limit(b.limit, stake, score, stake_tiers=policy.stake_table(),
-                                           reputation_tiers=policy.reputation_table())
-                    o = Overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
-                    out.append(self._burst(policy, Rule(scope, scope_id, b.metric, b.window, base, o, kind), at_ms))
-            plan_name = self._plan_of(scope, scope_id)
-            if plan_name is None:
-                continue
-            plan = policy.plan(plan_name)
-            for quota, (metric, window) in QUOTA_METRICS.items():
-                base = plan.limits[quota]
-                if agent is not None:
-                    base = effective_limit(base, stake, score, stake_tiers=policy.stake_table(),
-                                           reputation_tiers=policy.reputation_table())
-                rule = Rule(scope, scope_id, metric, window, base, rules_mod.PLAN_QUOTA_OVERAGE, quota)
-                out.append(self._burst(policy, rule, at_ms))
+            bursts = tuple(
+                i for i, b in enumerate(policy.bursts)
+                if b.scope == scope and b.scope_id == scope_id and b.start_ms <= at_ms < b.end_ms
+            ) if policy.bursts else ()
+            key = (id(policy), self.version, day if scope == "agent" else 0, bursts)
+            cached = self._rule_cache.get((scope, scope_id))
+            if cached is None or cached[0] != key:
+                if len(self._rule_cache) >= RULE_CACHE_SCOPES_MAX:
+                    self._rule_cache.clear()
+                cached = (key, self._scope_rules(conn, policy, scope, scope_id, at_ms))
+                self._rule_cache[(scope, scope_id)] = cached
+            out.extend(cached[1])
         return out
 
-    def _burst(self, policy: Policy, rule: Rule, at_ms: int) -> Rule:
+    def _scope_rules(self, conn: Connection, policy: Policy, scope: str, scope_id: str, at_ms: int) -> list[Rule]:
+        out: list[Rule] = []
+        agent = bytes.fromhex(scope_id) if scope == "agent" else None
+        stake = self.stakes.get(agent, 0) if agent else 0
+        score = self.score(conn, agent, at_ms) if agent else 0
+        stake_tiers, reputation_tiers = policy.stake_table(), policy.reputation_table()
+        for kind, b in policy.budgets.items():
+            if agent is None:
+                # ancestors count every metering kind's metric (visible in balance); their
+                # limits come from the plan they are assigned, below
+                o = Overage(b.soft_pct, b.hard_pct, b.throttle, False, b.reserve_pct)
+                out.append(Rule(scope, scope_id, b.metric, b.window, None, o, kind))
+                continue
+            base = effective_limit(b.limit, stake, score, stake_tiers=stake_tiers, reputation_tiers=reputation_tiers)
+            o = Overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
+            out.append(self._burst(Rule(scope, scope_id, b.metric, b.window, base, o, kind), at_ms))
+        plan_name = self._plan_of(scope, scope_id)
+        if plan_name is None:
+            return out
+        plan = policy.plan(plan_name)
+        for quota, (metric, window) in QUOTA_METRICS.items():
+            base = plan.limits[quota]
+            if agent is not None:
+                base = effective_limit(base, stake, score, stake_tiers=stake_tiers, reputation_tiers=reputation_tiers)
+            out.append(self._burst(Rule(scope, scope_id, metric, window, base, rules_mod.PLAN_QUOTA_OVERAGE, quota), at_ms))
+        return out
+
+    def _burst(self, rule: Rule, at_ms: int) -> Rule:
         factor = self.governance.active_bursts(rule.scope, rule.scope_id, rule.metric, at_ms)
         if factor == 100 or rule.limit is None:
             return rule
@@ -254,6 +276,7 @@ class BudgetBook:
         if ev.kind == "trt" and not dry_run:
             # a late rating may change a score already computed for its subject
             self.reputation.pop(ev.body.subject, None)
+            self._rule_cache.pop(("agent", ev.body.subject.hex()), None)
         if ev.signer == self.node_key:
             return out, None  # the node's own trust records are not metered
         if ev.kind != "trt" and ev.signer not in self.registrations and self.unregistered == "refuse":
@@ -265,46 +288,59 @@ class BudgetBook:
         consume = charges(ev)
         hold_delta = self._hold_delta(ev, run)
         rules = self.rules(conn, chain, ev.ts)
-        windows: dict[str, set[str]] = {}
+        bounds: dict[str, tuple[int, int]] = {}
+        checked: list[tuple[Rule, tuple, int, int, int, int, list[str]]] = []
         for rule in rules:
-            windows.setdefault(rule.metric, set()).add(rule.window)
-        checked: list[tuple[Rule, int, int, int, list[str]]] = []
-        for rule in rules:
-            amount = consume.get(rule.metric, 0) + (hold_delta if rule.metric == "act.cost" else 0)
-            if amount <= 0 and rule.metric not in consume:
+            metric = rule.metric
+            spend = consume.get(metric, 0)
+            amount = spend + hold_delta if metric == "act.cost" else spend
+            if amount <= 0 and not spend:
                 continue
-            start, end = window_bounds(rule.window, ev.ts)
-            consumed = self.consumed(conn, rule.key + (start,))
-            held = self.holds.get((rule.scope, rule.scope_id), 0) if rule.metric == "act.cost" else 0
-            verdict = evaluate(rule, consumed, held, max(0, amount), now_ms, end, self.buckets.get(rule.key))
-            if verdict.bucket is not None and not dry_run:
-                self.buckets[rule.key] = verdict.bucket
-            if not verdict.ok and self.enforce:
-                if verdict.suspend_until_ms is not None and not dry_run:
-                    self._auto_suspend(ev.signer, rule, verdict.suspend_until_ms, now_ms, out)
-                error = OverBudget(verdict.code, verdict.message, details={"retry_after_ms": verdict.retry_after_ms})
-                return out, error
-            checked.append((rule, consumed + consume.get(rule.metric, 0), held, end, verdict.flags))
+            window = bounds.get(rule.window)
+            if window is None:
+                window = bounds[rule.window] = window_bounds(rule.window, ev.ts)
+            key = rule.key + (window[0],)
+            consumed = self.counters.get(key)
+            if consumed is None:
+                consumed = self.consumed(conn, key)
+            held = self.holds.get(rule.scope_key, 0) if metric == "act.cost" else 0
+            flags: list[str] = []
+            if rule.limit is not None:
+                verdict = evaluate(rule, consumed, held, max(0, amount), now_ms, window[1], self.buckets.get(rule.key))
+                if verdict.bucket is not None and not dry_run:
+                    self.buckets[rule.key] = verdict.bucket
+                if not verdict.ok and self.enforce:
+                    # only real spending suspends: an estimate that does not fit is just refused
+                    if verdict.suspend_until_ms is not None and spend > 0 and not dry_run:
+                        self._auto_suspend(ev.signer, rule, verdict.suspend_until_ms, now_ms, out)
+                    error = OverBudget(verdict.code, verdict.message, details={"retry_after_ms": verdict.retry_after_ms})
+                    return out, error
+                flags = verdict.flags
+            checked.append((rule, key, consumed + spend, spend, held, window[1], flags))
         if dry_run:
-            for rule, consumed, held, end, flags in checked:
-                held_after = held + (hold_delta if rule.metric == "act.cost" else 0)
-                out.budgets.append(self._budget_view(rule, consumed, held_after, end, flags))
+            for rule, _key, consumed, _spend, held, end, flags in checked:
+                if rule.limit is not None:
+                    held_after = held + (hold_delta if rule.metric == "act.cost" else 0)
+                    out.budgets.append(self._budget_view(rule, consumed, held_after, end, flags))
             if run is not None and ev.kind == "run.reserve":
                 out.run = {"run": run.run.hex(), "state": "estimate", "reserved": run.reserved, "expires": run.expires_ms}
             return out, None
-        # admitted: counters, holds and runs move; the receipt reports every rule it touched
-        for scope, scope_id in chain:
-            for metric, amount in consume.items():
-                for window in windows.get(metric, ()):
-                    key = (scope, scope_id, metric, window, window_bounds(window, ev.ts)[0])
-                    self.counters[key] = self.consumed(conn, key) + amount
-                    out.deltas[key] = out.deltas.get(key, 0) + amount
+        # admitted: counters, holds and runs move; the receipt reports every limit it touched
+        deltas = out.deltas
+        for _rule, key, consumed, spend, _held, _end, _flags in checked:
+            if spend and key not in deltas:
+                self.counters[key] = consumed
+                deltas[key] = spend
         self._apply_run(ev, run, chain, hold_delta, now_ms, out)
-        for rule, consumed, held, end, flags in checked:
-            out.budgets.append(self._budget_view(rule, consumed, self.holds.get((rule.scope, rule.scope_id), 0) if rule.metric == "act.cost" else 0, end, flags))
-            for flag, alert in (("soft_crossed", "soft_limit"), ("hard_crossed", "hard_limit"), ("reserve", "reserve")):
-                if flag in flags and (alert != "reserve" or "hard_crossed" in flags):
-                    out.alerts.append(self._alert(alert, rule, now_ms, {"consumed": consumed, "limit": rule.limit}))
+        for rule, _key, consumed, _spend, _held, end, flags in checked:
+            if rule.limit is None:
+                continue
+            held = self.holds.get(rule.scope_key, 0) if rule.metric == "act.cost" else 0
+            out.budgets.append(self._budget_view(rule, consumed, held, end, flags))
+            if flags:
+                for flag, alert in (("soft_crossed", "soft_limit"), ("hard_crossed", "hard_limit"), ("reserve", "reserve")):
+                    if flag in flags and (alert != "reserve" or "hard_crossed" in flags):
+                        out.alerts.append(self._alert(alert, rule, now_ms, {"consumed": consumed, "limit": rule.limit}))
         return out, None
 
     def _budget_view(self, rule: Rule, consumed: int, held: int, window_end: int, flags: list[str]) -> dict[str, Any]:
@@ -358,9 +394,9 @@ class BudgetBook:
     # -- runs -----------------------------------------------------------------------------------
 
     def estimate(self, op: str, tokens: int, at_ms: int) -> int:
-        """A run's cost estimate in milli-T from the pricing table (T per unit × 1000)."""
+        """A run's cost estimate in milli-T from the pricing table (milli-T per unit)."""
         prices = self.governance.policy_at(at_ms).prices
-        return 1000 * (prices.get(op, 0) + tokens * prices.get("llm.call.token", 0))
+        return prices.get(op, 0) + tokens * prices.get("llm.call.token", 0)
 
     def _open_run(self, ev: Event, now_ms: int) -> Run:
         run = self.runs.get(ev.body.run)
@@ -463,11 +499,14 @@ class BudgetBook:
                 b.max_parallel_runs, b.allowed_tools,
             )
             self.users.add(b.user)
+            self.version += 1
         elif ev.kind == "plan.assign":
             plan_named(b.plan)
             self.plans[(b.scope, b.id)] = b.plan
+            self.version += 1
         elif ev.kind == "stake.set":
             self.stakes[b.agent] = b.amount
+            self.version += 1
         elif ev.kind == "agent.suspend":
             self.suspensions.setdefault(b.agent, []).append(Suspension(ev.ts, None, b.reason, "*"))
             if out is not None:

@@ -42,7 +42,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("oracles", (), "hex keys", "oracle public keys: may sign stake.set records"),
     Setting("governance_threshold", 0, "votes", "approvals that adopt a proposal (m of n; 0: a majority of the authorities)"),
     Setting("unregistered_agents", "default", "mode", "an agent with no agent.register record: 'default' (put on default_plan) or 'refuse' (422 unknown_agent)"),
-    Setting("default_plan", "freemium", "plan", "the plan of unregistered agents and of registrations naming no known plan"),
+    Setting("default_plan", "freemium", "plan", "the plan of agents with no agent.register record (when unregistered_agents is default)"),
     Setting("budgets", True, "bool", "enforce budgets at admission (false: record only)"),
     Setting("alert_webhooks", (), "URLs", "URLs that receive every alert as a JSON POST (retried, never blocking admission)"),
     Setting("alert_retry_max", 5, "attempts", "delivery attempts per alert and webhook"),
@@ -183,6 +183,10 @@ def validate(config: Config) -> list[str]:
                 problems.append(f"{name}: {key!r} is not 64 lowercase hex digits")
     if config.governance_threshold < 0 or config.governance_threshold > max(1, len(config.authorities)):
         problems.append("governance_threshold must be between 0 and the number of authorities")
+    from ledger.plans import PLANS
+
+    if config.default_plan not in PLANS:
+        problems.append(f"default_plan must be one of {', '.join(sorted(PLANS))}")
     if config.unregistered_agents not in ("default", "refuse"):
         problems.append("unregistered_agents must be default or refuse")
     for url in config.alert_webhooks:

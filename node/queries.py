@@ -15,7 +15,7 @@ from ledger.errors import Invalid, LedgerError, NotFound
 from ledger.events import KINDS, Event, parse_envelope
 from ledger.merkle import leaf_hash
 from node.budgets import BudgetBook
-from node.ingest import OwnLog, receipt
+from node.ingest import OwnLog, stored_receipt
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
 from node.store.sqlite import Connection, Database
@@ -85,7 +85,7 @@ class Queries:
                 "id": id_hex,
                 "envelope": base64.b64encode(stored.envelope).decode(),
                 "event": event_view(stored.envelope),
-                "receipt": receipt(event_id, "accepted", stored.origin, stored.index),
+                "receipt": stored_receipt(stored, "accepted"),
                 "accepted_ms": stored.accepted_ms,
             }
 

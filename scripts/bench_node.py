@@ -1,21 +1,28 @@
 """Benchmark a node holding 1M events: build rate, start-up time to serving reads, memory.
 
-    python scripts/bench_node.py [--events 1000000] [--agents 10000] [--data DIR] [--keep]
+    python scripts/bench_node.py [--events 1000000] [--agents 10000] [--data DIR] [--keep] [--runs 3]
+                                 [--plan platformium] [--build-with writer|append_batch]
 
-a. Build: a data dir holding --events events, written by the node's own store code in this process
-   (node/keys.py load_or_create → node.key; node/store/sqlite.py open_database; node/ingest.py
-   OwnLog.open; node/store/logs.py append_batch with envelopes parsed by ledger.events.parse_envelope,
-   in batches of 5000, each one transaction with its tree hashes and signed checkpoint), so the file
-   is exactly what a node would have written. Envelopes are pre-signed in a multiprocessing pool that
-   runs alongside the writer. Prints the build rate and file size. With --data DIR holding a ledger
-   already, that ledger is reused as it is (and kept); an empty or new DIR is built and kept.
-b. Start-up: the real node process (NodeProcess) on that dir; time from spawn to the ready line,
-   and to the first successful GET /v1/log/checkpoint and GET /v1/log/proof/inclusion of a random
-   event id ("serving reads"); 3 times, with the median. Target <= 1 s.
+a. Build: a data dir holding --events events, written by the node's own code in this process
+   (node/keys.py load_or_create -> node.key; node/store/sqlite.py open_database; node/ingest.py
+   OwnLog.open; envelopes parsed by ledger.events.parse_envelope, in batches of 5000, each one
+   transaction with its tree hashes and signed checkpoint, written by the node's writer step:
+   Committer._write with the budget book built as node/app.py builds it, or, in a tree without
+   budgets or with --build-with append_batch, node/store/logs.py append_batch), so the file is
+   exactly what a node would have written. Envelopes (kinds act/dat/cpt/trt 7:1:1:1, from
+   --agents signers) are pre-signed in a multiprocessing pool running alongside the writer. Prints
+   the build rate and file size. With --data DIR holding a ledger already, that ledger is reused
+   (each run adds the 20k events of step c to it); a new or empty DIR is built and kept.
+b. Start-up: the real node process (NodeProcess) on that dir; time from spawn to the ready line, and
+   to the first successful GET /v1/log/checkpoint and GET /v1/log/proof/inclusion of a random event
+   id ("serving reads"; the proof is then verified against the checkpoint, untimed); --runs times,
+   with the median. Target <= 1 s.
 c. Memory: VmRSS / VmHWM of the node process (/proc/<pid>/status) after start, after 20k more
-   events submitted over HTTP in batches, after 2,000 reads (inclusion proofs and usage, mixed).
-   Target <= 150 MB RSS.
-Only 127.0.0.1 is contacted; every node started is killed on exit, Ctrl-C or error.
+   events submitted over HTTP (batches of 500, 4 connections), after 2,000 reads on 8 connections
+   (inclusion proofs of random ids and usage of their signers, alternating), with read latencies;
+   then 400 sequential reads for the per-read service time. Target <= 150 MB RSS.
+A temp data dir lives under /tmp and is removed at the end unless --keep. Only 127.0.0.1 is
+contacted; every node started is killed on exit, Ctrl-C or error.
 """
 
 from __future__ import annotations
@@ -69,7 +76,55 @@ def dir_size_mb(data: str) -> float:
 # -- a. build ----------------------------------------------------------------------------------------
 
 
-def build(data: str, events: int, agents: int) -> None:
+def node_writer(conn: Any, own: OwnLog, now_ms: int, plan: str, use_book: bool) -> tuple[str, Any]:
+    """The node's own writer step for a batch of parsed envelopes, as `ats node` would run it.
+
+    When this tree has a budget book (node/budgets.py), that is Committer._write itself, with the
+    book built as node/app.py builds it from the node's settings (defaults < ATS_* env, with
+    default_plan=plan), so budget counters and receipts are written as by a node. Otherwise (or with
+    --build-with append_batch) it is node/store/logs.py append_batch, the append transaction alone.
+    """
+    try:
+        from node.budgets import BudgetBook
+    except ImportError:
+        BudgetBook = None
+    if BudgetBook is None or not use_book:
+        def append(envs: list[Any], now: int) -> None:
+            frontier, _note = log_store.append_batch(conn, own.origin_id, own.frontier, envs, now, own.sign)
+            own.frontier = frontier
+        return "node/store/logs.py append_batch", append
+
+    from node.clock import SystemClock
+    from node.config import load as load_config
+    from node.ingest import Committer
+    from node.metrics import NodeMetrics
+
+    cfg = load_config(None, {**os.environ, "ATS_DEFAULT_PLAN": plan, "ATS_SKEW_MS": str(SKEW_MS)})
+    book = BudgetBook(
+        node_key=own.public_key,
+        authorities=tuple(bytes.fromhex(k) for k in cfg.authorities),
+        oracles=tuple(bytes.fromhex(k) for k in cfg.oracles),
+        threshold=cfg.governance_threshold,
+        unregistered=cfg.unregistered_agents,
+        default_plan=cfg.default_plan,
+        enforce=cfg.budgets,
+    )
+    book.load(conn, now_ms)
+    committer = Committer(None, own, SystemClock(), NodeMetrics(lambda: own.size, lambda: own.checkpoint_size),  # type: ignore[arg-type]
+                          events_max=BUILD_BATCH, linger_ms=0, skew_ms=SKEW_MS, book=book)
+
+    def write(envs: list[Any], now: int) -> None:
+        out = committer._write(conn, envs, now)
+        results, frontier, note = out[0], out[1], out[2]
+        refused = [r.status for r in results if r.status != "accepted"]
+        if refused:
+            raise SystemExit(f"the writer refused {len(refused)} events, e.g. {refused[:3]}")
+        own.frontier, own.checkpoint_note, own.checkpoint_size = frontier, note, frontier.size
+
+    return f"node/ingest.py Committer._write with the budget book (default_plan={plan})", write
+
+
+def build(data: str, events: int, agents: int, plan: str, use_book: bool) -> None:
     os.makedirs(data, exist_ok=True)
     seed, _created = load_or_create(os.path.join(data, "node.key"))
     conn = open_database(os.path.join(data, "ledger.sqlite"))  # synchronous=full, as the node's default
@@ -78,6 +133,8 @@ def build(data: str, events: int, agents: int) -> None:
         own.open(conn, int(time.time() * 1000))
         if own.size:
             raise SystemExit(f"{data} already holds {own.size} events")
+        how, write = node_writer(conn, own, int(time.time() * 1000), plan, use_book)
+        print(f"[a] building with {how}, batches of {BUILD_BATCH}", flush=True)
         ts = int(time.time() * 1000)
         tag = os.urandom(8)
         jobs = [(s, min(BUILD_BATCH, events - s), agents, ts, tag, "mix") for s in range(0, events, BUILD_BATCH)]
@@ -89,9 +146,7 @@ def build(data: str, events: int, agents: int) -> None:
                 t = time.monotonic()
                 envs = [parse_envelope(r) for r in raws]
                 t1 = time.monotonic()
-                frontier, _note = log_store.append_batch(conn, own.origin_id, own.frontier, envs,  # type: ignore[arg-type]
-                                                         int(time.time() * 1000), own.sign)
-                own.frontier = frontier
+                write(envs, int(time.time() * 1000))
                 t2 = time.monotonic()
                 parse_s += t1 - t
                 append_s += t2 - t1
@@ -103,7 +158,7 @@ def build(data: str, events: int, agents: int) -> None:
         conn.close()
     print(f"[a] built {events:,} events ({agents} agents, kinds act/dat/cpt/trt 7:1:1:1) in {elapsed:.1f} s = "
           f"{events / elapsed:,.0f} events/s (signing in a {os.cpu_count()}-process pool alongside; "
-          f"in this process: parse {parse_s:.1f} s, append_batch {append_s:.1f} s)")
+          f"in this process: parse {parse_s:.1f} s, write {append_s:.1f} s = {append_s / events * 1e6:.0f} us/event)")
     print(f"    ledger.sqlite {dir_size_mb(data):,.1f} MiB = {dir_size_mb(data) * 2**20 / events:.0f} bytes/event")
 
 
@@ -130,9 +185,9 @@ def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
     return r.status, r.read()
 
 
-def start_and_serve(data: str, event_id: bytes) -> tuple[NodeProcess, dict[str, float]]:
+def start_and_serve(data: str, event_id: bytes, plan: str) -> tuple[NodeProcess, dict[str, float]]:
     """Spawn a node; time to ready line, to checkpoint, to an inclusion proof (verified, untimed)."""
-    node = NodeProcess(data, env={"ATS_SKEW_MS": str(SKEW_MS)})
+    node = NodeProcess(data, env={"ATS_SKEW_MS": str(SKEW_MS), "ATS_DEFAULT_PLAN": plan})
     t0 = time.monotonic()
     node.start()
     t_ready = time.monotonic() - t0
@@ -220,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help="data dir to reuse (or build into, and keep)")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
     ap.add_argument("--runs", type=int, default=3, help="start-up measurements")
+    ap.add_argument("--plan", default="platformium",
+                    help="ATS_DEFAULT_PLAN for the build and the node (platformium: no limits, so every event fits)")
+    ap.add_argument("--build-with", choices=("writer", "append_batch"), default="writer",
+                    help="writer: the node's Committer._write with its budget book (when the tree has one);"
+                         " append_batch: the append transaction alone")
     args = ap.parse_args(argv)
     rng = random.Random(7)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, load average {loadavg()}")
@@ -236,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.path.exists(os.path.join(data, "ledger.sqlite")) and sample(data, 1, rng)[0] > 0:
             print(f"[a] reusing {data}: {sample(data, 1, rng)[0]:,} events, {dir_size_mb(data):,.1f} MiB")
         else:
-            build(data, args.events, args.agents)
+            build(data, args.events, args.agents, args.plan, args.build_with == "writer")
         size, picks = sample(data, 1000, rng)
         summary["size"] = size
 
@@ -247,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         times = []
         node = None
         for run in range(args.runs):
-            node, t = start_and_serve(data, rng.choice(picks)[0])
+            node, t = start_and_serve(data, rng.choice(picks)[0], args.plan)
             nodes.append(node)
             times.append(t["serving"])
             mem = proc_mem_mb(node.proc.pid)  # type: ignore[union-attr]

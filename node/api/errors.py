@@ -53,6 +53,8 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         if e.status == 413:
             message = f"request body is larger than this node accepts ({request.app[CONFIG_KEY].body_bytes_max} bytes)"
         response = error_response(e.status, code, message)
+        if "Allow" in e.headers:  # RFC 9110 §15.5.6: a 405 names the allowed methods
+            response.headers["Allow"] = e.headers["Allow"]
     except Exception:  # a bug, not the client's fault: log it, answer in the contract's shape
         logger.exception("unhandled error serving %s %s", request.method, request.path)
         response = error_response(500, "internal", "internal error")

@@ -265,9 +265,14 @@ class AgentClient:
         params = {k: str(v) for k, v in (("since", since), ("until", until), ("kind", kind)) if v is not None}
         return await self.http.json("GET", f"/v1/agents/{agent or self.agent_hex}/usage", params=params)
 
-    async def quota_check(self, kind: str, amounts: dict[str, int]) -> dict[str, Any]:
-        """POST /v1/quota/check with an estimate: would these amounts be allowed now? Records nothing."""
-        doc = {"agent": self.agent_hex, "kind": kind, "amounts": amounts}
+    async def quota_check(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/quota/check: would an event of this kind and body be allowed now? Records nothing.
+
+        Byte fields of the body may be bytes or hex; for a run, ask with kind
+        "run.reserve" and the node prices the estimate from its pricing table.
+        """
+        json_body = {k: v.hex() if isinstance(v, bytes) else v for k, v in body.items()}
+        doc = {"agent": self.agent_hex, "kind": kind, "body": json_body}
         return await self.http.json(
             "POST", "/v1/quota/check", data=json.dumps(doc).encode(), content_type="application/json"
         )

@@ -75,8 +75,9 @@ def test_event_charges_agent_and_every_ancestor_scope(gnode):
     register(gnode, agent)
     reply = submit(gnode, agent, "act", act(1200, units=300))
     assert reply.status == 201
-    scopes = {(b["scope"], b["metric"]) for b in reply.json()["budgets"]}
-    assert {("agent", "act.cost"), ("user", "act.cost"), ("team", "act.cost"), ("platform", "act.cost")} <= scopes
+    # the receipt reports every limit the event touched: here the agent's (ancestors have no plan yet)
+    limited = {(b["scope"], b["metric"]) for b in reply.json()["budgets"]}
+    assert {("agent", "act.cost"), ("agent", "act.llm_tokens"), ("agent", "events")} <= limited
     bal = balance(gnode, agent)
     assert bal["registered"] is True
     assert [s["scope"] for s in bal["scopes"]] == ["agent", "user", "team", "platform"]
@@ -85,6 +86,18 @@ def test_event_charges_agent_and_every_ancestor_scope(gnode):
     assert budget_of(bal, "agent", "act.llm_tokens")["consumed"] == 300
     assert budget_of(bal, "agent", "act.cost")["allocated"] == 5_000_000
     assert budget_of(bal, "agent", "act.cost")["status"] == "healthy"
+    # a team plan gives the team scope its own limits, shared by its agents
+    assign = submit(gnode, AUTH[0], "plan.assign", {"scope": "team", "id": "research", "plan": "freemium"})
+    assert assign.status == 201
+    other = TestAgent()
+    register(gnode, other)
+    for a in (agent, other):
+        for _ in range(10):
+            assert submit(gnode, a, "act", act(1, op="agent.run")).status == 201
+    over = submit(gnode, other, "act", act(1, op="agent.run"))  # the team's 21st run today
+    assert over.status == 429 and over.code == "budget_exceeded" and "team" in over.json()["error"]["message"]
+    team = budget_of(balance(gnode, other), "team", "act.runs")
+    assert (team["allocated"], team["consumed"]) == (20, 20)
 
 
 def test_policy_records_need_an_authority_and_change_nothing_otherwise(gnode):
@@ -200,37 +213,39 @@ def test_reputation_from_yesterdays_ratings_scales_limits(tmp_path):
 
 def test_run_reservation_lifecycle(gnode):
     agent = TestAgent()
-    register(gnode, agent, max_cost_per_run=50_000_000, max_parallel_runs=1, max_tokens_per_run=100_000,
+    register(gnode, agent, max_cost_per_run=40_000, max_parallel_runs=1, max_tokens_per_run=100_000,
              allowed_tools=["tool.browser"])
     run = os.urandom(16)
-    # estimate first: priced from the table (agent.run 100 T + 1 T per token), nothing recorded
+    # estimate first: priced from the table (agent.run 10 T + 0.01 T per token, in milli-T), nothing recorded
     est = post_json(gnode.url, "/v1/quota/check", {"agent": agent.public_key.hex(), "kind": "run.reserve",
                                                    "body": {"run": run.hex(), "op": "agent.run", "tokens": 2000,
                                                             "timeout": 60000}})
     assert est.status == 200 and est.json()["allowed"] is True
-    assert est.json()["run"]["reserved"] == (100 + 2000) * 1000
+    assert est.json()["run"]["reserved"] == 10_000 + 2000 * 10
     reserve = submit(gnode, agent, "run.reserve", {"run": run, "op": "agent.run", "tokens": 2000,
                                                    "tools": ["tool.browser"], "timeout": 60000})
     assert reserve.status == 201
-    assert reserve.json()["run"]["state"] == "pending" and reserve.json()["run"]["held"] == 2_100_000
-    assert budget_of(balance(gnode, agent), "agent", "act.cost")["held"] == 2_100_000
+    assert reserve.json()["run"]["state"] == "pending" and reserve.json()["run"]["held"] == 30_000
+    assert budget_of(balance(gnode, agent), "agent", "act.cost")["held"] == 30_000
     # one run at a time; forbidden tools and over-limit estimates are refused
     other = {"run": os.urandom(16), "op": "agent.run", "tokens": 10, "timeout": 60000}
     assert submit(gnode, agent, "run.reserve", other).code == "too_many_runs"
     assert submit(gnode, agent, "run.reserve", {**other, "tools": ["tool.shell"]}).code == "tool_not_allowed"
     assert submit(gnode, agent, "run.reserve", {**other, "tokens": 200_000}).code == "run_limit_exceeded"
     # charges within the estimate move the hold into consumption
-    charge = submit(gnode, agent, "run.charge", {"run": run, "cost": 1_000_000, "tokens": 900})
+    charge = submit(gnode, agent, "run.charge", {"run": run, "cost": 10_000, "tokens": 900})
     assert charge.status == 201 and charge.json()["run"]["stop"] is False
-    assert charge.json()["run"]["held"] == 1_100_000
+    assert charge.json()["run"]["held"] == 20_000
     # passing the estimate midway: told to stop
-    over = submit(gnode, agent, "run.charge", {"run": run, "cost": 1_500_000, "tokens": 900})
-    assert over.json()["run"]["stop"] is True
+    over = submit(gnode, agent, "run.charge", {"run": run, "cost": 25_000, "tokens": 900})
+    assert over.json()["run"]["stop"] is True  # spent 35,000 of a 30,000 estimate
+    past = submit(gnode, agent, "run.charge", {"run": run, "cost": 10_000, "tokens": 0})
+    assert past.json()["run"]["stop"] is True and past.json()["run"]["spent"] == 45_000  # over max_cost_per_run
     post = submit(gnode, agent, "run.post", {"run": run, "cost": 0, "tokens": 0, "score": 900})
     assert post.json()["run"]["state"] == "posted"
     bal = balance(gnode, agent)
     cost = budget_of(bal, "agent", "act.cost")
-    assert (cost["consumed"], cost["held"]) == (2_500_000, 0)
+    assert (cost["consumed"], cost["held"]) == (45_000, 0)
     assert budget_of(bal, "agent", "act.runs")["consumed"] == 1
     # a good performance score issues trust from the node
     assert entries_of_kind(gnode, "trt") == 1

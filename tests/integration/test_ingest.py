@@ -32,9 +32,12 @@ def test_accepted_event_gets_receipt_and_is_readable_and_provable(node):
     assert reply.status == 201
     receipt = reply.json()
     assert receipt["status"] == "accepted" and receipt["origin"] == node.origin and receipt["index"] == 0
-    assert receipt["id"] == parse_envelope(env).event.id_hex and receipt["budgets"] == []
+    assert receipt["id"] == parse_envelope(env).event.id_hex
+    cost = [b for b in receipt["budgets"] if b["metric"] == "act.cost"][0]
+    assert (cost["scope"], cost["consumed"], cost["allocated"]) == ("agent", 3200, 5_000_000)
 
     stored = get(node.url, f"/v1/events/{receipt['id']}").json()
+    assert stored["receipt"] == receipt
     assert base64.b64decode(stored["envelope"]) == env
     assert stored["event"]["body"] == {"op": "llm.call", "cost": 3200, "units": 1500}
 

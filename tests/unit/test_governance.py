@@ -84,8 +84,8 @@ def test_defaults_are_the_owners_numbers():
     assert DEFAULT_POLICY.stake_tiers == ((20000, (2, 1)), (5000, (3, 2)), (1000, (5, 4)), (0, (1, 1)))
     assert DEFAULT_POLICY.reputation_tiers == (
         (900000, (3, 2)), (800000, (6, 5)), (700000, (1, 1)), (500000, (4, 5)), (0, (1, 2)))
-    assert dict(DEFAULT_POLICY.prices) == {"llm.call.token": 1, "agent.run": 100, "tool.browser": 50,
-                                           "cpt.unit": 10, "dat.byte_per_kb": 1}
+    assert dict(DEFAULT_POLICY.prices) == {"llm.call.token": 10, "agent.run": 10_000, "tool.browser": 5_000,
+                                           "cpt.unit": 1_000, "dat.byte_per_kb": 1}
     assert DEFAULT_POLICY.plan_overrides == {} and DEFAULT_POLICY.bursts == ()
 
 
@@ -134,7 +134,7 @@ def test_tier_tables_are_replaced_and_kept_in_lowest_terms():
 
 def test_prices_merge_and_may_add_items():
     p = apply_changes(DEFAULT_POLICY, {"prices": {"agent.run": 120, "tool.search": 20}})
-    assert (p.prices["agent.run"], p.prices["tool.search"], p.prices["tool.browser"]) == (120, 20, 50)
+    assert (p.prices["agent.run"], p.prices["tool.search"], p.prices["tool.browser"]) == (120, 20, 5_000)
 
 
 def test_bursts_are_appended():
@@ -291,7 +291,7 @@ def test_effective_time_waits_for_activate_at():
     g.vote(vote(1, 1, A, T0 + 1))
     g.vote(vote(2, 1, B, T0 + 2))
     assert g.adopted()[0].effective_ms == T0 + HOUR_MS
-    assert g.policy_at(T0 + HOUR_MS - 1).prices["agent.run"] == 100
+    assert g.policy_at(T0 + HOUR_MS - 1).prices["agent.run"] == 10_000
     assert g.policy_at(T0 + HOUR_MS).prices["agent.run"] == 1
 
 
@@ -323,7 +323,7 @@ def test_second_proposal_on_the_same_field_wins_from_its_later_effective_time():
     for n, (prop, voter, ts) in enumerate([(2, A, T0 + 20), (2, B, T0 + 30), (1, A, T0 + 5), (1, C, T0 + 10)]):
         g.vote(vote(n, prop, voter, ts))
     assert [a.proposal for a in g.adopted()] == [pid(1), pid(2)]
-    assert [g.policy_at(T0 + d).prices["agent.run"] for d in (9, 10, 29, 30)] == [100, 120, 120, 150]
+    assert [g.policy_at(T0 + d).prices["agent.run"] for d in (9, 10, 29, 30)] == [10_000, 120, 120, 150]
 
 
 def test_adoption_that_clashes_with_an_earlier_one_is_skipped_with_a_reason():

@@ -5,8 +5,9 @@ event CBOR, id, Ed25519 signature (RFC 8032 signatures are deterministic), envel
 Each stored envelope is parsed back and its signature verified. Where it is cheap, an independent
 oracle checks the same bytes without ledger code: cbor2's canonical encoder (for maps whose keys
 are all short text, RFC 7049 length-first order equals RFC 8949 §4.2.1 bytewise order), hashlib
-and pynacl with the signing prefix spelled out. The log section pins the Merkle root, proofs, the
-signed checkpoint note and a cosignature/v1 line over those envelopes.
+and pynacl with the signing prefix spelled out. The policy vectors pin arrays, booleans, nested maps
+and null in signed bodies. The log section pins the Merkle root, proofs, the signed checkpoint note
+and a cosignature/v1 line over the five metering envelopes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import cbor2
 import pytest
 from nacl.signing import SigningKey, VerifyKey
 
+import ledger.policy  # noqa: F401  (registers the policy, governance and run kinds, as the node does)
 from ledger import encoding, merkle
 from ledger.checkpoint import (
     Checkpoint,
@@ -54,10 +56,13 @@ def _ids(vectors: list[dict[str, Any]]) -> list[str]:
     return [v["name"] for v in vectors]
 
 
-def test_vectors_cover_every_metering_kind() -> None:
-    assert {v["event"]["kind"] for v in EVENTS} >= {"act", "dat", "cpt", "trt"}
-    assert {v["event"]["kind"] for v in EVENTS} <= set(KINDS)
+def test_vectors_cover_every_metering_kind_and_policy_records() -> None:
+    kinds = {v["event"]["kind"] for v in EVENTS}
+    assert kinds >= {"act", "dat", "cpt", "trt", "agent.register", "gov.propose", "gov.vote", "run.reserve"}
+    assert kinds <= set(KINDS)
     assert bytes.fromhex(VECTORS["signing_prefix_hex"]) == PREFIX
+    by_name = {v["name"]: v for v in EVENTS}
+    assert by_name["gov-vote"]["event"]["body"]["proposal"]["hex"] == by_name["gov-propose"]["id_hex"]
 
 
 @pytest.mark.parametrize("vec", EVENTS, ids=_ids(EVENTS))
