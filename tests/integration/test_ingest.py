@@ -111,7 +111,7 @@ def test_json_batch(node):
 
 def test_concurrent_submitters_share_commits_and_every_ack_survives_sigkill(node):
     agents = [TestAgent() for _ in range(8)]
-    envelopes = [a.envelope("cpt", {"node": "n1", "cpu": i, "gpu": 0, "mem": 1, "jobs": 1}) for i in range(40) for a in agents]
+    envelopes = [a.envelope("cpt", {"node": "n1", "cpu": i % 2, "gpu": 0, "mem": i, "jobs": 1}) for i in range(40) for a in agents]
     with ThreadPoolExecutor(32) as pool:
         replies = list(pool.map(lambda e: post_cbor(node.url, "/v1/events", e), envelopes))
     node.kill(signal.SIGKILL)  # right after the last reply
