@@ -114,6 +114,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--body", required=True, help='event body as JSON, e.g. \'{"op": "llm.call", "cost": 3200}\'; bytes as hex')
     s.add_argument("--ts", type=int, help="timestamp in ms (default: now)")
 
+    s = sub.add_parser("balance", help="print an agent's budgets, scopes, suspension, runs and alerts")
+    s.add_argument("agent", help="the agent's public key (64 hex digits)")
+    s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
+
     s = sub.add_parser("checkpoint", help="fetch and verify a node's latest checkpoint")
     s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
     s.add_argument("--vkey", help="the node's verifier key (default: trust what /v1/node says)")

@@ -196,3 +196,18 @@ async def _audit(args: argparse.Namespace) -> int:
         _save_note(args.save, note)
         print(f"saved checkpoint size {cp.size} to {args.save}", file=sys.stderr)
     return EXIT_OK
+
+
+# -- balance --------------------------------------------------------------------
+
+
+def balance(args: argparse.Namespace) -> int:
+    """`ats balance AGENT`: the agent's budgets as the node decides them, as JSON."""
+    return _run(_balance, args)
+
+
+async def _balance(args: argparse.Namespace) -> int:
+    async with AgentClient(args.url, bytes(32)) as client:
+        doc = await client.balance(args.agent)
+    print(json.dumps(doc, indent=2))
+    return EXIT_OK

@@ -391,3 +391,68 @@ def test_vote_after_expiry_is_refused(tmp_path):
         vote = submit(node, AUTH[1], "gov.vote", {"proposal": bytes.fromhex(proposal.json()["id"]), "approve": True})
         assert vote.status == 409 and vote.code == "proposal_expired"
         assert entries_of_kind(node, "gov.vote") == 0
+
+
+def test_each_event_counts_in_the_utc_window_of_its_own_timestamp(tmp_path):
+    env = policy_env(ATS_SKEW_MS=str(2 * 86_400_000))
+    with NodeProcess(str(tmp_path / "n"), env=env) as node:
+        agent = TestAgent()
+        register(node, agent)
+        today = int(time.time() * 1000) // 86_400_000 * 86_400_000
+        for ts in (today - 1, today, today + 1):  # 23:59:59.999 yesterday, then midnight
+            assert submit(node, agent, "act", act(1000), ts=ts).status == 201
+        conn = sqlite3.connect(os.path.join(node.data_dir, "ledger.sqlite"))
+        rows = dict(conn.execute(
+            "SELECT start_ms, amount FROM usage_counters WHERE scope = 'agent' AND metric = 'act.cost' AND window = 'day'"
+        ).fetchall())
+        conn.close()
+        assert rows == {today - 86_400_000: 1000, today: 2000}
+        assert budget_of(balance(node, agent), "agent", "act.cost")["consumed"] == 2000
+
+
+def test_governed_burst_raises_a_limit_for_a_bounded_time(gnode):
+    agent = TestAgent()
+    register(gnode, agent)
+    now = int(time.time() * 1000)
+    burst = {"scope": "agent", "scope_id": agent.public_key.hex(), "metric": "act.runs", "factor_pct": 250,
+             "start_ms": now, "end_ms": now + 3_600_000}
+    proposal = submit(gnode, AUTH[0], "gov.propose", {"title": "launch day", "changes": {"bursts": [burst]},
+                                                      "activate_at": now, "expires_at": now + 60_000})
+    pid = bytes.fromhex(proposal.json()["id"])
+    for voter in AUTH[:2]:
+        assert submit(gnode, voter, "gov.vote", {"proposal": pid, "approve": True}).status == 201
+    assert budget_of(balance(gnode, agent), "agent", "act.runs")["allocated"] == 50  # 20 × 2.5
+    too_long = {**burst, "end_ms": now + 2 * 86_400_000}
+    bad = submit(gnode, AUTH[0], "gov.propose", {"title": "forever", "changes": {"bursts": [too_long]},
+                                                 "activate_at": now, "expires_at": now + 60_000})
+    assert bad.status == 422 and bad.code == "invalid_policy"
+
+
+def test_budgets_off_records_usage_but_never_refuses(tmp_path):
+    with NodeProcess(str(tmp_path / "n"), env=policy_env(ATS_BUDGETS="false")) as node:
+        agent = TestAgent()
+        for _ in range(3):
+            assert submit(node, agent, "act", act(5_000_000)).status == 201
+        cost = budget_of(balance(node, agent), "agent", "act.cost")
+        assert cost["consumed"] == 15_000_000 and cost["status"] == "critical"
+
+
+def test_cli_registers_an_agent_and_shows_its_balance(gnode, tmp_path):
+    import subprocess
+    import sys
+
+    authority_key = str(tmp_path / "authority.key")
+    write_key(authority_key, AUTH[0].seed)
+    agent = TestAgent()
+    body = json.dumps({"agent": agent.public_key.hex(), "user": USER.public_key.hex(), "team": "ops",
+                       "platform": "edge", "plan": "premium"})
+    cli = [sys.executable, "-m", "node"]
+    out = subprocess.run(cli + ["submit", "agent.register", "--key", authority_key, "--body", body, "--url", gnode.url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "accepted"
+    out = subprocess.run(cli + ["balance", agent.public_key.hex(), "--url", gnode.url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["registered"] and doc["scopes"][2] == {"scope": "team", "id": "ops", "plan": None}
+    assert budget_of(doc, "agent", "act.runs")["allocated"] == 500
