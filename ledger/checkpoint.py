@@ -426,6 +426,29 @@ def sign_checkpoint(cp: Checkpoint, signing_key: bytes) -> str:
     return note
 
 
+class CheckpointSigner:
+    """Signs checkpoints of one origin with a key derived once: the per-batch hot path.
+
+    `sign_checkpoint` derives the key and re-opens its own output on every call
+    (~200 µs); a node signs one checkpoint per committed batch, so it keeps one
+    of these instead (~20 µs). The node re-verifies its latest checkpoint at
+    every start-up, which is where a bad signature would show.
+    """
+
+    def __init__(self, signing_key: bytes):
+        self._sk = _signing_key(signing_key)
+        self.public_key = bytes(self._sk.verify_key)
+        self.origin = origin_line(self.public_key)
+        self._prefix = "\u2014 " + self.origin + " "
+        self._key_hash = key_hash(self.origin, ALG_ED25519, self.public_key)
+
+    def sign(self, size: int, root: bytes) -> str:
+        """The signed note of this origin's checkpoint at size with root."""
+        body = Checkpoint(self.origin, size, root).body()
+        sig = self._sk.sign(body.encode("utf-8")).signature
+        return body + "\n" + self._prefix + _b64encode(self._key_hash + sig) + "\n"
+
+
 def open_checkpoint(note: str | bytes, public_key: bytes) -> tuple[Checkpoint, list[NoteSignature]]:
     """Verify a checkpoint note signed by the origin `public_key`.
 

@@ -263,14 +263,14 @@ def parse_event(raw: bytes) -> Event:
     return Event(kind=kind, signer=signer, ts=ts, nonce=nonce, body=body, raw=raw, id=event_id(raw))
 
 
-def envelope_from_parts(event_bytes: Any, sig: Any) -> Envelope:
-    """Build and check an envelope from its two fields (the JSON form's path)."""
+def envelope_from_parts(event_bytes: Any, sig: Any, raw: bytes | None = None) -> Envelope:
+    """Build and check an envelope from its two fields (the JSON form's path); raw if known."""
     if type(event_bytes) is not bytes or type(sig) is not bytes:
         raise Malformed("malformed_envelope", "envelope fields event and sig must be byte strings")
     if len(sig) != SIGNATURE_SIZE:
         raise Malformed("malformed_envelope", f"sig must be {SIGNATURE_SIZE} bytes")
     event = parse_event(event_bytes)
-    return Envelope(event=event, sig=sig, raw=make_envelope_bytes(event_bytes, sig))
+    return Envelope(event=event, sig=sig, raw=raw if raw is not None else make_envelope_bytes(event_bytes, sig))
 
 
 def parse_envelope(raw: bytes) -> Envelope:
@@ -285,8 +285,7 @@ def parse_envelope(raw: bytes) -> Envelope:
             raise Malformed("unknown_field", f"unknown envelope key {key!r}")
     if "event" not in m or "sig" not in m:
         raise Malformed("malformed_envelope", "an envelope needs event and sig")
-    env = envelope_from_parts(m["event"], m["sig"])
-    return Envelope(event=env.event, sig=env.sig, raw=raw)
+    return envelope_from_parts(m["event"], m["sig"], raw)
 
 
 def body_from_json(kind: str, doc: Any) -> dict[str, Any]:

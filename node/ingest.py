@@ -19,7 +19,6 @@ old, already accepted event gets its receipt rather than `stale_timestamp`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ledger.admission import check_timestamp
-from ledger.checkpoint import Checkpoint, open_checkpoint, origin_line, sign_checkpoint
+from ledger.checkpoint import CheckpointSigner, open_checkpoint, origin_line
 from ledger.errors import InvariantViolation, LedgerError, NotReady, check
 from ledger.constants import NONCE_SIZE
 from ledger.events import Envelope, make_envelope_bytes, make_event_bytes, parse_envelope
@@ -35,6 +34,7 @@ from ledger.merkle import EMPTY_ROOT, Frontier
 from ledger.signing import public_key_from_seed, sign, verify
 from node.clock import SystemClock
 from node.metrics import NodeMetrics
+from node import receipts
 from node.budgets import Admitted, BudgetBook
 from node.store import budgets as budget_store
 from node.store import logs as log_store
@@ -69,7 +69,7 @@ def receipt(event_id: bytes, status: str, origin: bytes, index: int, budgets: An
 
 def stored_receipt(stored: log_store.StoredEntry, status: str = "duplicate") -> dict[str, Any]:
     """The receipt an event got when it was accepted, with the given status."""
-    extra = json.loads(stored.budgets) if stored.budgets else {}
+    extra = receipts.unpack(stored.budgets)
     return receipt(stored.event_id, status, stored.origin, stored.index, **extra)
 
 
@@ -80,6 +80,7 @@ class OwnLog:
         self.seed = seed
         self.public_key = public_key_from_seed(seed)
         self.origin_line = origin_line(self.public_key)
+        self._signer = CheckpointSigner(seed)
         self.origin_id = 0
         self.frontier: Frontier | None = None
         self.checkpoint_note = ""
@@ -91,7 +92,7 @@ class OwnLog:
         return self.frontier.size if self.frontier else 0
 
     def sign(self, size: int, root: bytes) -> str:
-        return sign_checkpoint(Checkpoint(self.origin_line, size, root), self.seed)
+        return self._signer.sign(size, root)
 
     def open(self, conn: Connection, now_ms: int) -> None:
         """Load the frontier (O(log n) reads) and check it against the last signed checkpoint (P4).
@@ -267,7 +268,7 @@ class Committer:
             r = receipt(ev.id, "accepted", own.public_key, own.size + len(new), **extra)
             new_ids[ev.id] = r
             new.append(env)
-            extras.append(json.dumps(extra, separators=(",", ":")) if admitted.budgets or admitted.run else None)
+            extras.append(receipts.pack(admitted.budgets, admitted.run))
             results.append(Outcome(r))
         for kind, body in batch.node_records:
             new.append(self._node_record(kind, body, now_ms))
@@ -318,8 +319,6 @@ class Ingestor:
                     out.append(e)
             return out
 
-        if len(envelopes) == 1:
-            return run(envelopes)
         loop = asyncio.get_running_loop()
         size = max(1, min(VERIFY_CHUNK, -(-len(envelopes) // self._threads)))
         chunks = [envelopes[i : i + size] for i in range(0, len(envelopes), size)]

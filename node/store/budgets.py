@@ -14,7 +14,8 @@ _METERING = ("act", "dat", "cpt", "trt")
 def policy_events(conn: sqlite3.Connection, runs_since_ms: int) -> Iterable[Event]:
     """Policy records (all) and run records (since runs_since_ms), in log order (origin, index)."""
     rows = conn.execute(
-        "SELECT envelope, kind, ts FROM entries WHERE kind NOT IN ('act', 'dat', 'cpt', 'trt')"
+        # INDEXED BY: the partial index both filters and orders; a full scan at 1M entries is seconds
+        "SELECT envelope, kind, ts FROM entries INDEXED BY entries_policy WHERE kind NOT IN ('act', 'dat', 'cpt', 'trt')"
         " ORDER BY origin, idx"
     ).fetchall()
     for envelope, kind, ts in rows:

@@ -26,7 +26,7 @@ class StoredEntry:
     event_id: bytes
     envelope: bytes
     accepted_ms: int
-    budgets: str | None
+    budgets: bytes | None  # the receipt's budgets, packed (node/receipts.py)
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def append_batch(
     now_ms: int,
     sign: Callable[[int, bytes], str],
     *,
-    receipts: Sequence[str | None] | None = None,
+    receipts: Sequence[bytes | None] | None = None,
     also: Callable[[sqlite3.Connection], None] | None = None,
 ) -> tuple[Frontier, str]:
     """Append envelopes (already checked, none held) and a checkpoint, in one transaction.

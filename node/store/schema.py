@@ -56,7 +56,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE entries ADD COLUMN subject BLOB;
     CREATE INDEX entries_subject_kind ON entries (subject, kind) WHERE subject IS NOT NULL;
-    CREATE INDEX entries_policy ON entries (ts) WHERE kind NOT IN ('act', 'dat', 'cpt', 'trt');
+    CREATE INDEX entries_policy ON entries (origin, idx) WHERE kind NOT IN ('act', 'dat', 'cpt', 'trt');
     CREATE TABLE usage_counters (
         scope TEXT NOT NULL,
         scope_id TEXT NOT NULL,

@@ -685,3 +685,14 @@ def test_golden_checkpoint_verifies_with_the_independent_verifier() -> None:
     cp, others = open_checkpoint(golden, NODE_PUB)
     assert cp.body().encode() == body and cp.size == 7
     assert verify_cosignature(cp, others[0], WITNESS_NAME, WITNESS_PUB) == 1_700_000_000
+
+
+def test_checkpoint_signer_writes_exactly_what_sign_checkpoint_writes():
+    from ledger.checkpoint import CheckpointSigner
+
+    seed = bytes(range(32))
+    signer = CheckpointSigner(seed)
+    for size, root in ((0, hashlib.sha256(b"").digest()), (7, bytes(range(32, 64))), (2**40, b"\xff" * 32)):
+        note = signer.sign(size, root)
+        assert note == sign_checkpoint(Checkpoint(signer.origin, size, root), seed)
+        assert open_checkpoint(note, signer.public_key)[0] == Checkpoint(signer.origin, size, root)
