@@ -150,4 +150,6 @@ CODES: dict[str, str] = {
     "run_exists": "Conflict",
     "tool_not_allowed": "Invalid",
     "run_limit_exceeded": "Invalid",
+    # replication (node/api/peer.py)
+    "not_anchored": "NotFound",
 }

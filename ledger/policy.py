@@ -7,7 +7,7 @@ Who may sign what (checked at admission, `ledger.budget.authorize`):
 
 | kind | signer |
 |---|---|
-| `agent.register`, `plan.assign`, `agent.suspend`, `agent.lift`, `gov.propose`, `gov.vote` | a governance authority (config `authorities`) |
+| `agent.register`, `plan.assign`, `agent.suspend`, `agent.lift`, `gov.propose`, `gov.vote`, `node.admit` | a governance authority (config `authorities`) |
 | `stake.set` | an oracle (config `oracles`) |
 | `run.reserve`, `run.charge`, `run.post`, `run.void` | the agent itself |
 | `agent.suspended`, `governance.policy.updated` | a node (its own records) |
@@ -194,6 +194,16 @@ class PolicyUpdatedBody(PolicyBody):
 
 @register_kind
 @dataclass(frozen=True)
+class NodeAdmitBody(PolicyBody):
+    """An authority admits a node: its origin log is replicated and merged by every node."""
+
+    KIND: ClassVar[str] = "node.admit"
+    node: bytes = spec(_bytes32)
+    name: str = spec(_reason)
+
+
+@register_kind
+@dataclass(frozen=True)
 class RunReserveBody(Body):
     """Reserve a run's estimated cost (milli-T) before it starts; pending until posted, voided or expired."""
 
@@ -245,7 +255,9 @@ class RunVoidBody(PolicyBody):
     run: bytes = spec(_bytes16)
 
 
-AUTHORITY_KINDS = frozenset({"agent.register", "plan.assign", "agent.suspend", "agent.lift", "gov.propose", "gov.vote"})
+AUTHORITY_KINDS = frozenset(
+    {"agent.register", "plan.assign", "agent.suspend", "agent.lift", "gov.propose", "gov.vote", "node.admit"}
+)
 ORACLE_KINDS = frozenset({"stake.set"})
 NODE_KINDS = frozenset({"agent.suspended", "governance.policy.updated"})
 RUN_KINDS = frozenset({"run.reserve", "run.charge", "run.post", "run.void"})

@@ -16,11 +16,12 @@ from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
-from node.api import events, info, log
+from node.api import events, info, log, peer
 from node.api.errors import error_middleware
 from node.alerts import AlertSender
-from node.appkeys import ALERTS_KEY, CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
+from node.appkeys import ALERTS_KEY, REPLICATOR_KEY, CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
 from node.budgets import BudgetBook
+from node.replication import Replicator
 from node.clock import SystemClock
 from node.config import Config
 from node.ingest import Committer, Ingestor, OwnLog
@@ -66,22 +67,31 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await db.write(book.load, clock.now_ms())
     alerts = AlertSender(db, config.alert_webhooks, config.alert_retry_max, own.public_key.hex())
     app[ALERTS_KEY] = alerts
+    replicator = Replicator(
+        db, own, book, clock, static_peers=config.peers, open_membership=config.open_membership,
+        interval_ms=config.replication_interval_ms, entries_max=config.replication_entries_max,
+        peer_count_max=config.peer_count_max, witness_quorum=config.witness_quorum, anchor_sink=config.anchor_sink,
+    )
+    app[REPLICATOR_KEY] = replicator
     committer = Committer(
         db, own, clock, metrics,
         events_max=config.checkpoint_events_max, linger_ms=config.checkpoint_ms_max, skew_ms=config.skew_ms,
-        book=book, on_alerts=alerts.enqueue,
+        book=book, on_alerts=alerts.enqueue, on_commit=replicator.poke,
     )
     committer.start()
     ingestor = Ingestor(committer, metrics, clock, config.verify_threads)
     app[INGESTOR_KEY] = ingestor
     app[QUERIES_KEY] = Queries(
-        db, own, book, entries_page_max=config.entries_page_max, usage_events_max=config.usage_events_max
+        db, own, book, clock, entries_page_max=config.entries_page_max, usage_events_max=config.usage_events_max
     )
     delivery = alerts.run()
     await delivery.__anext__()
+    replication = replicator.context()
+    await replication.__anext__()
     try:
         yield
     finally:
+        await replication.aclose()
         await delivery.aclose()
         await committer.stop()
         ingestor.close()
@@ -103,6 +113,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/openapi.json", info.openapi)
     app.router.add_get("/healthz", info.healthz)
     app.router.add_get("/metrics", info.metrics)
+    app.router.add_get("/v1/log/checkpoint/anchored", peer.anchored)
+    app.router.add_get("/v1/peer/frontier", peer.frontier)
+    app.router.add_post("/v1/peer/cosign", peer.cosign)
+    app.router.add_get("/v1/peers", peer.peers)
+    app.router.add_get("/v1/cluster/digest", peer.digest)
+    app.router.add_get("/v1/forks", peer.forks)
 
 
 async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -> None:
@@ -123,6 +139,10 @@ async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}"
     own = app[OWN_LOG_KEY]
+    if config.advertise_url:
+        app[REPLICATOR_KEY].own_url = config.advertise_url.rstrip("/")
+    elif host not in ("0.0.0.0", "::"):
+        app[REPLICATOR_KEY].own_url = url
     line = f"ats node ready: {url} origin={own.public_key.hex()} size={own.checkpoint_size} data_dir={config.data_dir}"
     print(line, flush=True)
     if on_ready:

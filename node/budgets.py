@@ -121,6 +121,7 @@ class BudgetBook:
         self.buckets: dict[tuple[str, str, str, str], Bucket] = {}
         self.reputation: dict[bytes, dict[int, int]] = {}  # agent -> UTC day start -> score ppm
         self.announced: set[bytes] = set()
+        self.nodes: set[bytes] = {node_key}  # admitted nodes (node.admit), whose origin logs are merged
         self.version = 0  # bumped by every change to registrations, plans and stakes
         self._rule_cache: dict[tuple[str, str], tuple[tuple, list[Rule]]] = {}
 
@@ -259,6 +260,46 @@ class BudgetBook:
             raise Forbidden("not_authority", f"{ev.kind} must be signed by an oracle of this node")
         if ev.kind in NODE_KINDS and ev.signer != self.node_key:
             raise Forbidden("not_authority", f"{ev.kind} records are written by nodes, not submitted")
+
+    def observe(self, conn: Connection, ev: Event, now_ms: int) -> dict[tuple[str, str, str, str, int], int]:
+        """Fold a replicated event (another origin's, verified, held nowhere yet) into the book.
+
+        Nothing is decided: the origin admitted it. Policy records count only
+        when their signer may sign them (a node's records: an admitted node);
+        usage is charged to the same counters admission uses. Returns the
+        counter deltas to write with the entry.
+        """
+        if ev.kind in AUTHORITY_KINDS and ev.signer not in self.authorities:
+            return {}
+        if ev.kind in ORACLE_KINDS and ev.signer not in self.oracles:
+            return {}
+        if ev.kind in NODE_KINDS and ev.signer not in self.nodes:
+            return {}
+        if ev.kind not in METERING and ev.kind not in RUN_KINDS:
+            try:
+                self._apply(ev, now_ms, replay=True)
+            except LedgerError as e:
+                logger.info("replicated %s %s does not apply here: %s", ev.kind, ev.id_hex, e.message)
+            return {}
+        if ev.kind == "trt":
+            self.reputation.pop(ev.body.subject, None)
+            self._rule_cache.pop(("agent", ev.body.subject.hex()), None)
+        if ev.signer in self.nodes:
+            return {}  # nodes' own trust records are not metered
+        if ev.kind in RUN_KINDS:
+            self._replay_run(ev)
+        consume = charges(ev)
+        deltas: dict[tuple[str, str, str, str, int], int] = {}
+        for rule in self.rules(conn, self.chain(ev.signer), ev.ts):
+            spend = consume.get(rule.metric, 0)
+            if not spend:
+                continue
+            key = rule.key + (window_bounds(rule.window, ev.ts)[0],)
+            if key in deltas:
+                continue
+            self.counters[key] = self.consumed(conn, key) + spend
+            deltas[key] = spend
+        return deltas
 
     def admit(self, conn: Connection, ev: Event, now_ms: int, *, dry_run: bool = False) -> tuple[Admitted, LedgerError | None]:
         """Decide ev against the book and apply it if admitted: (what to write, the rejection or None).
@@ -507,6 +548,8 @@ class BudgetBook:
         elif ev.kind == "stake.set":
             self.stakes[b.agent] = b.amount
             self.version += 1
+        elif ev.kind == "node.admit":
+            self.nodes.add(b.node)
         elif ev.kind == "agent.suspend":
             self.suspensions.setdefault(b.agent, []).append(Suspension(ev.ts, None, b.reason, "*"))
             if out is not None:

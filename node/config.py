@@ -8,6 +8,7 @@ as constructor arguments: nothing else reads the environment or a file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -46,6 +47,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("budgets", True, "bool", "enforce budgets at admission (false: record only)"),
     Setting("alert_webhooks", (), "URLs", "URLs that receive every alert as a JSON POST (retried, never blocking admission)"),
     Setting("alert_retry_max", 5, "attempts", "delivery attempts per alert and webhook"),
+    Setting("peers", (), "URLs", "static peer list: nodes to replicate with (http://host:port), for networks without multicast"),
+    Setting("open_membership", False, "bool", "development only: merge every origin and accept every peer, admitted by a node.admit record or not"),
+    Setting("replication_interval_ms", 500, "ms", "pause between anti-entropy rounds with each peer"),
+    Setting("replication_entries_max", 1000, "entries", "most entries fetched in one request (bounded frames)"),
+    Setting("peer_count_max", 64, "peers", "most peers this node keeps (static, discovered and exchanged)"),
+    Setting("witness_quorum", 1, "witnesses", "cosignatures a checkpoint needs to count as anchored"),
+    Setting("advertise_url", "", "URL", "the URL peers should use for this node (empty: the listen URL, unless it is a wildcard address)"),
+    Setting("anchor_sink", "", "path or URL", "where anchored checkpoints go: a file to append to, or an http(s) URL to POST to (empty: nowhere)"),
+    # LAN discovery is opt-in, as Serf's -discover is: by default mDNS stays on 127.0.0.1, so a
+    # node never multicasts on the host's networks unless its owner names the interfaces.
+    Setting("discovery", "loopback", "mode", "find peers by mDNS: 'loopback' (127.0.0.1 only, nodes of this host), 'interfaces' (the discovery_interfaces) or 'off'"),
+    Setting("discovery_interfaces", (), "IPv4 addresses", "addresses of the interfaces mDNS runs on when discovery is 'interfaces' (explicit: never all interfaces)"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -76,6 +89,16 @@ class Config:
     budgets: bool = True
     alert_webhooks: tuple[str, ...] = ()
     alert_retry_max: int = 5
+    peers: tuple[str, ...] = ()
+    open_membership: bool = False
+    replication_interval_ms: int = 500
+    replication_entries_max: int = 1000
+    peer_count_max: int = 64
+    witness_quorum: int = 1
+    advertise_url: str = ""
+    anchor_sink: str = ""
+    discovery: str = "loopback"
+    discovery_interfaces: tuple[str, ...] = ()
 
     @property
     def db_path(self) -> str:
@@ -192,8 +215,34 @@ def validate(config: Config) -> list[str]:
     for url in config.alert_webhooks:
         if not url.startswith(("http://", "https://")):
             problems.append(f"alert_webhooks: {url!r} is not an http(s) URL")
+    for url in config.peers:
+        if not url.startswith(("http://", "https://")):
+            problems.append(f"peers: {url!r} is not an http(s) URL")
+    for name in ("replication_interval_ms", "replication_entries_max", "peer_count_max"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be at least 1")
+    if config.witness_quorum < 0:
+        problems.append("witness_quorum must not be negative")
     if config.alert_retry_max < 1:
         problems.append("alert_retry_max must be at least 1")
+    problems.extend(_discovery_problems(config))
+    return problems
+
+
+def _discovery_problems(config: Config) -> list[str]:
+    problems = []
+    if config.discovery not in ("loopback", "interfaces", "off"):
+        problems.append("discovery must be loopback, interfaces or off")
+    if config.discovery == "interfaces" and not config.discovery_interfaces:
+        problems.append("discovery_interfaces must list at least one IPv4 address when discovery is interfaces")
+    for text in config.discovery_interfaces:
+        try:
+            addr = ipaddress.IPv4Address(text)
+        except ValueError:
+            problems.append(f"discovery_interfaces: {text!r} is not an IPv4 address")
+            continue
+        if addr.is_unspecified or addr.is_multicast:
+            problems.append(f"discovery_interfaces: {text} is not the address of one interface")
     return problems
 
 

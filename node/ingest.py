@@ -131,9 +131,10 @@ class Committer:
 
     def __init__(self, db: Database, own: OwnLog, clock: SystemClock, metrics: NodeMetrics, *,
                  events_max: int, linger_ms: int, skew_ms: int, book: BudgetBook | None = None,
-                 on_alerts: Callable[[list[dict[str, Any]]], None] | None = None):
+                 on_alerts: Callable[[list[dict[str, Any]]], None] | None = None,
+                 on_commit: Callable[[], None] | None = None):
         self._db, self._own, self._clock, self._metrics = db, own, clock, metrics
-        self._book, self._on_alerts = book, on_alerts
+        self._book, self._on_alerts, self._on_commit = book, on_alerts, on_commit
         self._events_max, self._linger_ms, self._skew_ms = events_max, linger_ms, skew_ms
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task | None = None
@@ -219,6 +220,8 @@ class Committer:
             self._metrics.batch_events.observe(appended)
             self._metrics.commit_seconds.observe(self._clock.monotonic_s() - started)
             self._metrics.checkpoints.inc()
+            if self._on_commit:
+                self._on_commit()
         i = 0
         for p in batch:
             n = len(p.envelopes)

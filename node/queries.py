@@ -16,7 +16,10 @@ from ledger.events import KINDS, Event, parse_envelope
 from ledger.merkle import leaf_hash
 from node.budgets import BudgetBook
 from node.ingest import OwnLog, stored_receipt
+from consensus.messages import FRONTIER_ORIGINS_MAX
+from node.replication import cluster_digest
 from node.store import logs as log_store
+from node.store import peers as peer_store
 from node.store import merkle as merkle_store
 from node.store.sqlite import Connection, Database
 
@@ -52,7 +55,9 @@ def event_view(env_bytes: bytes) -> dict[str, Any]:
 
 
 class Queries:
-    def __init__(self, db: Database, own: OwnLog, book: BudgetBook, *, entries_page_max: int, usage_events_max: int):
+    def __init__(self, db: Database, own: OwnLog, book: BudgetBook, clock: Any, *, entries_page_max: int,
+                 usage_events_max: int):
+        self._clock = clock
         self._db = db
         self._own = own
         self._book = book
@@ -94,8 +99,11 @@ class Queries:
     # -- log ------------------------------------------------------------------
 
     async def checkpoint(self, origin_hex: str | None) -> str:
+        """The latest signed checkpoint, with the cosignatures witnesses sent for it."""
         if origin_hex is None or origin_hex == self._own.public_key.hex():
-            return self._own.checkpoint_note
+            note, size = self._own.checkpoint_note, self._own.checkpoint_size
+            lines = await self._db.read(peer_store.cosignatures, self._own.origin_id, size)
+            return note + "".join(line + "\n" for line in lines)
 
         def run(conn: Connection) -> str:
             _key, origin_id, _size = self._origin(conn, origin_hex)
@@ -105,6 +113,62 @@ class Queries:
             return cp.note
 
         return await self._db.read(run)
+
+    async def checkpoint_note_at(self, size: int) -> str:
+        """This node's own signed checkpoint at exactly size; raises NotFound."""
+
+        def run(conn: Connection) -> str:
+            cp = log_store.checkpoint_at(conn, self._own.origin_id, size)
+            if cp is None:
+                raise NotFound("not_found", f"no checkpoint of this node at size {size}")
+            return cp.note
+
+        return await self._db.read(run)
+
+    async def add_cosignature(self, size: int, witness: bytes, line: str) -> None:
+        await self._db.write(peer_store.add_cosignature, self._own.origin_id, size, witness, line, self._now())
+
+    async def anchored(self, origin_hex: str | None, quorum: int) -> str | None:
+        """The latest checkpoint with at least quorum cosignatures, as a note with those lines."""
+
+        def run(conn: Connection) -> str | None:
+            _key, origin_id, _size = self._origin(conn, origin_hex)
+            found = peer_store.anchored(conn, origin_id, quorum)
+            if found is None:
+                return None
+            _size, note, lines = found
+            return note + "".join(line + "\n" for line in lines)
+
+        return await self._db.read(run)
+
+    async def frontier(self) -> dict[str, Any]:
+        """What a peer needs in one round trip: every origin held, its size and signed checkpoint."""
+
+        def run(conn: Connection) -> dict[str, Any]:
+            origins = peer_store.frontier(conn, FRONTIER_ORIGINS_MAX)
+            return {
+                "node": self._own.public_key.hex(),
+                "origins": [{"origin": o.hex(), "size": s, "checkpoint": n} for o, s, n in origins],
+                "digest": cluster_digest(origins),
+            }
+
+        return await self._db.read(run)
+
+    async def digest(self) -> dict[str, Any]:
+        def run(conn: Connection) -> dict[str, Any]:
+            origins = peer_store.frontier(conn, FRONTIER_ORIGINS_MAX)
+            return {
+                "digest": cluster_digest(origins),
+                "origins": [{"origin": o.hex(), "size": s, "root": n.split("\n")[2]} for o, s, n in origins if s],
+            }
+
+        return await self._db.read(run)
+
+    async def forks(self) -> list[dict[str, Any]]:
+        return await self._db.read(peer_store.forks)
+
+    def _now(self) -> int:
+        return self._clock.now_ms()
 
     async def inclusion(self, id_hex: str, origin_hex: str | None, size: int | None) -> dict[str, Any]:
         event_id = parse_hex32(id_hex, "id")

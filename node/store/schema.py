@@ -78,6 +78,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alerts_scope ON alerts (scope, scope_id, ts_ms);
     """,
+    # 3: replication: witnesses' cosignatures of checkpoints, and evidence of forked origins.
+    """
+    CREATE TABLE cosignatures (
+        origin INTEGER NOT NULL REFERENCES origins(id),
+        size INTEGER NOT NULL,
+        witness BLOB NOT NULL,
+        line TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (origin, size, witness)
+    ) WITHOUT ROWID;
+    CREATE TABLE forks (
+        origin BLOB PRIMARY KEY,
+        detected_ms INTEGER NOT NULL,
+        reported_by TEXT NOT NULL,
+        evidence TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 

@@ -1,0 +1,118 @@
+"""Verify what a peer serves about an origin's log before anything is stored (pure).
+
+Everything a peer sends is untrusted until checked here:
+
+- `open_origin_checkpoint(note, origin)`: the checkpoint is signed by the
+  origin's own key (its origin line names it) — a peer cannot forge it.
+- `check_consistent(held, new, proof)`: the new checkpoint extends the one we
+  hold (RFC 9162 §2.1.4.2); equal sizes with different roots, a shrinking
+  log, or a bad proof is a fork or a lie, raised as `PeerProtocolError` with
+  the evidence.
+- `verify_range(frontier, start, untrusted_envelopes, cp)`: every envelope
+  parses canonically and carries a valid agent signature, and appending the
+  leaves to the frontier we hold gives exactly the signed root at cp.size —
+  so a range is accepted only whole, and only if it is the origin's log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ledger.checkpoint import Checkpoint, NoteSignature, open_checkpoint
+from ledger.constants import ORIGIN_PREFIX
+from ledger.errors import LedgerError
+from ledger.events import Envelope, parse_envelope
+from ledger.merkle import Frontier, leaf_hash, verify_consistency
+from ledger.signing import verify
+
+
+class PeerProtocolError(Exception):
+    """A peer served something that does not verify. Never shown to agents: it penalises the peer.
+
+    `code` is stable; `evidence` holds what proves it (notes, proofs) for a fork.
+    """
+
+    def __init__(self, code: str, message: str, evidence: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.evidence = evidence or {}
+
+
+@dataclass(frozen=True)
+class VerifiedRange:
+    """A range of an origin log that verified against a signed checkpoint."""
+
+    origin: bytes
+    start: int
+    envelopes: tuple[Envelope, ...]
+    frontier: Frontier  # after appending the range: its root is checkpoint.root
+    checkpoint: Checkpoint
+    note: str
+    cosignatures: tuple[NoteSignature, ...] = field(default=())
+
+
+def origin_key(origin_line: str) -> bytes:
+    """The origin's public key from its origin line `ats-ledger/<hex>`; raises PeerProtocolError."""
+    if not origin_line.startswith(ORIGIN_PREFIX):
+        raise PeerProtocolError("bad_checkpoint", f"origin line {origin_line[:80]!r} is not an ATS ledger origin")
+    hex_key = origin_line[len(ORIGIN_PREFIX):]
+    try:
+        key = bytes.fromhex(hex_key)
+    except ValueError:
+        raise PeerProtocolError("bad_checkpoint", "origin line does not end in a hex key") from None
+    if len(key) != 32 or key.hex() != hex_key:
+        raise PeerProtocolError("bad_checkpoint", "origin line does not end in a 64-digit lowercase hex key")
+    return key
+
+
+def open_origin_checkpoint(untrusted_note: str, origin: bytes) -> tuple[Checkpoint, list[NoteSignature]]:
+    """The checkpoint in a note signed by origin; the other signature lines (cosignatures) unverified."""
+    try:
+        return open_checkpoint(untrusted_note, origin)
+    except LedgerError as e:
+        raise PeerProtocolError("bad_checkpoint", f"checkpoint of {origin.hex()[:16]} does not verify: {e.message}") from None
+
+
+def check_consistent(held: Checkpoint | None, held_note: str | None, new: Checkpoint, new_note: str,
+                     untrusted_proof: Sequence[bytes]) -> None:
+    """new must extend held (both already signature-checked); raises PeerProtocolError("fork")."""
+    if held is None or held.size == 0:
+        return  # nothing to be consistent with: trust on first sight (transparency-dev rule)
+    evidence = {"held": held_note, "new": new_note, "proof": [h.hex() for h in untrusted_proof]}
+    if new.size < held.size:
+        raise PeerProtocolError("fork", f"log shrank from {held.size} to {new.size}", evidence)
+    if new.size == held.size:
+        if new.root != held.root:
+            raise PeerProtocolError("fork", f"two different roots signed at size {new.size}", evidence)
+        return
+    if not verify_consistency(held.size, new.size, held.root, new.root, list(untrusted_proof)):
+        raise PeerProtocolError("fork", f"no consistency from {held.size} to {new.size}", evidence)
+
+
+def verify_range(origin: bytes, frontier: Frontier, start: int, untrusted_envelopes: Sequence[bytes],
+                 cp: Checkpoint, note: str) -> VerifiedRange:
+    """Check a fetched range [start, start+len) of origin's log against its signed checkpoint cp.
+
+    The range must start at our frontier and end exactly at cp.size. Raises
+    PeerProtocolError (bad_entry, bad_signature, bad_root, bad_range).
+    """
+    if start != frontier.size:
+        raise PeerProtocolError("bad_range", f"range starts at {start}, we hold {frontier.size}")
+    if start + len(untrusted_envelopes) != cp.size:
+        raise PeerProtocolError("bad_range", f"range ends at {start + len(untrusted_envelopes)}, checkpoint is {cp.size}")
+    work = frontier.copy()
+    envelopes = []
+    for offset, raw in enumerate(untrusted_envelopes):
+        try:
+            env = parse_envelope(raw)
+            verify(env.event.raw, env.sig, env.event.signer)
+        except LedgerError as e:
+            code = "bad_signature" if e.code == "bad_signature" else "bad_entry"
+            raise PeerProtocolError(code, f"entry {start + offset}: {e.code}: {e.message}") from None
+        envelopes.append(env)
+        work.append(leaf_hash(raw))
+    if work.root() != cp.root:
+        raise PeerProtocolError("bad_root", f"entries {start}..{cp.size} do not hash to the signed root")
+    return VerifiedRange(origin, start, tuple(envelopes), work, cp, note)
