@@ -20,7 +20,9 @@ from node.api import events, info, log, peer
 from node.api.errors import error_middleware
 from node.alerts import AlertSender
 from node.appkeys import ALERTS_KEY, REPLICATOR_KEY, CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
+from ledger.checkpoint import verifier_key
 from node.budgets import BudgetBook
+from node.discovery import discovery_from_config
 from node.replication import Replicator
 from node.clock import SystemClock
 from node.config import Config
@@ -144,9 +146,19 @@ async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -
     elif host not in ("0.0.0.0", "::"):
         app[REPLICATOR_KEY].own_url = url
     line = f"ats node ready: {url} origin={own.public_key.hex()} size={own.checkpoint_size} data_dir={config.data_dir}"
+    # discovery announces the port actually bound, so it starts once the site listens
+    replicator = app[REPLICATOR_KEY]
+    discovery = discovery_from_config(
+        config, own.public_key, verifier_key(own.origin_line, own.public_key), port,
+        on_peer=lambda info: [replicator.add_peer(u, "discovered") for u in info.urls],
+    )
+    if discovery is not None:
+        await discovery.start()
     print(line, flush=True)
     if on_ready:
         on_ready(url)
     await stop.wait()
     print("ats node: shutting down", file=sys.stderr, flush=True)
+    if discovery is not None:
+        await discovery.close()
     await runner.cleanup()

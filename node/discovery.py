@@ -31,7 +31,6 @@ each case `start()` logs one warning and the node runs on without discovery.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
@@ -65,6 +64,7 @@ PEERS_MAX = 64  # peers (and pending lookups) tracked at once, unless the caller
 REJECTED_LOGGED_MAX = 64  # instance names remembered so that each malformed one is logged once
 LOOKUPS_CONCURRENT = 8
 LOOKUP_MS = 3000
+LOOKUP_ATTEMPTS = 3
 START_S = 5.0
 CLOSE_S = 5.0
 
@@ -276,10 +276,14 @@ class Discovery:
     async def _resolve(self, name: str) -> None:
         assert self._azc is not None
         info = AsyncServiceInfo(SERVICE_TYPE, name)
-        async with self._lookup_slots:
-            found = await info.async_request(self._azc.zeroconf, LOOKUP_MS)
-        if not found:
-            logger.debug("discovery: %s did not answer within %d ms", name, LOOKUP_MS)
+        # The browser reports a name once: a lookup that times out (a busy host, answers
+        # rate-limited by RFC 6762 §6) is retried here, or the peer would never be resolved.
+        for _ in range(LOOKUP_ATTEMPTS):
+            async with self._lookup_slots:
+                if await info.async_request(self._azc.zeroconf, LOOKUP_MS):
+                    break
+        else:
+            logger.info("discovery: %s did not answer %d lookups of %d ms", name, LOOKUP_ATTEMPTS, LOOKUP_MS)
             return
         instance = name[: -len(SERVICE_TYPE) - 1] if name.endswith("." + SERVICE_TYPE) else name
         try:

@@ -230,7 +230,7 @@ class Queries:
                 raise Invalid("bad_range", f"start={start} is beyond the origin's checkpointed size {latest}")
             stop = min(end, latest, start + self._entries_page_max)
             envelopes = log_store.entries_range(conn, origin_id, start, stop)
-            return {"origin": key.hex(), "start": start, "entries": [base64.b64encode(e).decode() for e in envelopes]}
+            return {"origin": key.hex(), "start": start, "entries": envelopes}
 
         return await self._db.read(run)
 

@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import cbor2
 
 from consensus.messages import FRONTIER_BYTES_MAX, FRONTIER_ORIGINS_MAX, PEERS_EXCHANGED_MAX, request_message
 from consensus.verify import PeerProtocolError, check_consistent, open_origin_checkpoint, verify_range
@@ -173,18 +174,23 @@ class Replicator:
             headers["X-ATS-Advertise"] = self.own_url
         return headers
 
-    async def _get(self, peer: PeerState, path_qs: str, limit: int = FRONTIER_BYTES_MAX) -> Any:
+    async def _get(self, peer: PeerState, path_qs: str, limit: int = FRONTIER_BYTES_MAX, cbor: bool = False) -> Any:
         assert self._session is not None
-        async with self._session.get(peer.url + path_qs, headers=self._headers("GET", path_qs, b"")) as resp:
-            body = await resp.content.read(limit + 1)
-            if len(body) > limit:
+        headers = self._headers("GET", path_qs, b"")
+        if cbor:
+            headers["Accept"] = "application/cbor"
+        async with self._session.get(peer.url + path_qs, headers=headers) as resp:
+            body = await _read_bounded(resp, limit)
+            if body is None:
                 raise PeerProtocolError("oversized", f"{path_qs.split('?')[0]} answer over {limit} bytes")
+            if resp.status == 204:
+                return None  # in sync: nothing to say
             if resp.status != 200:
                 raise RuntimeError(f"{path_qs.split('?')[0]}: HTTP {resp.status} {body[:200]!r}")
         try:
-            return json.loads(body)
-        except ValueError:
-            raise PeerProtocolError("bad_json", f"{path_qs.split('?')[0]} answer is not JSON") from None
+            return cbor2.loads(body) if cbor else json.loads(body)
+        except Exception:
+            raise PeerProtocolError("bad_encoding", f"{path_qs.split('?')[0]} answer does not decode") from None
 
     async def _post(self, peer: PeerState, path: str, doc: dict[str, Any]) -> int:
         assert self._session is not None
@@ -199,7 +205,13 @@ class Replicator:
     async def _sync(self, peer: PeerState) -> None:
         now = self._clock.now_ms()
         try:
-            doc = await self._get(peer, "/v1/peer/frontier")
+            mine = await self._db.read(lambda c: cluster_digest(peer_store.frontier(c, FRONTIER_ORIGINS_MAX)))
+            doc = await self._get(peer, f"/v1/peer/frontier?digest={mine}")
+            if doc is None:  # 204: the peer holds exactly what we hold
+                peer.last_contact_ms = now
+                peer.lag_events = peer.peer_lag_events = peer.peer_lag_bytes = 0
+                peer.failures, peer.last_error, peer.next_try_ms = 0, None, 0
+                return
             node, origins, exchanged = self._parse_frontier(doc)
             if node == self._own.public_key:
                 peer.node = node  # ourselves under another address: never contacted again
@@ -318,11 +330,10 @@ class Replicator:
         while start < cp.size:
             end = min(cp.size, start + self._entries_max)
             doc = await self._get(peer, f"/v1/log/entries?origin={origin.hex()}&start={start}&end={end}",
-                                  self._entries_max * 8 * 1024)
-            try:
-                raw = [base64.b64decode(e, validate=True) for e in doc["entries"]]
-            except (KeyError, TypeError, ValueError):
-                raise PeerProtocolError("bad_entry", "entries do not parse") from None
+                                  self._entries_max * 8 * 1024, cbor=True)
+            raw = doc.get("entries") if isinstance(doc, dict) else None
+            if not isinstance(raw, list) or not all(type(e) is bytes for e in raw):
+                raise PeerProtocolError("bad_entry", "entries are not a list of byte strings")
             if not raw or len(raw) > end - start:
                 raise PeerProtocolError("bad_range", f"asked {end - start} entries, got {len(raw)}")
             end = start + len(raw)
@@ -432,6 +443,19 @@ class Replicator:
         live = [p.url for p in self.peers.values()
                 if p.failures < DEAD_AFTER_FAILURES and p.node != self._own.public_key]
         return live[:PEERS_EXCHANGED_MAX]
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds limit bytes (P6: bounded before parsing)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        return None
+    chunks, total = [], 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _append(path: str, text: str) -> None:

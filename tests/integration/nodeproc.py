@@ -30,7 +30,8 @@ class NodeProcess:
         self.stderr_path = os.path.join(data_dir + ".stderr")
 
     def start(self) -> "NodeProcess":
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        # discovery off unless a test asks for it: nodes of one test must not find another test's
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "ATS_DISCOVERY": "off", **self.env}
         cmd = [sys.executable, "-m", "node", "node", "--data-dir", self.data_dir, "--host", self.host,
                "--port", str(self.port), *self.args]
         self._stderr = open(self.stderr_path, "a")

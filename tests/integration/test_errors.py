@@ -41,6 +41,7 @@ WALKED_ELSEWHERE = {
     "run_limit_exceeded": "test_budgets.test_run_reservation_lifecycle",
     "run_exists": "test_budgets.test_run_reservation_lifecycle",
     "proposal_expired": "test_budgets.test_vote_after_expiry_is_refused",
+    "not_anchored": "test_replication.test_witness_cosignatures_anchor_checkpoints",
 }
 
 
@@ -106,6 +107,8 @@ def cases():
     yield "proposal_not_found", 404, ("POST", "/v1/events", AUTHORITY.envelope("gov.vote", vote), "application/cbor")
     charge = {"run": bytes(16), "cost": 1, "tokens": 1}
     yield "unknown_run", 422, ("POST", "/v1/events", AGENT.envelope("run.charge", charge), "application/cbor")
+    # peer endpoints: unsigned or badly signed peer requests
+    yield "bad_signature", 401, ("GET", "/v1/peer/frontier", None, None)
 
 
 CASES = list(cases())

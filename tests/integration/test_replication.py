@@ -142,3 +142,16 @@ def test_new_node_catches_up_through_sigkill(tmp_path, nodes):
     out = subprocess.run([sys.executable, "-m", "node", "verify-db", b.data_dir], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "verified 3000 entries" in out.stdout or "3000" in out.stdout
+
+
+def test_nodes_on_loopback_find_each_other_by_mdns_and_replicate(tmp_path, nodes):
+    # discovery = loopback (the default): mDNS on 127.0.0.1 only, no static peers
+    a = start(tmp_path, "a", "127.0.0.2", ATS_DISCOVERY="loopback")
+    nodes.append(a)
+    b = start(tmp_path, "b", "127.0.0.3", ATS_DISCOVERY="loopback")
+    nodes.append(b)
+    assert post_cbor(a.url, "/v1/events", TestAgent().envelope()).status == 201
+    done = wait_converged([a, b], 1)
+    assert done["origins"][0]["origin"] == a.origin
+    sources = {p["source"] for p in get(b.url, "/v1/peers").json()["peers"]}
+    assert "discovered" in sources
