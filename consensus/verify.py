@@ -88,7 +88,10 @@ def check_consistent(held: Checkpoint | None, held_note: str | None, new: Checkp
             raise PeerProtocolError("fork", f"two different roots signed at size {new.size}", evidence)
         return
     if not verify_consistency(held.size, new.size, held.root, new.root, list(untrusted_proof)):
-        raise PeerProtocolError("fork", f"no consistency from {held.size} to {new.size}", evidence)
+        # the peer's proof fails: that proves the peer wrong, not the origin (any peer could
+        # send a bad proof); only two roots at one size, or a root our stored tree contradicts,
+        # is evidence against the origin itself
+        raise PeerProtocolError("bad_proof", f"consistency proof from {held.size} to {new.size} does not verify")
 
 
 def verify_range(origin: bytes, frontier: Frontier, start: int, untrusted_envelopes: Sequence[bytes],

@@ -118,6 +118,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/log/checkpoint/anchored", peer.anchored)
     app.router.add_get("/v1/peer/frontier", peer.frontier)
     app.router.add_post("/v1/peer/cosign", peer.cosign)
+    app.router.add_post("/v1/peer/notify", peer.notify)
     app.router.add_get("/v1/peers", peer.peers)
     app.router.add_get("/v1/cluster/digest", peer.digest)
     app.router.add_get("/v1/forks", peer.forks)

@@ -130,6 +130,8 @@ class BudgetBook:
     def load(self, conn: Connection, now_ms: int) -> None:
         """Rebuild the book from the log's policy and run records (few; a partial index finds them)."""
         for event in budget_store.policy_events(conn, now_ms - RUN_TIMEOUT_MS_MAX):
+            if not self._may_sign(event):
+                continue  # replicated from a node whose authorities are not ours: ignored live, ignored now
             try:
                 self._apply(event, event.ts, replay=True)
             except LedgerError as e:  # recorded once admitted; a later rule change may refuse it now
@@ -261,6 +263,16 @@ class BudgetBook:
         if ev.kind in NODE_KINDS and ev.signer != self.node_key:
             raise Forbidden("not_authority", f"{ev.kind} records are written by nodes, not submitted")
 
+    def _may_sign(self, ev: Event) -> bool:
+        """Whether ev's signer may sign a record of its kind here (metering kinds: anyone)."""
+        if ev.kind in AUTHORITY_KINDS:
+            return ev.signer in self.authorities
+        if ev.kind in ORACLE_KINDS:
+            return ev.signer in self.oracles
+        if ev.kind in NODE_KINDS:
+            return ev.signer in self.nodes
+        return True
+
     def observe(self, conn: Connection, ev: Event, now_ms: int) -> dict[tuple[str, str, str, str, int], int]:
         """Fold a replicated event (another origin's, verified, held nowhere yet) into the book.
 
@@ -269,11 +281,7 @@ class BudgetBook:
         usage is charged to the same counters admission uses. Returns the
         counter deltas to write with the entry.
         """
-        if ev.kind in AUTHORITY_KINDS and ev.signer not in self.authorities:
-            return {}
-        if ev.kind in ORACLE_KINDS and ev.signer not in self.oracles:
-            return {}
-        if ev.kind in NODE_KINDS and ev.signer not in self.nodes:
+        if not self._may_sign(ev):
             return {}
         if ev.kind not in METERING and ev.kind not in RUN_KINDS:
             try:

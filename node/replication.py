@@ -110,6 +110,7 @@ class Replicator:
         self.rounds = 0
         self.own_url: str | None = None  # advertised to peers, so a node we contact can contact us
         self._locks: dict[bytes, asyncio.Lock] = {}
+        self._push = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -128,12 +129,29 @@ class Replicator:
             await self._session.close()
 
     def poke(self) -> None:
-        """New local events: start the next round now (push, not wait for the interval)."""
+        """New events stored here: tell every peer now (push), so they pull within one round trip."""
+        self._push = True
         self._wake.set()
+
+    def wake(self) -> None:
+        """A peer told us it has news: pull now instead of at the next interval."""
+        self._wake.set()
+
+    async def _notify_all(self) -> None:
+        peers = [p for p in self.peers.values() if p.node is not None and p.node != self._own.public_key
+                 and p.failures < DEAD_AFTER_FAILURES]
+
+        async def one(peer: PeerState) -> None:
+            try:
+                await self._post(peer, "/v1/peer/notify", {})
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                pass  # the peer's own anti-entropy round is the backstop
+
+        await asyncio.gather(*(one(p) for p in peers))
 
     def add_peer(self, url: str, source: str) -> None:
         url = url.rstrip("/")
-        if url in self.peers or len(self.peers) >= self._peer_count_max:
+        if url in self.peers or url == self.own_url or len(self.peers) >= self._peer_count_max:
             return
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -152,6 +170,9 @@ class Replicator:
                 await self._sync(peer)
 
         while True:
+            if self._push:
+                self._push = False
+                await self._notify_all()
             now = self._clock.now_ms()
             due = [p for p in list(self.peers.values()) if p.next_try_ms <= now and p.node != self._own.public_key]
             if due:
@@ -221,10 +242,9 @@ class Replicator:
             peer.last_contact_ms = now
             for url in exchanged:
                 self.add_peer(url, "exchanged")
-            lag = 0
+            peer.lag_events = await self._lag(origins)
             for origin, size, note in origins:
-                lag += await self._sync_origin(peer, origin, size, note)
-            peer.lag_events = lag
+                await self._sync_origin(peer, origin, size, note)
             await self._measure_peer_lag(peer, origins)
             peer.failures, peer.last_error, peer.next_try_ms = 0, None, 0
         except PeerProtocolError as e:
@@ -344,6 +364,7 @@ class Replicator:
                 checked = await self._verify_page(peer, origin, frontier, start, raw, cp, note)
             frontier = await self._db.write(self._store, origin_id, checked, note if end == cp.size else None)
             start = end
+        self.poke()  # relay: our peers may not reach the origin's holders directly
 
     async def _verify_page(self, peer: PeerState, origin: bytes, frontier: Frontier, start: int, raw: list[bytes],
                            cp: Checkpoint, note: str) -> Any:
@@ -387,6 +408,19 @@ class Replicator:
                 logger.info("peer %s refused our cosignature: HTTP %s", peer.url, status)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             logger.info("cosignature to %s not delivered: %s", peer.url, e)
+
+    async def _lag(self, origins: list[tuple[bytes, int, str]]) -> int:
+        """Events the peer holds (of origins merged here) that we do not, as its frontier says."""
+
+        def run(conn: Connection) -> int:
+            missing = 0
+            for origin, size, _note in origins:
+                if origin != self._own.public_key and self.admitted(origin):
+                    held = peer_store.held(conn, origin)
+                    missing += max(0, size - (held[1] if held else 0))
+            return missing
+
+        return await self._db.read(run)
 
     async def _measure_peer_lag(self, peer: PeerState, origins: list[tuple[bytes, int, str]]) -> None:
         theirs = {o: s for o, s, _n in origins}

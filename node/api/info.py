@@ -10,7 +10,7 @@ from aiohttp import web
 from ledger.checkpoint import verifier_key
 from node import __version__
 from node.api.params import int_param, str_param
-from node.appkeys import CLOCK_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
+from node.appkeys import CLOCK_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY, REPLICATOR_KEY
 
 UNTIL_DEFAULT = 2**63 - 1
 
@@ -24,7 +24,7 @@ async def node_info(request: web.Request) -> web.Response:
             "vkey": verifier_key(own.origin_line, own.public_key),
             "origin_line": own.origin_line,
             "version": __version__,
-            "peers": [],
+            "peers": [p["url"] for p in request.app[REPLICATOR_KEY].peers_view()],
             "size": own.checkpoint_size,
             "read_only": own.read_only_reason is not None,
         }

@@ -55,6 +55,14 @@ async def frontier(request: web.Request) -> web.Response:
     return web.json_response(doc)
 
 
+async def notify(request: web.Request) -> web.Response:
+    """POST /v1/peer/notify: a peer stored new events; pull from peers now."""
+    body = await request.content.read(COSIGN_BODY_BYTES_MAX + 1)
+    await authenticate(request, body)
+    request.app[REPLICATOR_KEY].wake()
+    return web.Response(status=204)
+
+
 async def cosign(request: web.Request) -> web.Response:
     """POST /v1/peer/cosign {"size", "line"}: a witness's cosignature of our checkpoint at size."""
     body = await request.content.read(COSIGN_BODY_BYTES_MAX + 1)

@@ -194,3 +194,17 @@ def test_a_flood_of_unsigned_peer_requests_is_refused_and_the_node_keeps_serving
 
     assert post_cbor(victim.url, "/v1/events", agent.envelope()).status == 201
     assert time.monotonic() - started < 60
+
+
+def test_a_bad_consistency_proof_penalises_the_peer_but_never_forks_the_origin(hostile, victim):
+    origin = FakeOrigin()
+    agent = TestAgent()
+    origin.entries = [agent.envelope() for _ in range(2)]
+    hostile.serve(origin, origin.entries)
+    wait_for(lambda: held_sizes(victim).get(origin.key.hex()) == 2, "the first two entries")
+    origin.entries += [agent.envelope() for _ in range(2)]
+    hostile.serve(origin, origin.entries)  # honest growth, but this peer answers every proof with []
+    view = wait_for(lambda: (v := peer_view(victim, hostile.url))["penalties"] and v, "a penalty")
+    assert view["last_error"].startswith("bad_proof")
+    assert get(victim.url, "/v1/forks").json()["forks"] == []
+    assert held_sizes(victim)[origin.key.hex()] == 2
