@@ -57,15 +57,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     db = Database(config.db_path, synchronous=config.sqlite_synchronous, reader_threads=config.reader_threads)
     await db.open()
     await db.write(own.open, clock.now_ms())
-    book = BudgetBook(
-        node_key=own.public_key,
-        authorities=tuple(bytes.fromhex(k) for k in config.authorities),
-        oracles=tuple(bytes.fromhex(k) for k in config.oracles),
-        threshold=config.governance_threshold,
-        unregistered=config.unregistered_agents,
-        default_plan=config.default_plan,
-        enforce=config.budgets,
-    )
+    book = BudgetBook.from_config(config, own.public_key)
     await db.write(book.load, clock.now_ms())
     alerts = AlertSender(db, config.alert_webhooks, config.alert_retry_max, own.public_key.hex())
     app[ALERTS_KEY] = alerts

@@ -125,6 +125,19 @@ class BudgetBook:
         self.version = 0  # bumped by every change to registrations, plans and stakes
         self._rule_cache: dict[tuple[str, str], tuple[tuple, list[Rule]]] = {}
 
+    @classmethod
+    def from_config(cls, config: Any, node_key: bytes) -> "BudgetBook":
+        """The book a node with this Config keeps (node/config.py's governance and budget settings)."""
+        return cls(
+            node_key=node_key,
+            authorities=tuple(bytes.fromhex(k) for k in config.authorities),
+            oracles=tuple(bytes.fromhex(k) for k in config.oracles),
+            threshold=config.governance_threshold,
+            unregistered=config.unregistered_agents,
+            default_plan=config.default_plan,
+            enforce=config.budgets,
+        )
+
     # -- start-up ---------------------------------------------------------------------
 
     def load(self, conn: Connection, now_ms: int) -> None:

@@ -100,15 +100,7 @@ def node_writer(conn: Any, own: OwnLog, now_ms: int, plan: str, use_book: bool) 
     from node.metrics import NodeMetrics
 
     cfg = load_config(None, {**os.environ, "ATS_DEFAULT_PLAN": plan, "ATS_SKEW_MS": str(SKEW_MS)})
-    book = BudgetBook(
-        node_key=own.public_key,
-        authorities=tuple(bytes.fromhex(k) for k in cfg.authorities),
-        oracles=tuple(bytes.fromhex(k) for k in cfg.oracles),
-        threshold=cfg.governance_threshold,
-        unregistered=cfg.unregistered_agents,
-        default_plan=cfg.default_plan,
-        enforce=cfg.budgets,
-    )
+    book = BudgetBook.from_config(cfg, own.public_key)
     book.load(conn, now_ms)
     committer = Committer(None, own, SystemClock(), NodeMetrics(lambda: own.size, lambda: own.checkpoint_size),  # type: ignore[arg-type]
                           events_max=BUILD_BATCH, linger_ms=0, skew_ms=SKEW_MS, book=book)
