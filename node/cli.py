@@ -118,6 +118,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("agent", help="the agent's public key (64 hex digits)")
     s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
 
+    s = sub.add_parser("peers", help="a node's peers and replication progress; --watch draws progress bars while it catches up")
+    s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
+    s.add_argument("--watch", action="store_true", help="redraw until every origin is caught up (or --seconds pass)")
+    s.add_argument("--seconds", type=float, default=300, help="longest --watch runs")
+
     s = sub.add_parser("checkpoint", help="fetch and verify a node's latest checkpoint")
     s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
     s.add_argument("--vkey", help="the node's verifier key (default: trust what /v1/node says)")

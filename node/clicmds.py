@@ -211,3 +211,44 @@ async def _balance(args: argparse.Namespace) -> int:
         doc = await client.balance(args.agent)
     print(json.dumps(doc, indent=2))
     return EXIT_OK
+
+
+# -- peers ----------------------------------------------------------------------
+
+
+def peers(args: argparse.Namespace) -> int:
+    """`ats peers [--watch]`: the peer table, and per origin how far replication has come."""
+    return _run(_peers, args)
+
+
+async def _peers(args: argparse.Namespace) -> int:
+    import time
+
+    from node.progress import Progress
+
+    async with AgentClient(args.url, bytes(32)) as client:
+        doc = await client.http.json("GET", "/v1/peers")
+        for p in doc["peers"]:
+            node = (p["node"] or "?")[:16]
+            print(f"{p['url']:32s} {node:16s} {p['state']:9s} behind {p['behind_events']:>8} "
+                  f"peer behind {p['peer_behind_events']:>8} ({p['peer_behind_bytes']} B)"
+                  + (f"  {p['last_error']}" if p["last_error"] else ""))
+        if not args.watch:
+            for o in doc["origins"]:
+                print(f"origin {o['origin'][:16]}  {o['held']}/{o['seen']}")
+            return EXIT_OK
+        bars = {o["origin"]: Progress(o["seen"], f"origin {o['origin'][:12]}", enabled=True) for o in doc["origins"]}
+        deadline = time.monotonic() + args.seconds
+        while True:
+            for o in doc["origins"]:
+                bar = bars.setdefault(o["origin"], Progress(o["seen"], f"origin {o['origin'][:12]}", enabled=True))
+                bar.total = max(bar.total, o["seen"])
+                bar.advance(o["held"] - bar.done)
+            if all(o["held"] >= o["seen"] for o in doc["origins"]) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+            doc = await client.http.json("GET", "/v1/peers")
+        for bar in bars.values():
+            bar.finish()
+        behind = [o for o in doc["origins"] if o["held"] < o["seen"]]
+        return EXIT_OK if not behind else EXIT_FAILED

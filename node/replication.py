@@ -473,6 +473,14 @@ class Replicator:
         others = [p for p in self.peers.values() if p.node != self._own.public_key]
         return [p.view(now) for p in sorted(others, key=lambda p: p.url)]
 
+    def seen_sizes(self) -> dict[str, int]:
+        """Per origin (hex), the largest size any peer's last full frontier showed."""
+        seen: dict[str, int] = {}
+        for p in self.peers.values():
+            for origin, size in p.origins.items():
+                seen[origin] = max(seen.get(origin, 0), size)
+        return seen
+
     def known_urls(self) -> list[str]:
         live = [p.url for p in self.peers.values()
                 if p.failures < DEAD_AFTER_FAILURES and p.node != self._own.public_key]

@@ -87,8 +87,16 @@ async def cosign(request: web.Request) -> web.Response:
 
 
 async def peers(request: web.Request) -> web.Response:
-    """GET /v1/peers: per peer: state, last contact, how far behind each side is."""
-    return web.json_response({"peers": request.app[REPLICATOR_KEY].peers_view()})
+    """GET /v1/peers: per peer: state, last contact, how far behind each side is; per origin:
+    the size held here and the largest size seen at a peer (replication progress)."""
+    replicator = request.app[REPLICATOR_KEY]
+    held = {o["origin"]: o["size"] for o in (await request.app[QUERIES_KEY].digest())["origins"]}
+    seen = replicator.seen_sizes()
+    origins = [
+        {"origin": o, "held": held.get(o, 0), "seen": max(seen.get(o, 0), held.get(o, 0))}
+        for o in sorted(set(held) | {o for o in seen if replicator.admitted(bytes.fromhex(o))})
+    ]
+    return web.json_response({"peers": replicator.peers_view(), "origins": origins})
 
 
 async def digest(request: web.Request) -> web.Response:

@@ -141,7 +141,15 @@ def test_new_node_catches_up_through_sigkill(tmp_path, nodes):
     wait_converged([a, b], 1)  # b's own log is empty
     out = subprocess.run([sys.executable, "-m", "node", "verify-db", b.data_dir], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "verified 3000 entries" in out.stdout or "3000" in out.stdout
+    assert "verified 3000 entries" in out.stdout
+    # the operator's view: per origin, held against the most seen at a peer, with progress bars
+    doc = get(b.url, "/v1/peers").json()
+    assert {"origin": a.origin, "held": 3000, "seen": 3000} in doc["origins"]
+    watch = subprocess.run([sys.executable, "-m", "node", "peers", "--url", b.url, "--watch", "--seconds", "20"],
+                           capture_output=True, text=True, timeout=60)
+    assert watch.returncode == 0, watch.stderr
+    assert f"origin {a.origin[:12]}" in watch.stderr and "3000/3000" in watch.stderr
+    assert a.url in watch.stdout
 
 
 def test_nodes_on_loopback_find_each_other_by_mdns_and_replicate(tmp_path, nodes):
