@@ -222,9 +222,10 @@ def peers(args: argparse.Namespace) -> int:
 
 
 async def _peers(args: argparse.Namespace) -> int:
-    import time
-
+    from node.clock import SystemClock
     from node.progress import Progress
+
+    clock = SystemClock()
 
     async with AgentClient(args.url, bytes(32)) as client:
         doc = await client.http.json("GET", "/v1/peers")
@@ -238,13 +239,13 @@ async def _peers(args: argparse.Namespace) -> int:
                 print(f"origin {o['origin'][:16]}  {o['held']}/{o['seen']}")
             return EXIT_OK
         bars = {o["origin"]: Progress(o["seen"], f"origin {o['origin'][:12]}", enabled=True) for o in doc["origins"]}
-        deadline = time.monotonic() + args.seconds
+        deadline = clock.monotonic_s() + args.seconds
         while True:
             for o in doc["origins"]:
                 bar = bars.setdefault(o["origin"], Progress(o["seen"], f"origin {o['origin'][:12]}", enabled=True))
                 bar.total = max(bar.total, o["seen"])
                 bar.advance(o["held"] - bar.done)
-            if all(o["held"] >= o["seen"] for o in doc["origins"]) or time.monotonic() > deadline:
+            if all(o["held"] >= o["seen"] for o in doc["origins"]) or clock.monotonic_s() > deadline:
                 break
             await asyncio.sleep(0.5)
             doc = await client.http.json("GET", "/v1/peers")
