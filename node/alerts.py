@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
+from node.aio import cancel_and_wait
 from node.store import budgets as budget_store
 from node.store.sqlite import Database
 
@@ -53,11 +54,7 @@ class AlertSender:
         try:
             yield
         finally:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)

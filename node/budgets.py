@@ -24,7 +24,7 @@ from typing import Any
 
 from ledger import budget as rules_mod
 from ledger.budget import Bucket, Overage, Rule, charges, evaluate, status
-from ledger.errors import Conflict, Forbidden, Invalid, LedgerError, NotFound, OverBudget
+from ledger.errors import Conflict, Forbidden, Invalid, LedgerError, OverBudget
 from ledger.events import Event
 from ledger.governance import Governance, Policy, Proposal, Vote
 from ledger.multipliers import effective_limit, reputation_multiplier, stake_multiplier

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 from node import __version__
 

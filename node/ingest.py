@@ -207,7 +207,7 @@ class Committer:
             await self._reload_book(now_ms)
             self._fail(batch, NotReady("not_ready", f"storage error, nothing was written: {e}"))
             return
-        except BaseException as e:
+        except BaseException:
             self._fail(batch, NotReady("not_ready", "node is shutting down"))
             raise
         appended = frontier.size - self._own.size

@@ -45,9 +45,9 @@ import cbor2
 from consensus.messages import FRONTIER_BYTES_MAX, FRONTIER_ORIGINS_MAX, PEERS_EXCHANGED_MAX, request_message
 from consensus.verify import PeerProtocolError, check_consistent, open_origin_checkpoint, verify_range
 from ledger.checkpoint import Checkpoint, cosign
-from ledger.errors import LedgerError
 from ledger.merkle import Frontier, leaf_hash, verify_consistency
 from ledger.signing import sign_raw
+from node.aio import cancel_and_wait, read_bounded
 from node.budgets import BudgetBook
 from node.clock import SystemClock
 from node.ingest import OwnLog
@@ -121,11 +121,7 @@ class Replicator:
         try:
             yield
         finally:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             await self._session.close()
 
     def poke(self) -> None:
@@ -165,9 +161,9 @@ class Replicator:
     async def _loop(self) -> None:
         sem = asyncio.Semaphore(CONCURRENT_PEERS)
 
-        async def one(peer: PeerState) -> None:
+        async def one(peer: PeerState, mine: str) -> None:
             async with sem:
-                await self._sync(peer)
+                await self._sync(peer, mine)
 
         while True:
             if self._push:
@@ -176,7 +172,9 @@ class Replicator:
             now = self._clock.now_ms()
             due = [p for p in list(self.peers.values()) if p.next_try_ms <= now and p.node != self._own.public_key]
             if due:
-                await asyncio.gather(*(one(p) for p in due))
+                # our digest once per round: a sync finishing meanwhile only costs a full frontier answer
+                mine = await self._db.read(lambda c: cluster_digest(peer_store.frontier(c, FRONTIER_ORIGINS_MAX)))
+                await asyncio.gather(*(one(p, mine) for p in due))
             self.rounds += 1
             self._wake.clear()
             try:
@@ -201,7 +199,7 @@ class Replicator:
         if cbor:
             headers["Accept"] = "application/cbor"
         async with self._session.get(peer.url + path_qs, headers=headers) as resp:
-            body = await _read_bounded(resp, limit)
+            body = await read_bounded(resp, limit)
             if body is None:
                 raise PeerProtocolError("oversized", f"{path_qs.split('?')[0]} answer over {limit} bytes")
             if resp.status == 204:
@@ -223,10 +221,9 @@ class Replicator:
 
     # -- one peer ---------------------------------------------------------------------------------
 
-    async def _sync(self, peer: PeerState) -> None:
+    async def _sync(self, peer: PeerState, mine: str) -> None:
         now = self._clock.now_ms()
         try:
-            mine = await self._db.read(lambda c: cluster_digest(peer_store.frontier(c, FRONTIER_ORIGINS_MAX)))
             doc = await self._get(peer, f"/v1/peer/frontier?digest={mine}")
             if doc is None:  # 204: the peer holds exactly what we hold
                 peer.last_contact_ms = now
@@ -485,19 +482,6 @@ class Replicator:
         live = [p.url for p in self.peers.values()
                 if p.failures < DEAD_AFTER_FAILURES and p.node != self._own.public_key]
         return live[:PEERS_EXCHANGED_MAX]
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it exceeds limit bytes (P6: bounded before parsing)."""
-    if resp.content_length is not None and resp.content_length > limit:
-        return None
-    chunks, total = [], 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        total += len(chunk)
-        if total > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _append(path: str, text: str) -> None:

@@ -24,7 +24,6 @@ import asyncio
 import ctypes
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -166,7 +165,7 @@ def main() -> None:
         "ATS_REPLICATION_INTERVAL_MS": str(args.interval_ms),
         "ATS_PEERS": ",".join(f"http://10.213.0.{(j % n) + 2}:8470" for j in (i + 1, i - 1)),
     }
-    print(f"verify ceiling ... ", end="", flush=True)
+    print("verify ceiling ... ", end="", flush=True)
     ceiling = verify_ceiling()
     print(f"{ceiling:,.0f} verifies/s")
     root_ns = os.open("/proc/self/ns/net", os.O_RDONLY)

@@ -62,6 +62,7 @@ import nacl.bindings  # noqa: E402
 from ledger import encoding  # noqa: E402
 from ledger.constants import EVENT_SIGNING_PREFIX  # noqa: E402
 from ledger.events import make_envelope_bytes, parse_envelope  # noqa: E402
+from node.sdk.agent import cbor_array  # noqa: E402
 from tests.integration.nodeproc import NodeProcess  # noqa: E402
 
 RATIO_TARGET = 0.75
@@ -132,20 +133,6 @@ def presign(total: int, agents: int, ts: int, *, kinds: str = "act", chunk: int 
             out.extend(part)
     parse_envelope(out[0])  # the first one is checked here: a schema slip fails fast
     return out
-
-
-def cbor_array(items: Sequence[bytes]) -> bytes:
-    """A definite-length CBOR array of already-encoded items (shortest-form header)."""
-    n = len(items)
-    if n < 24:
-        head = bytes((0x80 | n,))
-    elif n < 0x100:
-        head = bytes((0x98, n))
-    elif n < 0x10000:
-        head = bytes((0x99,)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x9A,)) + n.to_bytes(4, "big")
-    return head + b"".join(items)
 
 
 # -- a. verify ceiling -----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from ledger.constants import NONCE_SIZE
 from ledger.errors import LedgerError
 from ledger.events import make_envelope_bytes, make_event_bytes
 from ledger.signing import public_key_from_seed, sign
+from node.aio import read_bounded
 from node.clock import SystemClock
 from node.sdk.errors import AtsError, AtsUnreachable, parse_retry_after
 
@@ -105,7 +106,9 @@ class HttpTransport:
             retry_after_s = None
             try:
                 async with self._client().request(method, self.url + path, params=params, data=data, headers=headers) as resp:
-                    body = await _read_bounded(resp)
+                    body = await read_bounded(resp, RESPONSE_BYTES_MAX)
+                    if body is None:
+                        raise AtsError("bad_response", f"answer is larger than {RESPONSE_BYTES_MAX} bytes", resp.status)
                     if resp.status != 503 or attempt == self.retries:
                         return resp.status, body, resp.headers
                     retry_after_s = parse_retry_after(resp.headers.get("Retry-After"))
@@ -137,18 +140,6 @@ class HttpTransport:
             return body.decode("utf-8")
         except UnicodeDecodeError:
             raise AtsError("bad_response", f"{path} answered with text that is not UTF-8", status) from None
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
-    """The whole response body, refusing more than RESPONSE_BYTES_MAX (P6)."""
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := await resp.content.read(65_536):
-        total += len(chunk)
-        if total > RESPONSE_BYTES_MAX:
-            raise AtsError("bad_response", f"answer is larger than {RESPONSE_BYTES_MAX} bytes", resp.status)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _decode_json(body: bytes) -> Any:

@@ -14,7 +14,7 @@ from ledger.checkpoint import open_checkpoint
 from ledger.events import parse_envelope
 from ledger.merkle import leaf_hash, verify_inclusion
 from tests.agentkit import TestAgent
-from tests.integration.http import get, post_cbor, post_json, request
+from tests.integration.http import get, post_cbor, post_json
 from tests.integration.nodeproc import NodeProcess
 
 

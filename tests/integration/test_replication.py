@@ -1,7 +1,6 @@
 """Replication between real node processes on 127.0.0.x: convergence, witnesses, membership, faults."""
 
 import base64
-import os
 import signal
 import subprocess
 import sys
