@@ -117,7 +117,13 @@ class Body:
         return cls(**values)
 
     def to_map(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        """The body as its CBOR map: fields left out stay out; list fields (kept as tuples) are lists."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
 
     def metrics(self) -> tuple[int, ...]:
         return tuple(getattr(self, name) or 0 for name in self.METRICS)

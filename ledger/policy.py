@@ -87,10 +87,6 @@ class PolicyBody(Body):
 
     METRICS: ClassVar[tuple[str, ...]] = ()
 
-    def to_map(self) -> dict[str, Any]:
-        m = super().to_map()
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in m.items()}
-
 
 @register_kind
 @dataclass(frozen=True)
@@ -215,10 +211,6 @@ class RunReserveBody(Body):
     cost: int | None = spec(_uint, required=False)
     tools: tuple[str, ...] | None = spec(_tools, required=False)
     timeout: int = spec(_uint)
-
-    def to_map(self) -> dict[str, Any]:
-        m = super().to_map()
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in m.items()}
 
 
 @register_kind
