@@ -5,9 +5,11 @@ Everything a peer sends is untrusted until checked here:
 - `open_origin_checkpoint(note, origin)`: the checkpoint is signed by the
   origin's own key (its origin line names it) — a peer cannot forge it.
 - `check_consistent(held, new, proof)`: the new checkpoint extends the one we
-  hold (RFC 9162 §2.1.4.2); equal sizes with different roots, a shrinking
-  log, or a bad proof is a fork or a lie, raised as `PeerProtocolError` with
-  the evidence.
+  hold (RFC 9162 §2.1.4.2); equal sizes with different roots are a fork, a bad
+  proof a lie, raised as `PeerProtocolError`.
+- `fork_evidence` / `check_fork_evidence`: evidence that an origin signed two
+  histories, which any node can check on its own before it believes it (so fork
+  flags can be relayed from node to node without trusting the relay).
 - `verify_range(frontier, start, untrusted_envelopes, cp)`: every envelope
   parses canonically and carries a valid agent signature, and appending the
   leaves to the frontier we hold gives exactly the signed root at cp.size —
@@ -77,21 +79,74 @@ def open_origin_checkpoint(untrusted_note: str, origin: bytes) -> tuple[Checkpoi
 
 def check_consistent(held: Checkpoint | None, held_note: str | None, new: Checkpoint, new_note: str,
                      untrusted_proof: Sequence[bytes]) -> None:
-    """new must extend held (both already signature-checked); raises PeerProtocolError("fork")."""
+    """new must extend held (both already signature-checked by the origin's key).
+
+    Two different roots at one size are a fork: PeerProtocolError("fork") with
+    self-verifying evidence (`fork_evidence`). A proof that fails proves the
+    peer wrong, not the origin (any peer could send a bad proof): "bad_proof".
+    """
     if held is None or held.size == 0:
         return  # nothing to be consistent with: trust on first sight (transparency-dev rule)
-    evidence = {"held": held_note, "new": new_note, "proof": [h.hex() for h in untrusted_proof]}
     if new.size < held.size:
-        raise PeerProtocolError("fork", f"log shrank from {held.size} to {new.size}", evidence)
+        raise PeerProtocolError("stale_checkpoint", f"checkpoint at {new.size} is older than the {held.size} held")
     if new.size == held.size:
         if new.root != held.root:
-            raise PeerProtocolError("fork", f"two different roots signed at size {new.size}", evidence)
+            raise PeerProtocolError("fork", f"two different roots signed at size {new.size}",
+                                    fork_evidence(origin_key(held.origin), held_note or "", new_note))
         return
     if not verify_consistency(held.size, new.size, held.root, new.root, list(untrusted_proof)):
-        # the peer's proof fails: that proves the peer wrong, not the origin (any peer could
-        # send a bad proof); only two roots at one size, or a root our stored tree contradicts,
-        # is evidence against the origin itself
         raise PeerProtocolError("bad_proof", f"consistency proof from {held.size} to {new.size} does not verify")
+
+
+def fork_evidence(origin: bytes, note_a: str, note_b: str, a_root_in_b: bytes | None = None,
+                  proof: Sequence[bytes] = ()) -> dict[str, Any]:
+    """Evidence that origin signed two histories, checkable by anyone with `check_fork_evidence`.
+
+    note_a is the checkpoint at the smaller (or equal) size m, note_b at n. For m < n
+    the evidence also carries the root of b's tree at size m and the consistency proof
+    from m to n in b's tree: that root differs from a's, so the origin signed two
+    different trees of size m.
+    """
+    doc: dict[str, Any] = {"origin": origin.hex(), "a": note_a, "b": note_b}
+    if a_root_in_b is not None:
+        doc["a_root_in_b"] = a_root_in_b.hex()
+        doc["proof"] = [h.hex() for h in proof]
+    return doc
+
+
+FORK_EVIDENCE_BYTES_MAX = 16 * 1024
+
+
+def check_fork_evidence(untrusted: Any) -> tuple[bytes, Checkpoint, Checkpoint]:
+    """(origin, a, b) if the evidence proves the origin signed two inconsistent checkpoints.
+
+    Raises PeerProtocolError("bad_evidence"): relayed evidence that does not prove
+    a fork is a lie by the peer that sent it.
+    """
+    try:
+        origin = bytes.fromhex(untrusted["origin"])
+        note_a, note_b = untrusted["a"], untrusted["b"]
+        if len(origin) != 32 or not isinstance(note_a, str) or not isinstance(note_b, str):
+            raise ValueError("shape")
+        if len(note_a) + len(note_b) > FORK_EVIDENCE_BYTES_MAX:
+            raise ValueError("too large")
+        a, _ = open_origin_checkpoint(note_a, origin)
+        b, _ = open_origin_checkpoint(note_b, origin)
+        if a.size > b.size:
+            raise ValueError("a is larger than b")
+        if a.size == b.size:
+            if a.root == b.root:
+                raise ValueError("the two checkpoints agree")
+            return origin, a, b
+        a_root_in_b = bytes.fromhex(untrusted["a_root_in_b"])
+        proof = [bytes.fromhex(h) for h in untrusted["proof"]][:64]
+    except PeerProtocolError as e:
+        raise PeerProtocolError("bad_evidence", f"fork evidence: {e.message}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise PeerProtocolError("bad_evidence", f"fork evidence does not parse: {e}") from None
+    if a_root_in_b == a.root or not verify_consistency(a.size, b.size, a_root_in_b, b.root, proof):
+        raise PeerProtocolError("bad_evidence", "fork evidence does not prove two roots at one size")
+    return origin, a, b
 
 
 def verify_range(origin: bytes, frontier: Frontier, start: int, untrusted_envelopes: Sequence[bytes],

@@ -39,6 +39,7 @@ from node.budgets import Admitted, BudgetBook
 from node.store import budgets as budget_store
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
+from node.store import peers as peer_store
 from node.store.sqlite import Connection, Database, StorageError
 
 logger = logging.getLogger("ats.ingest")
@@ -118,6 +119,10 @@ class OwnLog:
         except LedgerError as e:
             self.read_only_reason = f"startup check failed: {e.message}"
             logger.critical("%s; serving reads only (run `ats verify-db`)", self.read_only_reason)
+        if self.public_key in peer_store.forked_origins(conn):
+            self.read_only_reason = ("this node's key signed two different logs (fork evidence in GET /v1/forks);"
+                                     " start the node with a new key")
+            logger.critical("%s", self.read_only_reason)
 
 
 @dataclass
@@ -132,8 +137,11 @@ class Committer:
     def __init__(self, db: Database, own: OwnLog, clock: SystemClock, metrics: NodeMetrics, *,
                  events_max: int, linger_ms: int, skew_ms: int, book: BudgetBook | None = None,
                  on_alerts: Callable[[list[dict[str, Any]]], None] | None = None,
-                 on_commit: Callable[[], None] | None = None):
+                 on_commit: Callable[[], None] | None = None, nonce: Callable[[int], bytes] = os.urandom,
+                 anomalies: Any = None):
+        self._anomalies = anomalies  # node.anomaly.AnomalyWatch: fed each admitted event, on this thread
         self._db, self._own, self._clock, self._metrics = db, own, clock, metrics
+        self._nonce = nonce  # node records' nonces (a seeded source in tests/sim)
         self._book, self._on_alerts, self._on_commit = book, on_alerts, on_commit
         self._events_max, self._linger_ms, self._skew_ms = events_max, linger_ms, skew_ms
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -267,6 +275,8 @@ class Committer:
             if rejection is not None:
                 results.append(Outcome(error=rejection))
                 continue
+            if self._anomalies is not None:
+                self._anomalies.observe(ev, now_ms, batch)
             extra = {"budgets": admitted.budgets, **({"run": admitted.run} if admitted.run else {})}
             r = receipt(ev.id, "accepted", own.public_key, own.size + len(new), **extra)
             new_ids[ev.id] = r
@@ -293,7 +303,7 @@ class Committer:
 
     def _node_record(self, kind: str, body: dict[str, Any], now_ms: int) -> Envelope:
         """An event signed by this node (suspensions, policy updates, system trust)."""
-        raw = make_event_bytes(kind, self._own.public_key, now_ms, os.urandom(NONCE_SIZE), body)
+        raw = make_event_bytes(kind, self._own.public_key, now_ms, self._nonce(NONCE_SIZE), body)
         return parse_envelope(make_envelope_bytes(raw, sign(raw, self._own.seed)))
 
 

@@ -16,8 +16,7 @@ from ledger.events import KINDS, Event, parse_envelope
 from ledger.merkle import leaf_hash
 from node.budgets import BudgetBook
 from node.ingest import OwnLog, stored_receipt
-from consensus.messages import FRONTIER_ORIGINS_MAX
-from node.replication import cluster_digest
+from node.replication import cluster_digest, digest_state
 from node.store import logs as log_store
 from node.store import peers as peer_store
 from node.store import merkle as merkle_store
@@ -114,20 +113,6 @@ class Queries:
 
         return await self._db.read(run)
 
-    async def checkpoint_note_at(self, size: int) -> str:
-        """This node's own signed checkpoint at exactly size; raises NotFound."""
-
-        def run(conn: Connection) -> str:
-            cp = log_store.checkpoint_at(conn, self._own.origin_id, size)
-            if cp is None:
-                raise NotFound("not_found", f"no checkpoint of this node at size {size}")
-            return cp.note
-
-        return await self._db.read(run)
-
-    async def add_cosignature(self, size: int, witness: bytes, line: str) -> None:
-        await self._db.write(peer_store.add_cosignature, self._own.origin_id, size, witness, line, self._now())
-
     async def anchored(self, origin_hex: str | None, quorum: int) -> str | None:
         """The latest checkpoint with at least quorum cosignatures, as a note with those lines."""
 
@@ -141,24 +126,11 @@ class Queries:
 
         return await self._db.read(run)
 
-    async def frontier(self) -> dict[str, Any]:
-        """What a peer needs in one round trip: every origin held, its size and signed checkpoint."""
-
-        def run(conn: Connection) -> dict[str, Any]:
-            origins = peer_store.frontier(conn, FRONTIER_ORIGINS_MAX)
-            return {
-                "node": self._own.public_key.hex(),
-                "origins": [{"origin": o.hex(), "size": s, "checkpoint": n} for o, s, n in origins],
-                "digest": cluster_digest(origins),
-            }
-
-        return await self._db.read(run)
-
     async def digest(self) -> dict[str, Any]:
         def run(conn: Connection) -> dict[str, Any]:
-            origins = peer_store.frontier(conn, FRONTIER_ORIGINS_MAX)
+            origins, forked = digest_state(conn)
             return {
-                "digest": cluster_digest(origins),
+                "digest": cluster_digest(origins, forked),
                 "origins": [{"origin": o.hex(), "size": s, "root": n.split("\n")[2]} for o, s, n in origins if s],
             }
 

@@ -30,23 +30,26 @@ one interval. Peers that fail are backed off; peers that lie are penalised.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 import cbor2
 
-from consensus.messages import FRONTIER_BYTES_MAX, FRONTIER_ORIGINS_MAX, PEERS_EXCHANGED_MAX, request_message
-from consensus.verify import PeerProtocolError, check_consistent, open_origin_checkpoint, verify_range
-from ledger.checkpoint import Checkpoint, cosign
+from consensus.messages import (
+    FORKS_EXCHANGED_MAX, FRONTIER_BYTES_MAX, FRONTIER_ORIGINS_MAX, PEERS_EXCHANGED_MAX, peer_headers,
+)
+from consensus.verify import (
+    PeerProtocolError, check_consistent, check_fork_evidence, fork_evidence, open_origin_checkpoint, verify_range,
+)
+from ledger.checkpoint import Checkpoint, NoteSignature, cosign, open_checkpoint, origin_line, verify_cosignature
+from ledger.errors import NotFound
 from ledger.merkle import Frontier, leaf_hash, verify_consistency
-from ledger.signing import sign_raw
 from node.aio import cancel_and_wait, read_bounded
 from node.budgets import BudgetBook
 from node.clock import SystemClock
@@ -63,7 +66,27 @@ CONCURRENT_PEERS = 4
 REQUEST_TIMEOUT_S = 10
 BACKOFF_MS_MAX = 30_000
 DEAD_AFTER_FAILURES = 5
+DROP_AFTER_FAILURES = 12  # a peer that is not static leaves the table (about 5 minutes of failures)
 PENALTY_BACKOFF_MS = 60_000
+
+
+class Transport(Protocol):
+    """How peer requests travel: HTTP in a node (`HttpTransport`), a seeded network in tests/sim."""
+
+    async def request(self, method: str, url: str, headers: dict[str, str], body: bytes,
+                      limit: int) -> tuple[int, bytes | None]:
+        """(status, body), body None if it was larger than limit. Raises OSError/TimeoutError/ClientError."""
+        ...
+
+
+class HttpTransport:
+    def __init__(self, session: aiohttp.ClientSession):
+        self.session = session
+
+    async def request(self, method: str, url: str, headers: dict[str, str], body: bytes,
+                      limit: int) -> tuple[int, bytes | None]:
+        async with self.session.request(method, url, headers=headers, data=body or None) as resp:
+            return resp.status, await read_bounded(resp, limit)
 
 
 @dataclass
@@ -96,7 +119,8 @@ class PeerState:
 class Replicator:
     def __init__(self, db: Database, own: OwnLog, book: BudgetBook, clock: SystemClock, *, static_peers: tuple[str, ...],
                  open_membership: bool, interval_ms: int, entries_max: int, peer_count_max: int, witness_quorum: int,
-                 anchor_sink: str):
+                 anchor_sink: str, transport: Transport | None = None, rng: random.Random | None = None,
+                 executor: Any = None):
         self._db, self._own, self._book, self._clock = db, own, book, clock
         self.open_membership = open_membership
         self._interval_ms, self._entries_max, self._peer_count_max = interval_ms, entries_max, peer_count_max
@@ -104,8 +128,10 @@ class Replicator:
         self.peers: dict[str, PeerState] = {url.rstrip("/"): PeerState(url.rstrip("/"), "static") for url in static_peers}
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._transport = transport
+        self._executor = executor  # signature checks run here (None: the loop's default pool)
         self._task: asyncio.Task | None = None
-        self._rng = random.Random()
+        self._rng = rng or random.Random()
         self._anchored_size = -1
         self.rounds = 0
         self.own_url: str | None = None  # advertised to peers, so a node we contact can contact us
@@ -117,21 +143,45 @@ class Replicator:
     async def context(self) -> Any:
         """An aiohttp cleanup context: the replication loop lives between startup and cleanup."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
-        self._task = asyncio.create_task(self._loop(), name="ats-replication")
+        if self._transport is None:
+            self._transport = HttpTransport(self._session)
+        self.start()
         try:
             yield
         finally:
-            await cancel_and_wait(self._task)
+            await self.stop()
             await self._session.close()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="ats-replication")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait(self._task)
 
     def poke(self) -> None:
         """New events stored here: tell every peer now (push), so they pull within one round trip."""
         self._push = True
         self._wake.set()
 
-    def wake(self) -> None:
-        """A peer told us it has news: pull now instead of at the next interval."""
+    def wake(self, node: bytes | None = None, url: str | None = None) -> None:
+        """A peer told us it has news: pull from it now instead of at the next interval.
+
+        Only that peer is made due, so a notification costs one frontier round trip,
+        not one to every peer (which made a push O(N²) requests across a cluster).
+        """
+        if node is not None:
+            now = self._clock.now_ms()
+            for peer in self._peers_of(node, url):
+                if not (peer.penalties and peer.next_try_ms > now):
+                    peer.next_try_ms = 0
         self._wake.set()
+
+    def _peers_of(self, node: bytes, url: str | None) -> list[PeerState]:
+        """Our entries for a node: by its key once we learned it, else by the URL it advertises
+        (a peer that was in sync from the start never sent us a frontier naming its key)."""
+        url = url.rstrip("/") if url else None
+        return [p for p in self.peers.values() if p.node == node or (p.node is None and p.url == url)]
 
     async def _notify_all(self) -> None:
         peers = [p for p in self.peers.values() if p.node is not None and p.node != self._own.public_key
@@ -158,6 +208,25 @@ class Replicator:
     def admitted(self, origin: bytes) -> bool:
         return self.open_membership or origin in self._book.nodes
 
+    def heard_from(self, node: bytes, advertised: str | None) -> None:
+        """An admitted node made a signed request to us: it is alive, whatever we thought.
+
+        A restarted peer is tried again at once instead of at the end of its backoff.
+        """
+        if advertised:
+            self.add_peer(advertised, "contacted")
+        for peer in self._peers_of(node, advertised):
+            if peer.failures and not peer.penalties:
+                peer.failures, peer.next_try_ms = 0, 0
+                self._wake.set()
+
+    def _drop_dead(self) -> None:
+        """Peers that failed DROP_AFTER_FAILURES times in a row leave the table, unless configured."""
+        for url, peer in list(self.peers.items()):
+            if peer.source != "static" and peer.failures >= DROP_AFTER_FAILURES:
+                logger.info("dropping peer %s after %d failures: %s", url, peer.failures, peer.last_error)
+                del self.peers[url]
+
     async def _loop(self) -> None:
         sem = asyncio.Semaphore(CONCURRENT_PEERS)
 
@@ -166,6 +235,7 @@ class Replicator:
                 await self._sync(peer, mine)
 
         while True:
+            self._drop_dead()
             if self._push:
                 self._push = False
                 await self._notify_all()
@@ -173,7 +243,7 @@ class Replicator:
             due = [p for p in list(self.peers.values()) if p.next_try_ms <= now and p.node != self._own.public_key]
             if due:
                 # our digest once per round: a sync finishing meanwhile only costs a full frontier answer
-                mine = await self._db.read(lambda c: cluster_digest(peer_store.frontier(c, FRONTIER_ORIGINS_MAX)))
+                mine = await self._db.read(lambda c: cluster_digest(*digest_state(c)))
                 await asyncio.gather(*(one(p, mine) for p in due))
             self.rounds += 1
             self._wake.clear()
@@ -185,39 +255,34 @@ class Replicator:
     # -- HTTP -----------------------------------------------------------------------------------
 
     def _headers(self, method: str, path_qs: str, body: bytes) -> dict[str, str]:
-        now = self._clock.now_ms()
-        sig = sign_raw(request_message(method, path_qs, now, body), self._own.seed)
-        headers = {"X-ATS-Node": self._own.public_key.hex(), "X-ATS-Time": str(now),
-                   "X-ATS-Signature": base64.b64encode(sig).decode()}
+        headers = peer_headers(method, path_qs, body, self._clock.now_ms(), self._own.public_key, self._own.seed)
         if self.own_url:
             headers["X-ATS-Advertise"] = self.own_url
         return headers
 
     async def _get(self, peer: PeerState, path_qs: str, limit: int = FRONTIER_BYTES_MAX, cbor: bool = False) -> Any:
-        assert self._session is not None
+        assert self._transport is not None
         headers = self._headers("GET", path_qs, b"")
         if cbor:
             headers["Accept"] = "application/cbor"
-        async with self._session.get(peer.url + path_qs, headers=headers) as resp:
-            body = await read_bounded(resp, limit)
-            if body is None:
-                raise PeerProtocolError("oversized", f"{path_qs.split('?')[0]} answer over {limit} bytes")
-            if resp.status == 204:
-                return None  # in sync: nothing to say
-            if resp.status != 200:
-                raise RuntimeError(f"{path_qs.split('?')[0]}: HTTP {resp.status} {body[:200]!r}")
+        status, body = await self._transport.request("GET", peer.url + path_qs, headers, b"", limit)
+        if body is None:
+            raise PeerProtocolError("oversized", f"{path_qs.split('?')[0]} answer over {limit} bytes")
+        if status == 204:
+            return None  # in sync: nothing to say
+        if status != 200:
+            raise RuntimeError(f"{path_qs.split('?')[0]}: HTTP {status} {body[:200]!r}")
         try:
             return cbor2.loads(body) if cbor else json.loads(body)
         except Exception:
             raise PeerProtocolError("bad_encoding", f"{path_qs.split('?')[0]} answer does not decode") from None
 
     async def _post(self, peer: PeerState, path: str, doc: dict[str, Any]) -> int:
-        assert self._session is not None
+        assert self._transport is not None
         body = json.dumps(doc).encode()
         headers = {"Content-Type": "application/json", **self._headers("POST", path, body)}
-        async with self._session.post(peer.url + path, data=body, headers=headers) as resp:
-            await resp.read()
-            return resp.status
+        status, _ = await self._transport.request("POST", peer.url + path, headers, body, 64 * 1024)
+        return status
 
     # -- one peer ---------------------------------------------------------------------------------
 
@@ -228,9 +293,9 @@ class Replicator:
             if doc is None:  # 204: the peer holds exactly what we hold
                 peer.last_contact_ms = now
                 peer.lag_events = peer.peer_lag_events = peer.peer_lag_bytes = 0
-                peer.failures, peer.last_error, peer.next_try_ms = 0, None, 0
+                peer.failures, peer.last_error, peer.next_try_ms = 0, None, now + self._interval_ms
                 return
-            node, origins, exchanged = self._parse_frontier(doc)
+            node, origins, exchanged, forks = self._parse_frontier(doc)
             if node == self._own.public_key:
                 peer.node = node  # ourselves under another address: never contacted again
                 peer.next_try_ms = 2**62
@@ -239,11 +304,12 @@ class Replicator:
             peer.last_contact_ms = now
             for url in exchanged:
                 self.add_peer(url, "exchanged")
+            await self._learn_forks(peer, forks, now)
             peer.lag_events = await self._lag(origins)
             for origin, size, note in origins:
                 await self._sync_origin(peer, origin, size, note)
             await self._measure_peer_lag(peer, origins)
-            peer.failures, peer.last_error, peer.next_try_ms = 0, None, 0
+            peer.failures, peer.last_error, peer.next_try_ms = 0, None, now + self._interval_ms
         except PeerProtocolError as e:
             peer.penalties += 1
             peer.last_error = f"{e.code}: {e.message}"
@@ -252,6 +318,7 @@ class Replicator:
             if e.code == "fork" and e.evidence:
                 await self._db.write(peer_store.record_fork, bytes.fromhex(e.evidence["origin"]), now,
                                      peer.url, e.evidence)
+                self.poke()  # tell every peer: they learn the fork from our frontier
         except Exception as e:  # never let one peer stop the loop
             if not isinstance(e, (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError, OSError)):
                 logger.exception("replication with %s failed unexpectedly", peer.url)
@@ -260,7 +327,7 @@ class Replicator:
             backoff = min(BACKOFF_MS_MAX, self._interval_ms * 2 ** min(peer.failures, 8))
             peer.next_try_ms = now + int(backoff * (0.5 + self._rng.random() / 2))
 
-    def _parse_frontier(self, doc: Any) -> tuple[bytes, list[tuple[bytes, int, str]], list[str]]:
+    def _parse_frontier(self, doc: Any) -> tuple[bytes, list[tuple[bytes, int, str]], list[str], list[Any]]:
         try:
             node = bytes.fromhex(doc["node"])
             raw_origins = doc["origins"]
@@ -275,15 +342,37 @@ class Replicator:
                     raise ValueError("origin entry")
                 origins.append((key, size, note))
             exchanged = [u for u in peers[:PEERS_EXCHANGED_MAX] if isinstance(u, str) and len(u) < 300]
+            forks = doc.get("forks", [])
+            if not isinstance(forks, list) or len(forks) > FORKS_EXCHANGED_MAX:
+                raise ValueError("forks")
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PeerProtocolError("bad_frontier", f"frontier does not parse: {e}") from None
-        return node, origins, exchanged
+        return node, origins, exchanged, forks
+
+    async def _learn_forks(self, peer: PeerState, untrusted: list[Any], now: int) -> None:
+        """Fork evidence relayed by a peer: each record is checked here, never taken on trust."""
+        if not untrusted:
+            return
+        known = await self._db.read(lambda c: set(peer_store.forked_origins(c)))
+        for evidence in untrusted:
+            origin = bytes.fromhex(evidence["origin"]) if isinstance(evidence, dict) and isinstance(
+                evidence.get("origin"), str) and len(evidence["origin"]) == 64 else None
+            if origin is not None and origin in known:
+                continue
+            origin, _a, _b = check_fork_evidence(evidence)  # raises bad_evidence: the peer is penalised
+            if await self._db.write(peer_store.record_fork, origin, now, f"{peer.url} (relayed)", evidence):
+                logger.warning("origin %s forked (evidence relayed by %s); no longer merged", origin.hex(), peer.url)
+                known.add(origin)
+                self.poke()
 
     async def _sync_origin(self, peer: PeerState, origin: bytes, size: int, untrusted_note: str) -> int:
         """Bring one origin up to the peer's signed checkpoint; returns events still missing."""
-        if origin == self._own.public_key or not self.admitted(origin):
+        if origin == self._own.public_key:
+            await self._check_own(origin, untrusted_note)
             return 0
-        forks = await self._db.read(lambda c: {bytes.fromhex(f["origin"]) for f in peer_store.forks(c)})
+        if not self.admitted(origin):
+            return 0
+        forks = await self._db.read(lambda c: set(peer_store.forked_origins(c)))
         if origin in forks:
             return 0
         cp, _others = open_origin_checkpoint(untrusted_note, origin)
@@ -303,11 +392,7 @@ class Replicator:
             return 0
         if held_cp is not None and held_cp.size > 0:
             proof = await self._proof(peer, origin, held_cp.size, cp.size)
-            try:
-                check_consistent(held_cp, held_note, cp, untrusted_note, proof)
-            except PeerProtocolError as e:
-                e.evidence["origin"] = origin.hex()
-                raise
+            check_consistent(held_cp, held_note, cp, untrusted_note, proof)
         if held_size < cp.size:
             async with self._origin_lock(origin):  # one fetch per origin at a time, whichever peer serves it
                 held = await self._db.read(peer_store.held, origin)
@@ -318,6 +403,32 @@ class Replicator:
             await self._cosign(peer, cp)
         return 0
 
+    async def _check_own(self, origin: bytes, untrusted_note: str) -> None:
+        """A peer's copy of our own log must be a prefix of our log.
+
+        If it is not, this key signed two histories: the node was restored from an
+        old backup, or its key is in two places. Either way the key is burnt: the
+        evidence is stored and gossiped, and the node stops extending its log.
+        """
+        cp, _ = open_origin_checkpoint(untrusted_note, origin)
+        own = self._own
+        if cp.size == 0 or cp.size > own.checkpoint_size:
+            if cp.size > own.checkpoint_size:
+                logger.critical("a peer holds %d entries of this node's log, which has %d: restored from an old"
+                                " backup? the key will be flagged forked as soon as the log grows past %d",
+                                cp.size, own.checkpoint_size, cp.size)
+            return
+        try:
+            await self._db.write(self._adopt_note, origin, cp, untrusted_note, False, own.checkpoint_note)
+        except PeerProtocolError as e:
+            if e.code != "fork":
+                raise
+            await self._db.write(peer_store.record_fork, origin, self._clock.now_ms(), "self", e.evidence)
+            own.read_only_reason = ("this node's key signed two different logs (fork evidence in GET /v1/forks);"
+                                    " start the node with a new key")
+            logger.critical("%s", own.read_only_reason)
+            self.poke()
+
     def _origin_lock(self, origin: bytes) -> asyncio.Lock:
         lock = self._locks.get(origin)
         if lock is None:
@@ -327,9 +438,19 @@ class Replicator:
     def _adopt_note(self, conn: Connection, origin: bytes, cp: Checkpoint, note: str, keep: bool,
                     held_note: str | None) -> None:
         row = log_store.origin_row(conn, origin)
-        if row is None or merkle_store.tree_hash_at(conn, row[0], cp.size) != cp.root:
+        if row is None:
+            raise PeerProtocolError("bad_frontier", "a checkpoint for entries we do not hold")
+        ours = merkle_store.tree_hash_at(conn, row[0], cp.size)
+        if ours != cp.root:
+            # we hold the larger signed tree: its root at cp.size and the proof that it is a
+            # prefix of our checkpoint make the evidence checkable by any node
+            held_cp = open_checkpoint(held_note, origin)[0] if held_note else None
+            if held_cp is None or held_cp.size < cp.size:
+                raise PeerProtocolError("bad_frontier", "a checkpoint beyond our signed checkpoint")
+            proof = merkle_store.consistency_proof_at(conn, row[0], cp.size, held_cp.size) if cp.size < held_cp.size else []
+            evidence = fork_evidence(origin, note, held_note or "", ours if cp.size < held_cp.size else None, proof)
             raise PeerProtocolError("fork", f"signed root at {cp.size} differs from the verified entries held here",
-                                    {"origin": origin.hex(), "held": held_note, "new": note})
+                                    evidence)
         if keep:
             log_store.store_checkpoint(conn, row[0], cp.size, cp.root, note, self._clock.now_ms())
 
@@ -356,7 +477,7 @@ class Replicator:
             end = start + len(raw)
             if end == cp.size:
                 loop = asyncio.get_running_loop()  # signature checks off the event loop
-                checked = await loop.run_in_executor(None, verify_range, origin, frontier, start, raw, cp, note)
+                checked = await loop.run_in_executor(self._executor, verify_range, origin, frontier, start, raw, cp, note)
             else:
                 checked = await self._verify_page(peer, origin, frontier, start, raw, cp, note)
             frontier = await self._db.write(self._store, origin_id, checked, note if end == cp.size else None)
@@ -375,7 +496,7 @@ class Replicator:
             raise PeerProtocolError("bad_root", f"entries {start}..{end} are not a prefix of the signed log")
         page_cp = Checkpoint(cp.origin, end, work.root())
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, verify_range, origin, frontier, start, raw, page_cp, note)
+        return await loop.run_in_executor(self._executor, verify_range, origin, frontier, start, raw, page_cp, note)
 
     def _store(self, conn: Connection, origin_id: int, checked: Any, note: str | None) -> Frontier:
         """Writer thread: the verified range, its budget effects and (at the end) the origin's note."""
@@ -463,6 +584,48 @@ class Replicator:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             logger.warning("anchor sink %s failed: %s", self._anchor_sink, e)
 
+    # -- serving peers ---------------------------------------------------------------------------
+
+    async def frontier_answer(self, their_digest: str | None) -> dict[str, Any] | None:
+        """GET /v1/peer/frontier: None when the asker's digest is ours (in sync), else the frontier:
+        every origin held (size, signed checkpoint), known peers and fork evidence."""
+
+        def run(conn: Connection) -> dict[str, Any] | None:
+            origins, forked = digest_state(conn)
+            digest = cluster_digest(origins, forked)
+            if their_digest == digest:
+                return None
+            evidence = [f["evidence"] for f in peer_store.forks(conn) if "a" in f["evidence"]]
+            return {
+                "node": self._own.public_key.hex(),
+                "origins": [{"origin": o.hex(), "size": s, "checkpoint": n} for o, s, n in origins],
+                "digest": digest,
+                "forks": evidence[:FORKS_EXCHANGED_MAX],
+            }
+
+        doc = await self._db.read(run)
+        if doc is not None:
+            doc["peers"] = self.known_urls()
+        return doc
+
+    async def accept_cosignature(self, witness: bytes, size: int, line: str) -> None:
+        """POST /v1/peer/cosign: a witness's cosignature of our checkpoint at size, checked, stored."""
+        sig = NoteSignature.parse_line(line.rstrip("\n"))
+        own = self._own
+
+        def note_at(conn: Connection) -> str:
+            cp = log_store.checkpoint_at(conn, own.origin_id, size)
+            if cp is None:
+                raise NotFound("not_found", f"no checkpoint of this node at size {size}")
+            return cp.note
+
+        note = await self._db.read(note_at)
+        cp, _ = open_checkpoint(note, own.public_key)
+        verify_cosignature(cp, sig, origin_line(witness), witness)
+        await self._db.write(peer_store.add_cosignature, own.origin_id, size, witness, sig.line().rstrip("\n"),
+                             self._clock.now_ms())
+        await self.anchor_if_new()
+
     # -- reads ---------------------------------------------------------------------------------
 
     def peers_view(self) -> list[dict[str, Any]]:
@@ -490,8 +653,14 @@ def _append(path: str, text: str) -> None:
         f.flush()
 
 
-def cluster_digest(origins: list[tuple[bytes, int, str]]) -> str:
-    """SHA-256 over every non-empty origin's size and signed root: equal digests, converged nodes.
+def digest_state(conn: Connection) -> tuple[list[tuple[bytes, int, str]], list[bytes]]:
+    """What the cluster digest covers: every origin held (size, note), and the forked origins."""
+    return peer_store.frontier(conn, FRONTIER_ORIGINS_MAX), peer_store.forked_origins(conn)
+
+
+def cluster_digest(origins: list[tuple[bytes, int, str]], forked: Iterable[bytes] = ()) -> str:
+    """SHA-256 over every non-empty origin's size and signed root, and the forked origins:
+    equal digests, converged nodes (same logs, same fork flags).
 
     Empty logs are left out: they hold nothing to converge on, and a node learns
     of another's empty log only once it has something.
@@ -502,4 +671,6 @@ def cluster_digest(origins: list[tuple[bytes, int, str]]) -> str:
             continue
         root = note.split("\n")[2] if note else ""
         h.update(f"{origin.hex()} {size} {root}\n".encode())
+    for origin in sorted(forked):
+        h.update(f"fork {origin.hex()}\n".encode())
     return h.hexdigest()

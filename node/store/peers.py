@@ -75,6 +75,10 @@ def forks(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     ]
 
 
+def forked_origins(conn: sqlite3.Connection) -> list[bytes]:
+    return [bytes(r[0]) for r in conn.execute("SELECT origin FROM forks ORDER BY origin")]
+
+
 def bytes_from(conn: sqlite3.Connection, origin_id: int, start: int) -> int:
     """Total envelope bytes at indexes ≥ start of an origin log."""
     row = conn.execute("SELECT coalesce(sum(length(envelope)), 0) FROM entries WHERE origin = ? AND idx >= ?",

@@ -129,3 +129,32 @@ class Database:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+
+
+class InlineDatabase(Database):
+    """The same interface run on the caller's thread, with one connection for reads and writes.
+
+    For deterministic simulation (tests/sim) and single-threaded tools: no thread
+    hop, so a run's order of operations is fixed by the event loop alone. Each call
+    still runs whole, as on the writer thread, so a simulated crash between two
+    awaits sees exactly what a SIGKILL would: committed transactions only.
+    """
+
+    def __init__(self, path: str, *, synchronous: str = "normal"):
+        self.path = path
+        self._synchronous = synchronous
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        self._conn = open_database(self.path, self._synchronous)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        return _wrapped(fn, self._conn, args)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return _wrapped(fn, self._conn, args)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -13,6 +13,7 @@ import cbor2
 import pytest
 from aiohttp import web
 
+from consensus.verify import check_fork_evidence
 from ledger.checkpoint import Checkpoint, origin_line, sign_checkpoint
 from ledger.merkle import Frontier, leaf_hash
 from ledger.signing import public_key_from_seed
@@ -155,7 +156,17 @@ def test_validly_signed_entries_that_are_not_the_signed_log_are_refused(hostile,
     assert held_sizes(victim).get(origin.key.hex(), 0) == 0
 
 
-def test_a_forked_origin_is_recorded_with_evidence_and_no_longer_merged(hostile, victim):
+def test_a_forked_origin_is_recorded_with_evidence_and_no_longer_merged(hostile, victim, tmp_path):
+    # a bystander that only ever talks to the victim: it learns the fork by gossip, and checks it
+    bystander = NodeProcess(str(tmp_path / "bystander"), host="127.0.0.7", env={
+        "ATS_OPEN_MEMBERSHIP": "true", "ATS_REPLICATION_INTERVAL_MS": "100", "ATS_PEERS": victim.url}).start()
+    try:
+        _fork_and_check(hostile, victim, bystander)
+    finally:
+        bystander.kill()
+
+
+def _fork_and_check(hostile, victim, bystander):
     origin = FakeOrigin()
     agent = TestAgent()
     origin.entries = [agent.envelope() for _ in range(2)]
@@ -166,12 +177,34 @@ def test_a_forked_origin_is_recorded_with_evidence_and_no_longer_merged(hostile,
     hostile.serve(origin, other)
     forks = wait_for(lambda: get(victim.url, "/v1/forks").json()["forks"], "fork evidence")
     assert forks[0]["origin"] == origin.key.hex()
-    assert forks[0]["evidence"]["held"] != forks[0]["evidence"]["new"]
+    evidence = forks[0]["evidence"]
+    assert evidence["a"] != evidence["b"]
+    assert check_fork_evidence(evidence)[0] == origin.key  # anyone can check it
     assert peer_view(victim, hostile.url)["last_error"].startswith("fork")
+    # the victim tells every node; each checks the evidence itself before it believes it
+    relayed = wait_for(lambda: get(bystander.url, "/v1/forks").json()["forks"], "the fork at the bystander")
+    assert relayed[0]["origin"] == origin.key.hex() and relayed[0]["reported_by"].endswith("(relayed)")
+    assert check_fork_evidence(relayed[0]["evidence"])[0] == origin.key
+    wait_for(lambda: get(victim.url, "/v1/cluster/digest").json()["digest"]
+             == get(bystander.url, "/v1/cluster/digest").json()["digest"], "equal digests, fork flags included")
     # later, longer histories of the forked origin are not merged
     hostile.serve(origin, other + [agent.envelope()])
     time.sleep(1.0)
     assert held_sizes(victim)[origin.key.hex()] == 2
+    assert held_sizes(bystander)[origin.key.hex()] == 2
+
+
+def test_fork_evidence_that_proves_nothing_penalises_the_peer_that_relayed_it(hostile, victim):
+    origin = FakeOrigin()
+    agent = TestAgent()
+    entries = [agent.envelope() for _ in range(2)]
+    note = origin.note(entries)
+    lie = {"origin": origin.key.hex(), "a": note, "b": note}  # one checkpoint twice is no fork
+    hostile.frontier_body = json.dumps({"node": hostile.node.hex(), "peers": [], "origins": [],
+                                        "forks": [lie]}).encode()
+    view = wait_for(lambda: (v := peer_view(victim, hostile.url))["penalties"] and v, "a penalty")
+    assert view["last_error"].startswith("bad_evidence")
+    assert get(victim.url, "/v1/forks").json()["forks"] == []
 
 
 def test_oversized_and_malformed_frontiers_are_refused(hostile, victim):
