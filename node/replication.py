@@ -63,6 +63,8 @@ from node.store.sqlite import Connection, Database
 logger = logging.getLogger("ats.replication")
 
 CONCURRENT_PEERS = 4
+VERIFIED_NOTES_MAX = 4096  # checkpoint notes whose origin signature was checked, remembered
+GOSSIP_FANOUT = 2  # healthy peers pulled at random each interval (anti-entropy)
 REQUEST_TIMEOUT_S = 10
 BACKOFF_MS_MAX = 30_000
 DEAD_AFTER_FAILURES = 5
@@ -99,6 +101,7 @@ class PeerState:
     penalties: int = 0
     last_error: str | None = None
     next_try_ms: int = 0
+    urgent: bool = True  # sync at once (new, notified us, or back from failing), not when picked at random
     lag_events: int = 0  # events the peer holds that we do not (as of its last frontier)
     peer_lag_events: int = 0  # events we hold that the peer does not
     peer_lag_bytes: int = 0
@@ -136,6 +139,10 @@ class Replicator:
         self.rounds = 0
         self.own_url: str | None = None  # advertised to peers, so a node we contact can contact us
         self._locks: dict[bytes, asyncio.Lock] = {}
+        self._fetching = 0  # origin fetches in progress
+        self._changes = 0  # bumped by every store (poke): the cached digest is stale
+        self._digest: tuple[int, str] | None = None
+        self._verified_notes: dict[tuple[bytes, str], Checkpoint] = {}
         self._push = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -161,8 +168,35 @@ class Replicator:
 
     def poke(self) -> None:
         """New events stored here: tell every peer now (push), so they pull within one round trip."""
+        self._changes += 1
         self._push = True
         self._wake.set()
+
+    async def digest(self) -> str:
+        """Our cluster digest, recomputed only after something was stored (poke)."""
+        changes = self._changes
+        if self._digest is None or self._digest[0] != changes:
+            value = await self._db.read(lambda c: cluster_digest(*digest_state(c)))
+            self._digest = (changes, value)
+        return self._digest[1]
+
+    async def notified(self, node: bytes, url: str | None, their_digest: str | None) -> None:
+        """POST /v1/peer/notify: a peer stored news. Pull from it, unless we hold all it holds
+        already (its digest is ours: the news reached us first by another way)."""
+        if their_digest is not None and their_digest == await self.digest():
+            return
+        self.wake(node, url)
+
+    def _checkpoint(self, note: str, origin: bytes) -> Checkpoint:
+        """open_origin_checkpoint, remembered: every frontier repeats every origin's note."""
+        key = (origin, note)
+        cp = self._verified_notes.get(key)
+        if cp is None:
+            cp = open_origin_checkpoint(note, origin)[0]
+            if len(self._verified_notes) >= VERIFIED_NOTES_MAX:
+                self._verified_notes.pop(next(iter(self._verified_notes)))
+            self._verified_notes[key] = cp
+        return cp
 
     def wake(self, node: bytes | None = None, url: str | None = None) -> None:
         """A peer told us it has news: pull from it now instead of at the next interval.
@@ -174,7 +208,7 @@ class Replicator:
             now = self._clock.now_ms()
             for peer in self._peers_of(node, url):
                 if not (peer.penalties and peer.next_try_ms > now):
-                    peer.next_try_ms = 0
+                    peer.next_try_ms, peer.urgent = 0, True
         self._wake.set()
 
     def _peers_of(self, node: bytes, url: str | None) -> list[PeerState]:
@@ -184,12 +218,14 @@ class Replicator:
         return [p for p in self.peers.values() if p.node == node or (p.node is None and p.url == url)]
 
     async def _notify_all(self) -> None:
-        peers = [p for p in self.peers.values() if p.node is not None and p.node != self._own.public_key
-                 and p.failures < DEAD_AFTER_FAILURES]
+        # including peers whose key we have not learned yet: one that was in sync from the start
+        # only ever answered 204, and it needs the news as much as any
+        peers = [p for p in self.peers.values() if p.node != self._own.public_key and p.failures < DEAD_AFTER_FAILURES]
+        digest = await self.digest()
 
         async def one(peer: PeerState) -> None:
             try:
-                await self._post(peer, "/v1/peer/notify", {})
+                await self._post(peer, "/v1/peer/notify", {"digest": digest})
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 pass  # the peer's own anti-entropy round is the backstop
 
@@ -202,7 +238,8 @@ class Replicator:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return
-        self.peers[url] = PeerState(url, source)
+        # a peer we were told about waits for its turn at random; one we found or that called us is tried now
+        self.peers[url] = PeerState(url, source, urgent=source != "exchanged")
         self._wake.set()
 
     def admitted(self, origin: bytes) -> bool:
@@ -217,7 +254,7 @@ class Replicator:
             self.add_peer(advertised, "contacted")
         for peer in self._peers_of(node, advertised):
             if peer.failures and not peer.penalties:
-                peer.failures, peer.next_try_ms = 0, 0
+                peer.failures, peer.next_try_ms, peer.urgent = 0, 0, True
                 self._wake.set()
 
     def _drop_dead(self) -> None:
@@ -228,29 +265,61 @@ class Replicator:
                 del self.peers[url]
 
     async def _loop(self) -> None:
+        """Sync with peers as they fall due, without waiting for one another.
+
+        Which peers, and when:
+        - **urgent** ones at once: a new peer, one that sent a notification (it has
+          news), one that called us after failing;
+        - failing ones when their backoff ends;
+        - and every `interval_ms`, GOSSIP_FANOUT healthy peers picked at random:
+          anti-entropy, the backstop for a lost notification. So the cluster's
+          background cost is O(N) round trips per interval, not O(N²), and news
+          travels by push (notify, then the receivers relay).
+        A slow or dead peer holds one of the CONCURRENT_PEERS slots, never the others.
+        """
         sem = asyncio.Semaphore(CONCURRENT_PEERS)
+        running: dict[str, asyncio.Task] = {}
+        notifying: asyncio.Task | None = None
+        next_round_ms = 0
 
         async def one(peer: PeerState, mine: str) -> None:
-            async with sem:
-                await self._sync(peer, mine)
-
-        while True:
-            self._drop_dead()
-            if self._push:
-                self._push = False
-                await self._notify_all()
-            now = self._clock.now_ms()
-            due = [p for p in list(self.peers.values()) if p.next_try_ms <= now and p.node != self._own.public_key]
-            if due:
-                # our digest once per round: a sync finishing meanwhile only costs a full frontier answer
-                mine = await self._db.read(lambda c: cluster_digest(*digest_state(c)))
-                await asyncio.gather(*(one(p, mine) for p in due))
-            self.rounds += 1
-            self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self._interval_ms / 1000)
-            except asyncio.TimeoutError:
-                pass
+                async with sem:
+                    await self._sync(peer, mine)
+            finally:
+                running.pop(peer.url, None)
+                self._wake.set()
+
+        try:
+            while True:
+                self._wake.clear()
+                self._drop_dead()
+                if self._push and (notifying is None or notifying.done()):
+                    self._push = False
+                    notifying = asyncio.create_task(self._notify_all())
+                    notifying.add_done_callback(lambda _t: self._wake.set())
+                now = self._clock.now_ms()
+                idle = [p for p in list(self.peers.values())
+                        if p.url not in running and p.node != self._own.public_key]
+                due = [p for p in idle if p.next_try_ms <= now and (p.urgent or p.failures)]
+                if now >= next_round_ms and not self._fetching:  # catching up: no frontiers on the side
+                    healthy = [p for p in idle if p.next_try_ms <= now and not p.urgent and not p.failures]
+                    due += self._rng.sample(healthy, min(GOSSIP_FANOUT, len(healthy)))
+                    next_round_ms = now + self._interval_ms
+                    self.rounds += 1
+                if due:
+                    mine = await self.digest()
+                    for peer in due:
+                        running[peer.url] = asyncio.create_task(one(peer, mine))
+                waits = [next_round_ms - now, *(p.next_try_ms - now for p in idle if p.failures or p.urgent)]
+                try:
+                    await asyncio.wait_for(self._wake.wait(), max(min(waits), 5) / 1000)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            for task in [*running.values(), *([notifying] if notifying else [])]:
+                task.cancel()
+            await asyncio.gather(*running.values(), *([notifying] if notifying else []), return_exceptions=True)
 
     # -- HTTP -----------------------------------------------------------------------------------
 
@@ -293,7 +362,7 @@ class Replicator:
             if doc is None:  # 204: the peer holds exactly what we hold
                 peer.last_contact_ms = now
                 peer.lag_events = peer.peer_lag_events = peer.peer_lag_bytes = 0
-                peer.failures, peer.last_error, peer.next_try_ms = 0, None, now + self._interval_ms
+                peer.failures, peer.last_error, peer.next_try_ms, peer.urgent = 0, None, now, False
                 return
             node, origins, exchanged, forks = self._parse_frontier(doc)
             if node == self._own.public_key:
@@ -306,14 +375,15 @@ class Replicator:
                 self.add_peer(url, "exchanged")
             await self._learn_forks(peer, forks, now)
             peer.lag_events = await self._lag(origins)
+            known = await self._db.read(self._known, [o for o, _s, _n in origins])
             for origin, size, note in origins:
-                await self._sync_origin(peer, origin, size, note)
+                await self._sync_origin(peer, origin, size, note, known)
             await self._measure_peer_lag(peer, origins)
-            peer.failures, peer.last_error, peer.next_try_ms = 0, None, now + self._interval_ms
+            peer.failures, peer.last_error, peer.next_try_ms, peer.urgent = 0, None, now, False
         except PeerProtocolError as e:
             peer.penalties += 1
             peer.last_error = f"{e.code}: {e.message}"
-            peer.next_try_ms = now + PENALTY_BACKOFF_MS
+            peer.next_try_ms, peer.urgent = now + PENALTY_BACKOFF_MS, False
             logger.warning("peer %s penalised: %s", peer.url, peer.last_error)
             if e.code == "fork" and e.evidence:
                 await self._db.write(peer_store.record_fork, bytes.fromhex(e.evidence["origin"]), now,
@@ -325,7 +395,7 @@ class Replicator:
             peer.failures += 1
             peer.last_error = f"{type(e).__name__}: {e}"[:300]
             backoff = min(BACKOFF_MS_MAX, self._interval_ms * 2 ** min(peer.failures, 8))
-            peer.next_try_ms = now + int(backoff * (0.5 + self._rng.random() / 2))
+            peer.next_try_ms, peer.urgent = now + int(backoff * (0.5 + self._rng.random() / 2)), False
 
     def _parse_frontier(self, doc: Any) -> tuple[bytes, list[tuple[bytes, int, str]], list[str], list[Any]]:
         try:
@@ -365,31 +435,47 @@ class Replicator:
                 known.add(origin)
                 self.poke()
 
-    async def _sync_origin(self, peer: PeerState, origin: bytes, size: int, untrusted_note: str) -> int:
-        """Bring one origin up to the peer's signed checkpoint; returns events still missing."""
+    @staticmethod
+    def _known(conn: Connection, origins: list[bytes]) -> tuple[set[bytes], dict[bytes, tuple[int, int, str | None]]]:
+        """One read for a whole frontier: the forked origins, and what we hold of each origin."""
+        held = {}
+        for origin in origins:
+            row = peer_store.held(conn, origin)
+            if row is not None:
+                held[origin] = row
+        return set(peer_store.forked_origins(conn)), held
+
+    async def _sync_origin(self, peer: PeerState, origin: bytes, size: int, untrusted_note: str,
+                           known: tuple[set[bytes], dict[bytes, tuple[int, int, str | None]]]) -> None:
+        """Bring one origin up to the peer's signed checkpoint."""
+        forks, held_by_origin = known
+        held = held_by_origin.get(origin)
         if origin == self._own.public_key:
-            await self._check_own(origin, untrusted_note)
-            return 0
-        if not self.admitted(origin):
-            return 0
-        forks = await self._db.read(lambda c: set(peer_store.forked_origins(c)))
-        if origin in forks:
-            return 0
-        cp, _others = open_origin_checkpoint(untrusted_note, origin)
+            if untrusted_note != self._own.checkpoint_note:
+                await self._check_own(origin, untrusted_note)
+            return
+        if not self.admitted(origin) or origin in forks:
+            return
+        if held is not None and held[2] == untrusted_note:
+            return  # the very checkpoint we hold: nothing to check, nothing to fetch
+        cp = self._checkpoint(untrusted_note, origin)
         if cp.size != size:
             raise PeerProtocolError("bad_frontier", "frontier size differs from its checkpoint")
         if cp.size == 0:
-            return 0  # an empty log: nothing to fetch, nothing to be consistent with
-        held = await self._db.read(peer_store.held, origin)
+            return  # an empty log: nothing to fetch, nothing to be consistent with
         held_size = held[1] if held else 0
         held_note = held[2] if held else None
-        held_cp = open_origin_checkpoint(held_note, origin)[0] if held_note else None
+        held_cp = self._checkpoint(held_note, origin) if held_note else None
         if cp.size <= held_size:
             # an older (or equal) checkpoint than the entries we hold: its root must be our tree's
             # at that size — we store every size's hashes — or the origin signed two histories
-            await self._db.write(self._adopt_note, origin, cp, untrusted_note,
-                                 held_cp is None or cp.size > held_cp.size, held_note)
-            return 0
+            keep = held_cp is None or cp.size > held_cp.size
+            # read-only unless the note is newer than ours (we hold entries past our last note)
+            await (self._db.write if keep else self._db.read)(self._adopt_note, origin, cp, untrusted_note, keep,
+                                                                held_note)
+            if keep:
+                self._changes += 1  # a newer note is held: the digest covers it
+            return
         if held_cp is not None and held_cp.size > 0:
             proof = await self._proof(peer, origin, held_cp.size, cp.size)
             check_consistent(held_cp, held_note, cp, untrusted_note, proof)
@@ -398,10 +484,13 @@ class Replicator:
                 held = await self._db.read(peer_store.held, origin)
                 start = held[1] if held else 0
                 if start < cp.size:
-                    await self._fetch(peer, origin, start, cp, untrusted_note)
+                    self._fetching += 1
+                    try:
+                        await self._fetch(peer, origin, start, cp, untrusted_note)
+                    finally:
+                        self._fetching -= 1
         if origin == peer.node:
             await self._cosign(peer, cp)
-        return 0
 
     async def _check_own(self, origin: bytes, untrusted_note: str) -> None:
         """A peer's copy of our own log must be a prefix of our log.
@@ -410,7 +499,7 @@ class Replicator:
         old backup, or its key is in two places. Either way the key is burnt: the
         evidence is stored and gossiped, and the node stops extending its log.
         """
-        cp, _ = open_origin_checkpoint(untrusted_note, origin)
+        cp = self._checkpoint(untrusted_note, origin)
         own = self._own
         if cp.size == 0 or cp.size > own.checkpoint_size:
             if cp.size > own.checkpoint_size:
@@ -419,7 +508,7 @@ class Replicator:
                                 cp.size, own.checkpoint_size, cp.size)
             return
         try:
-            await self._db.write(self._adopt_note, origin, cp, untrusted_note, False, own.checkpoint_note)
+            await self._db.read(self._adopt_note, origin, cp, untrusted_note, False, own.checkpoint_note)
         except PeerProtocolError as e:
             if e.code != "fork":
                 raise

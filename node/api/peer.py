@@ -40,10 +40,16 @@ async def frontier(request: web.Request) -> web.Response:
 
 
 async def notify(request: web.Request) -> web.Response:
-    """POST /v1/peer/notify: a peer stored new events; pull from peers now."""
+    """POST /v1/peer/notify {"digest"}: a peer stored new events; pull from it now, unless our
+    digest already equals its digest."""
     body = await request.content.read(COSIGN_BODY_BYTES_MAX + 1)
     node = await authenticate(request, body)
-    request.app[REPLICATOR_KEY].wake(node, request.headers.get("X-ATS-Advertise"))
+    try:
+        digest = json.loads(body).get("digest") if body else None
+    except (ValueError, AttributeError):
+        digest = None  # the notification itself is the news; its digest only saves a pull
+    await request.app[REPLICATOR_KEY].notified(node, request.headers.get("X-ATS-Advertise"),
+                                               digest if isinstance(digest, str) else None)
     return web.Response(status=204)
 
 

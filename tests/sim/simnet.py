@@ -149,7 +149,8 @@ class SimServer:
                 doc = await self.replicator.frontier_answer(q.get("digest"))
                 return (204, b"") if doc is None else (200, json.dumps(doc).encode())
             if parts.path == "/v1/peer/notify":
-                self.replicator.wake(node, headers.get("X-ATS-Advertise"))
+                digest = json.loads(body).get("digest") if body else None
+                await self.replicator.notified(node, headers.get("X-ATS-Advertise"), digest)
                 return 204, b""
             if parts.path == "/v1/peer/cosign":
                 doc = json.loads(body)
