@@ -1,0 +1,519 @@
+"""A seeded, deterministic simulation of strict (escrow) and optimistic budgets across N nodes.
+
+Theory of operation. One `random.Random(seed)` drives everything: the cluster
+size (3, 5 or 7), the capacity, demand (about 10× the capacity per window,
+skewed over the nodes), message delay, loss, duplication and reordering,
+partitions and heals, crashes and restarts. Time is simulated, in integer ms,
+on one event heap; nothing reads a clock.
+
+Each simulated node keeps what a real node keeps durably: its own origin log
+(usage records it admitted, run reservations and `escrow.transfer` records it
+gave), and the logs of other origins it merged (prefixes, extended by
+anti-entropy pulls like node/replication.py's). Its volatile state (pending
+asks, asks heard this window) is lost in a crash. Admission, giving, asking and
+pre-staging call the pure rules of `ledger.escrow` (strict) and
+`ledger.budget.evaluate` (optimistic): the same functions node/budgets.py and
+node/escrow.py call.
+
+After every step the checker recomputes, from the union of every node's own
+log (crashed nodes included), that in strict mode no key's consumption (plus
+what open reservations hold) exceeds its capacity, and that transfers conserve
+rights. A failure raises `SimFailure` naming `ATS_SIM_SEED=<seed>`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger import escrow
+from ledger.budget import Overage, Rule, evaluate
+from ledger.errors import LedgerError
+
+SCOPE = ("team", "research", "act.cost", "sim")
+WINDOW_MS = 20_000
+WINDOWS = 2
+RETRY_MS = 50  # Retry-After of a no_rights refusal: the agent tries again this much later
+RETRY_FOR_MS = 2_000  # an agent retries a refused request this long; after that the refusal is final
+ASK_GAP_MS = 40  # a node asks for one key at most this often
+PULL_MS = 200  # anti-entropy interval of each node
+
+
+class SimFailure(AssertionError):
+    pass
+
+
+@dataclass
+class Options:
+    """The knobs of one schedule, all drawn from its seed (PacketSimulatorOptions-like)."""
+
+    seed: int
+    nodes: int
+    strict: bool
+    capacity: int
+    delay_ms: tuple[int, int]
+    loss_pct: int
+    dup_pct: int
+    partitions: bool
+    crashes: bool
+    demand_factor: int = 10
+
+    @classmethod
+    def from_seed(cls, seed: int, *, strict: bool = True, partitions: bool | None = None,
+                  crashes: bool | None = None) -> "Options":
+        rng = random.Random(seed)
+        return cls(
+            seed=seed,
+            nodes=rng.choice((3, 5, 7)),
+            strict=strict,
+            capacity=rng.randrange(100, 400),
+            delay_ms=(rng.randrange(1, 5), rng.randrange(5, 60)),
+            loss_pct=rng.randrange(0, 20),
+            dup_pct=rng.randrange(0, 10),
+            partitions=rng.random() < 0.7 if partitions is None else partitions,
+            crashes=rng.random() < 0.5 if crashes is None else crashes,
+        )
+
+
+@dataclass
+class Record:
+    """One entry of an origin log."""
+
+    kind: str  # use, reserve, post, transfer
+    key: escrow.Key
+    amount: int
+    to: bytes = b""
+    run: int = -1
+
+
+@dataclass
+class SimNode:
+    key: bytes
+    own: list[Record] = field(default_factory=list)
+    merged: dict[bytes, list[Record]] = field(default_factory=dict)  # other origins' log prefixes
+    up: bool = True
+    # sums over the logs above (derivable from them at any time: what node/escrow.py keeps in
+    # usage_counters rows, updated in the transaction that appends or merges the records)
+    consumed: dict[escrow.Key, int] = field(default_factory=dict)
+    given: dict[escrow.Key, int] = field(default_factory=dict)
+    received: dict[escrow.Key, int] = field(default_factory=dict)
+    union: dict[escrow.Key, int] = field(default_factory=dict)
+    open_runs: dict[int, tuple[escrow.Key, int]] = field(default_factory=dict)
+    held_by_key: dict[escrow.Key, int] = field(default_factory=dict)
+    cluster: dict[tuple[str, escrow.Key], int] = field(default_factory=dict)  # the checker's view, shared
+    # volatile: lost in a crash
+    asked_at: dict[escrow.Key, int] = field(default_factory=dict)
+    asks_heard: dict[escrow.Key, dict[bytes, int]] = field(default_factory=dict)
+    prestaged: set[int] = field(default_factory=set)
+
+    def log(self, origin: bytes) -> list[Record]:
+        return self.own if origin == self.key else self.merged.setdefault(origin, [])
+
+    def append(self, r: Record) -> None:
+        """Log one own record and move its counters (one transaction in the node)."""
+        self.own.append(r)
+        c = self.cluster
+        if r.kind in ("use", "post"):
+            self.consumed[r.key] = self.consumed.get(r.key, 0) + r.amount
+            self.union[r.key] = self.union.get(r.key, 0) + r.amount
+            c[("used", r.key)] = c.get(("used", r.key), 0) + r.amount
+        if r.kind == "reserve":
+            self.open_runs[r.run] = (r.key, r.amount)
+            self.held_by_key[r.key] = self.held_by_key.get(r.key, 0) + r.amount
+            c[("held", r.key)] = c.get(("held", r.key), 0) + r.amount
+        elif r.kind == "post":
+            rkey, estimate = self.open_runs.pop(r.run)
+            self.held_by_key[rkey] -= estimate
+            c[("held", rkey)] -= estimate
+        elif r.kind == "transfer":
+            self.given[r.key] = self.given.get(r.key, 0) + r.amount
+
+    def merge(self, r: Record) -> None:
+        """Fold one record of another origin, merged for the first time."""
+        if r.kind in ("use", "post"):
+            self.union[r.key] = self.union.get(r.key, 0) + r.amount
+        elif r.kind == "transfer" and r.to == self.key:
+            self.received[r.key] = self.received.get(r.key, 0) + r.amount
+
+    def account(self, key: escrow.Key, members: tuple[bytes, ...], capacity: int) -> escrow.Account:
+        """This node's rights in key, from its durable state."""
+        return escrow.Account(share=escrow.share(capacity, members, self.key), received=self.received.get(key, 0),
+                              given=self.given.get(key, 0), consumed=self.consumed.get(key, 0))
+
+    def held(self, key: escrow.Key) -> int:
+        """Open reservations this node admitted, in key's window."""
+        return self.held_by_key.get(key, 0)
+
+    def union_used(self, key: escrow.Key) -> int:
+        """Optimistic mode: consumption in key as this node sees the union of logs."""
+        return self.union.get(key, 0)
+
+
+class Sim:
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.rng = random.Random(opts.seed * 7919 + 1)
+        self.members = tuple(bytes([i + 1]) * 32 for i in range(opts.nodes))
+        self.cluster: dict[tuple[str, escrow.Key], int] = {}
+        self.nodes = {k: SimNode(k, cluster=self.cluster) for k in self.members}
+        self.heap: list[tuple[int, int, str, Any]] = []
+        self.seq = 0
+        self.now = 0
+        self.groups: dict[bytes, int] | None = None  # partition: node -> side
+        self.runs = 0
+        self.stats: dict[str, Any] = {"admitted": 0, "refused": 0, "transfers": 0, "messages": 0,
+                                      "first_refusal_used": {}, "final_refusal_used": {}, "steps": 0}
+        # demand: a skewed subset of nodes carries 10x the capacity per window
+        weights = [self.rng.choice((0, 1, 1, 3, 10)) for _ in self.members]
+        if not any(weights):
+            weights[0] = 1
+        self.weights = dict(zip(self.members, weights))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def key_at(self, ts: int) -> escrow.Key:
+        start = ts - ts % WINDOW_MS
+        return SCOPE + (start,)
+
+    def capacity(self, node: SimNode, key: escrow.Key) -> int:
+        """The window's capacity; in optimistic mode, less the previous window's debt as node sees it."""
+        if self.opts.strict or key[4] == 0:
+            return self.opts.capacity
+        prev = key[:4] + (key[4] - WINDOW_MS,)
+        return escrow.allowance(self.opts.capacity, escrow.overspend(node.union_used(prev), self.opts.capacity))
+
+    def at(self, t: int, what: str, data: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, what, data))
+
+    def connected(self, a: bytes, b: bytes) -> bool:
+        return self.groups is None or self.groups[a] == self.groups[b]
+
+    def send(self, src: bytes, dst: bytes, what: str, data: Any) -> None:
+        """Seeded network: loss, duplication, delay (so reordering); partitions drop."""
+        if not self.connected(src, dst) or self.rng.randrange(100) < self.opts.loss_pct:
+            return
+        copies = 2 if self.rng.randrange(100) < self.opts.dup_pct else 1
+        lo, hi = self.opts.delay_ms
+        for _ in range(copies):
+            self.at(self.now + self.rng.randint(lo, hi), what, (src, dst, data))
+
+    # -- schedule ----------------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        o = self.opts
+        total_w = sum(self.weights.values())
+        for w in range(WINDOWS):
+            start = w * WINDOW_MS
+            # demand: factor x capacity per window, in amounts of 1..4 (mean 2.5)
+            requests = o.demand_factor * o.capacity * 2 // 5
+            for _ in range(requests):
+                pick = self.rng.randrange(total_w)
+                for node, weight in self.weights.items():
+                    if pick < weight:
+                        break
+                    pick -= weight
+                t = start + self.rng.randrange(WINDOW_MS)
+                self.at(t, "demand", (node, self.rng.randint(1, 4), t))
+        for node in self.members:
+            for t in range(self.rng.randrange(PULL_MS), WINDOWS * WINDOW_MS, PULL_MS):
+                self.at(t, "tick", node)
+        end = WINDOWS * WINDOW_MS
+        if o.partitions:
+            t = 0
+            while t < end:
+                t += self.rng.randrange(500, 10_000)
+                self.at(t, "partition", None)
+                t += self.rng.randrange(500, 8_000)
+                self.at(t, "heal", None)
+        if o.crashes:
+            for _ in range(self.rng.randrange(1, 4)):
+                t = self.rng.randrange(end)
+                victim = self.rng.choice(self.members)
+                self.at(t, "crash", victim)
+                self.at(t + self.rng.randrange(500, 8_000), "restart", victim)
+
+    def run(self) -> dict[str, Any]:
+        self.schedule()
+        while self.heap:
+            self.now, _seq, what, data = heapq.heappop(self.heap)
+            getattr(self, "_" + what)(data)
+            self.stats["steps"] += 1
+            self.check()
+        self.check(full=True)
+        return self.result()
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def _demand(self, data: tuple[bytes, int, int]) -> None:
+        node_key, amount, first_ms = data
+        node = self.nodes[node_key]
+        if not node.up or self.now >= WINDOWS * WINDOW_MS:
+            return  # the agent cannot reach its node: it gives up
+        key = self.key_at(self.now)
+        if self.key_at(first_ms) != key:
+            return  # the request's window is over
+        before = self.stats["refused"]
+        self._try(node, key, amount)
+        if self.stats["refused"] > before:
+            if self.now - first_ms < RETRY_FOR_MS:
+                # the agent backs off: Retry-After doubles from RETRY_MS on each refusal
+                self.at(self.now + max(RETRY_MS, self.now - first_ms), "demand", data)
+            else:
+                if key[4] not in self.stats["final_refusal_used"]:
+                    self.stats["final_refusal_used"][key[4]] = self.union_total(key)
+
+    def _try(self, node: SimNode, key: escrow.Key, amount: int) -> None:
+        node_key = node.key
+        # one request in five is a run: reserve an estimate, post the actual later
+        if self.rng.randrange(5) == 0:
+            estimate = amount + self.rng.randint(0, 3)
+            if self.admit(node, key, estimate, reserve=True):
+                self.runs += 1
+                run = self.runs
+                node.append(Record("reserve", key, estimate, run=run))
+                self.at(self.now + self.rng.randint(1, 400), "post", (node_key, run, key, estimate, amount))
+            return
+        if self.admit(node, key, amount):
+            node.append(Record("use", key, amount))
+
+    def _post(self, data: tuple) -> None:
+        node_key, run, rkey, estimate, actual = data
+        node = self.nodes[node_key]
+        if not node.up:
+            self.at(self.now + RETRY_MS, "post", data)  # the agent retries until its node is back
+            return
+        key = self.key_at(self.now)
+        # the hold is released by the post; the actual spend is admitted against this window
+        release = estimate if key == rkey else 0
+        ok = self.admit(node, key, actual, extra_held=-release)
+        # a refused post voids the run: nothing charged, the hold released (post of 0)
+        node.append(Record("post", key if ok else rkey, actual if ok else 0, run=run))
+
+    def admit(self, node: SimNode, key: escrow.Key, amount: int, *, reserve: bool = False, extra_held: int = 0) -> bool:
+        """The admission decision, through the same pure rules the node uses."""
+        held = node.held(key) + extra_held
+        if self.opts.strict:
+            acct = node.account(key, self.members, self.opts.capacity)
+            # a post: its own hold is released (extra_held < 0) as its actual cost is consumed,
+            # exactly as node/budgets.py passes the run's new hold and the spend to the same rule
+            ok = escrow.admits(acct, held, amount)
+            if not ok:
+                self.refused(node, key, acct, held, max(1, amount))
+            if ok:
+                self.stats["admitted"] += 1
+            if not ok:
+                pass
+            elif escrow.is_low(escrow.Account(acct.share, acct.received, acct.given, acct.consumed + max(0, amount)), held):
+                self.ask(node, key, acct, max(1, amount))
+            return ok
+        capacity = self.capacity(node, key)
+        rule = Rule(SCOPE[0], SCOPE[1], SCOPE[2], SCOPE[3], capacity,
+                    Overage(soft_pct=100, hard_pct=100, throttle=False, suspend=False, reserve_pct=0), "sim")
+        used = node.union_used(key)
+        verdict = evaluate(rule, used, held, max(0, amount), self.now, key[4] + WINDOW_MS, None)
+        if not verdict.ok:
+            self.stats["refused"] += 1
+            if key[4] not in self.stats["first_refusal_used"]:
+                self.stats["first_refusal_used"][key[4]] = self.union_total(key)
+        else:
+            self.stats["admitted"] += 1
+        return verdict.ok
+
+    def refused(self, node: SimNode, key: escrow.Key, acct: escrow.Account, held: int, need: int) -> None:
+        self.stats["refused"] += 1
+        if key[4] not in self.stats["first_refusal_used"]:
+            self.stats["first_refusal_used"][key[4]] = self.union_total(key)
+        self.ask(node, key, acct, need)
+
+    def ask(self, node: SimNode, key: escrow.Key, acct: escrow.Account, need: int) -> None:
+        last = node.asked_at.get(key)
+        if last is not None and self.now - last < ASK_GAP_MS:
+            return
+        node.asked_at[key] = self.now
+        amount = escrow.ask_amount(acct, need)
+        for peer in self.members:
+            if peer != node.key:
+                self.stats["messages"] += 1
+                self.send(node.key, peer, "ask", (key, amount))
+
+    def _ask(self, data: tuple) -> None:
+        src, dst, (key, amount) = data
+        node = self.nodes[dst]
+        if not node.up:
+            return
+        node.asks_heard.setdefault(key, {})
+        node.asks_heard[key][src] = node.asks_heard[key].get(src, 0) + amount
+        if key[4] + WINDOW_MS <= self.now:
+            return  # the window is over: its rights are worth nothing
+        acct = node.account(key, self.members, self.opts.capacity)
+        held = node.held(key)
+        give = escrow.grant(acct, held, amount)
+        if give > 0:
+            self.give(node, key, src, give, acct, held)
+
+    def give(self, node: SimNode, key: escrow.Key, to: bytes, amount: int, acct: escrow.Account, held: int) -> None:
+        escrow.check_give(node.key, to, amount, self.members, acct, held)  # raises on a bad transfer
+        node.append(Record("transfer", key, amount, to=to))  # logged and debited in one step
+        self.stats["transfers"] += 1
+        self.send(node.key, to, "notify", None)  # push: the receiver pulls from us now
+
+    def _notify(self, data: tuple) -> None:
+        src, dst, _ = data
+        if self.nodes[dst].up:
+            self.pull(dst, src)
+
+    def _tick(self, node_key: bytes) -> None:
+        node = self.nodes[node_key]
+        if not node.up:
+            return
+        peers = [p for p in self.members if p != node_key]
+        self.pull(node_key, self.rng.choice(peers))
+        if self.opts.strict:
+            self.maybe_prestage(node)
+
+    def pull(self, node_key: bytes, peer: bytes) -> None:
+        node = self.nodes[node_key]
+        have = {o: len(node.log(o)) for o in self.members}
+        self.stats["messages"] += 1
+        self.send(node_key, peer, "frontier", have)
+
+    def _frontier(self, data: tuple) -> None:
+        src, dst, have = data
+        peer = self.nodes[dst]
+        if not peer.up:
+            return
+        ranges = {}
+        for origin in self.members:
+            log = peer.log(origin)
+            if len(log) > have.get(origin, 0):
+                ranges[origin] = (have[origin], list(log[have[origin]:]))
+        if ranges:
+            self.send(dst, src, "entries", ranges)
+
+    def _entries(self, data: tuple) -> None:
+        src, dst, ranges = data
+        node = self.nodes[dst]
+        if not node.up:
+            return
+        for origin, (start, records) in ranges.items():
+            if origin == node.key:
+                continue  # our own log comes from us only
+            log = node.log(origin)
+            if start <= len(log):
+                for r in records[len(log) - start:]:  # a prefix, extended; duplicates change nothing
+                    log.append(r)
+                    node.merge(r)
+
+    def maybe_prestage(self, node: SimNode) -> None:
+        """In the last tenth of a window, an idle node gives next window's rights to who asked."""
+        window = self.now // WINDOW_MS
+        if window + 1 >= WINDOWS or window in node.prestaged or self.now % WINDOW_MS < WINDOW_MS * 9 // 10:
+            return
+        node.prestaged.add(window)
+        key = self.key_at(self.now)
+        nxt = key[:4] + (key[4] + WINDOW_MS,)
+        acct = node.account(key, self.members, self.opts.capacity)
+        nacct = node.account(nxt, self.members, self.opts.capacity)
+        nheld = node.held(nxt)
+        for to, amount in escrow.prestage(acct.consumed, acct.share, nacct.available(nheld), node.asks_heard.get(key, {})):
+            if to == node.key:
+                continue
+            nacct = node.account(nxt, self.members, self.opts.capacity)
+            self.give(node, nxt, to, min(amount, nacct.available(nheld)), nacct, nheld)
+
+    def _partition(self, _data: Any) -> None:
+        if self.rng.randrange(3) == 0:  # isolate one node
+            lone = self.rng.choice(self.members)
+            self.groups = {m: int(m == lone) for m in self.members}
+        else:
+            self.groups = {m: self.rng.randrange(2) for m in self.members}
+
+    def _heal(self, _data: Any) -> None:
+        self.groups = None
+
+    def _crash(self, node_key: bytes) -> None:
+        node = self.nodes[node_key]
+        node.up = False
+        # volatile state is lost; the logs (own and merged) are durable, like SQLite's
+        node.asked_at.clear()
+        node.asks_heard.clear()
+
+    def _restart(self, node_key: bytes) -> None:
+        self.nodes[node_key].up = True
+
+    # -- invariants -----------------------------------------------------------------------------
+
+    def union_total(self, key: escrow.Key) -> int:
+        """Consumption in key over the union of every node's own log (from their counters)."""
+        return self.cluster.get(("used", key), 0)
+
+    def keys(self) -> list[escrow.Key]:
+        return [SCOPE + (w * WINDOW_MS,) for w in range(WINDOWS)]
+
+    def check(self, full: bool = False) -> None:
+        """After every step: the union of accepted events never exceeds a strict capacity.
+
+        The per-step check uses the cluster's counters; every 5000 steps and at the end the
+        union is recomputed from the logs themselves (a pair assertion, STYLE P4).
+        """
+        if not self.opts.strict:
+            return
+        full = full or self.stats["steps"] % 5000 == 0
+        for key in self.keys():
+            used, held = self.cluster.get(("used", key), 0), self.cluster.get(("held", key), 0)
+            if full:
+                held_check = sum(n.held(key) for n in self.nodes.values())
+                if held_check != held:
+                    raise SimFailure(f"held {held} differs from the nodes' {held_check}; ATS_SIM_SEED={self.opts.seed}")
+                check_used = sum(r.amount for n in self.nodes.values() for r in n.own
+                                 if r.key == key and r.kind in ("use", "post"))
+                if check_used != used:
+                    raise SimFailure(f"counters {used} differ from the logs {check_used}; ATS_SIM_SEED={self.opts.seed}")
+                self.check_conservation(key)
+            if used + held > self.opts.capacity:
+                raise SimFailure(f"strict overspend: {key} used {used} + held {held} > capacity {self.opts.capacity}"
+                                 f" at t={self.now} ms; replay with ATS_SIM_SEED={self.opts.seed}")
+
+    def check_conservation(self, key: escrow.Key) -> None:
+        """Every node's true rights (all transfers that exist counted) sum to the capacity."""
+        rights = 0
+        for n in self.nodes.values():
+            acct = escrow.Account(escrow.share(self.opts.capacity, self.members, n.key))
+            acct.given = sum(r.amount for r in n.own if r.kind == "transfer" and r.key == key)
+            acct.received = sum(r.amount for m in self.nodes.values() for r in m.own
+                                if r.kind == "transfer" and r.key == key and r.to == n.key)
+            if acct.received < n.received.get(key, 0):
+                raise SimFailure(f"credited more than was given; ATS_SIM_SEED={self.opts.seed}")
+            rights += acct.rights
+        if rights != self.opts.capacity:
+            raise SimFailure(f"rights not conserved: {rights} != {self.opts.capacity}; ATS_SIM_SEED={self.opts.seed}")
+
+    def result(self) -> dict[str, Any]:
+        totals = [self.union_total(k) for k in self.keys()]
+        cap = self.opts.capacity
+        first = self.stats["first_refusal_used"]
+        final = self.stats["final_refusal_used"]
+        return {
+            "seed": self.opts.seed,
+            "nodes": self.opts.nodes,
+            "capacity": cap,
+            "used": totals,
+            "overspend": [escrow.overspend(t, cap) for t in totals],
+            # after settlement: what ran over the capacity of all windows together (debt carried)
+            "overspend_settled": escrow.overspend(sum(totals), cap * len(totals)),
+            "utilisation": [t / cap for t in totals],
+            "used_before_first_refusal": [first.get(k[4], t) / cap for k, t in zip(self.keys(), totals)],
+            "used_before_final_refusal": [final.get(k[4], t) / cap for k, t in zip(self.keys(), totals)],
+            **{k: v for k, v in self.stats.items() if not k.endswith("refusal_used")},
+        }
+
+
+def run_seed(seed: int, **kw: Any) -> dict[str, Any]:
+    """One schedule from its seed; raises SimFailure (naming the seed) on a broken invariant."""
+    try:
+        return Sim(Options.from_seed(seed, **kw)).run()
+    except LedgerError as e:  # a rule the pure core refused: a bug in the simulated node
+        raise SimFailure(f"{e.code}: {e.message}; replay with ATS_SIM_SEED={seed}") from e
