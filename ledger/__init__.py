@@ -53,5 +53,6 @@ from ledger.merkle import (
 )
 from ledger.signing import event_id, public_key_from_seed, sign, verify
 from ledger import policy  # registers the policy, governance, run and node-record kinds
+from ledger import escrow  # registers escrow.transfer (strict mode)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -152,4 +152,16 @@ CODES: dict[str, str] = {
     "run_limit_exceeded": "Invalid",
     # replication (node/api/peer.py)
     "not_anchored": "NotFound",
+    # usage reports (node/api/reports.py)
+    "unknown_scope": "NotFound",
+    "scope_not_found": "NotFound",
+    "bad_period": "Invalid",
+    # the owner's dashboard (node/api/dashboard.py)
+    "token_required": "BadSignature",  # no dashboard token, or a wrong one
+    "dashboard_token_unset": "Forbidden",
+    # strict mode: budget rights in escrow (ledger/escrow.py, node/escrow.py)
+    "no_rights": "OverBudget",
+    "not_member": "Forbidden",
+    "insufficient_rights": "Conflict",
+    "not_strict": "Invalid",
 }

@@ -16,10 +16,18 @@ from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
-from node.api import events, info, log, peer
+from node.api import dashboard, events, info, log, peer
 from node.api.errors import error_middleware
 from node.alerts import AlertSender
+from node.anomaly import AnomalyWatch
+from node.reports import Reports
+from node.api import reports as report_api
+from node.api import escrow as escrow_api
+from node.escrow import ESCROW_KEY, EscrowAgent
+from node.appkeys import REPORTS_KEY
 from node.appkeys import ALERTS_KEY, REPLICATOR_KEY, CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
+from node.appkeys import DASHBOARD_KEY
+from node.dashboard import Dashboard
 from ledger.checkpoint import verifier_key
 from node.budgets import BudgetBook
 from node.discovery import discovery_from_config
@@ -67,24 +75,36 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         peer_count_max=config.peer_count_max, witness_quorum=config.witness_quorum, anchor_sink=config.anchor_sink,
     )
     app[REPLICATOR_KEY] = replicator
+    anomalies = AnomalyWatch(
+        metrics, threshold_milli=config.anomaly_threshold_milli, warmup_events=config.anomaly_warmup_events,
+        agents_max=config.anomaly_agents_max,
+    ) if config.anomaly_detection else None
     committer = Committer(
         db, own, clock, metrics,
         events_max=config.checkpoint_events_max, linger_ms=config.checkpoint_ms_max, skew_ms=config.skew_ms,
-        book=book, on_alerts=alerts.enqueue, on_commit=replicator.poke,
+        book=book, on_alerts=alerts.enqueue, on_commit=replicator.poke, anomalies=anomalies,
     )
     committer.start()
     ingestor = Ingestor(committer, metrics, clock, config.verify_threads)
     app[INGESTOR_KEY] = ingestor
+    escrow_agent = EscrowAgent(db, book, own, replicator, clock)  # strict mode: asks peers for rights
+    escrow_agent.ingestor = ingestor
+    app[ESCROW_KEY] = escrow_agent
     app[QUERIES_KEY] = Queries(
         db, own, book, clock, entries_page_max=config.entries_page_max, usage_events_max=config.usage_events_max
     )
+    app[DASHBOARD_KEY] = Dashboard(db, book)
+    app[REPORTS_KEY] = Reports(db, book)
     delivery = alerts.run()
     await delivery.__anext__()
     replication = replicator.context()
     await replication.__anext__()
+    asking = escrow_agent.context()
+    await asking.__anext__()
     try:
         yield
     finally:
+        await asking.aclose()
         await replication.aclose()
         await delivery.aclose()
         await committer.stop()
@@ -114,6 +134,13 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/peers", peer.peers)
     app.router.add_get("/v1/cluster/digest", peer.digest)
     app.router.add_get("/v1/forks", peer.forks)
+    app.router.add_post("/v1/peer/escrow/ask", escrow_api.ask)
+    app.router.add_get("/v1/escrow", escrow_api.rights)
+    app.router.add_get("/v1/reports/{scope}/{id}", report_api.report)
+    app.router.add_get("/", dashboard.index)
+    app.router.add_get("/static/{name}", dashboard.static)
+    app.router.add_get("/v1/dashboard/agents", dashboard.agents)
+    app.router.add_get("/v1/dashboard/budgets", dashboard.budgets)
 
 
 async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -> None:

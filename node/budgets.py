@@ -29,9 +29,12 @@ from ledger.events import Event
 from ledger.governance import Governance, Policy, Proposal, Vote
 from ledger.multipliers import effective_limit, reputation_multiplier, stake_multiplier
 from ledger.plans import QUOTA_METRICS, plan_named
+from ledger.pricing import estimate_milli
 from ledger.policy import AUTHORITY_KINDS, NODE_KINDS, ORACLE_KINDS, RUN_KINDS
 from ledger.reputation import Rating, anomaly_penalty_milli, performance_trust, score_ppm
 from ledger.windows import DAY_MS, window_bounds
+from ledger import escrow as escrow_rules
+from node.escrow import EscrowBook
 from node.store import budgets as budget_store
 from node.store.sqlite import Connection
 
@@ -41,6 +44,16 @@ METERING = ("act", "dat", "cpt", "trt")
 RUN_TIMEOUT_MS_MAX = 24 * 3_600_000
 RULE_CACHE_SCOPES_MAX = 50_000
 MANUAL_SUSPENSION_RETRY_MS = 3_600_000
+
+
+def trust_penalty(agent: bytes, severity: int = 1) -> tuple[str, dict[str, Any]]:
+    """The node's TRT record for a usage anomaly (a suspension, a spike): lowers the agent's trust.
+
+    The node rates the agent in the log like any issuer, so every node that
+    holds the record computes the same score.
+    """
+    return ("trt", {"subject": agent, "type": "compliance", "value": anomaly_penalty_milli(severity),
+                    "halflife": 7 * 86_400})
 
 
 @dataclass
@@ -65,6 +78,7 @@ class Run:
     tokens: int
     expires_ms: int
     open: bool = True
+    local: bool = True  # admitted here (strict mode holds it against this node's rights); False: a peer's
 
     @property
     def hold(self) -> int:
@@ -99,9 +113,11 @@ class Admitted:
 
 class BudgetBook:
     def __init__(self, *, node_key: bytes, authorities: tuple[bytes, ...], oracles: tuple[bytes, ...],
-                 threshold: int, unregistered: str, default_plan: str, enforce: bool):
+                 threshold: int, unregistered: str, default_plan: str, enforce: bool, escrow: EscrowBook | None = None):
+        # strict mode (node/escrow.py): the same EscrowBook survives a reload, with its want callback
+        self.escrow = escrow or EscrowBook(node_key, strict=(), members=())
         self._args = dict(node_key=node_key, authorities=authorities, oracles=oracles, threshold=threshold,
-                          unregistered=unregistered, default_plan=default_plan, enforce=enforce)
+                          unregistered=unregistered, default_plan=default_plan, enforce=enforce, escrow=self.escrow)
         self.node_key = node_key
         self.authorities = frozenset(authorities)
         self.oracles = frozenset(oracles)
@@ -124,6 +140,7 @@ class BudgetBook:
         self.nodes: set[bytes] = {node_key}  # admitted nodes (node.admit), whose origin logs are merged
         self.version = 0  # bumped by every change to registrations, plans and stakes
         self._rule_cache: dict[tuple[str, str], tuple[tuple, list[Rule]]] = {}
+        self.settled: set[tuple[tuple[str, str, str, str], int]] = set()  # debts already penalised here
 
     @classmethod
     def from_config(cls, config: Any, node_key: bytes) -> "BudgetBook":
@@ -136,6 +153,7 @@ class BudgetBook:
             unregistered=config.unregistered_agents,
             default_plan=config.default_plan,
             enforce=config.budgets,
+            escrow=EscrowBook.from_config(config, node_key),
         )
 
     # -- start-up ---------------------------------------------------------------------
@@ -275,6 +293,8 @@ class BudgetBook:
             raise Forbidden("not_authority", f"{ev.kind} must be signed by an oracle of this node")
         if ev.kind in NODE_KINDS and ev.signer != self.node_key:
             raise Forbidden("not_authority", f"{ev.kind} records are written by nodes, not submitted")
+        if ev.kind == "escrow.transfer" and ev.signer != self.node_key:
+            raise Forbidden("not_authority", "escrow.transfer records are written by the node that gives, not submitted")
 
     def _may_sign(self, ev: Event) -> bool:
         """Whether ev's signer may sign a record of its kind here (metering kinds: anyone)."""
@@ -294,6 +314,8 @@ class BudgetBook:
         usage is charged to the same counters admission uses. Returns the
         counter deltas to write with the entry.
         """
+        if ev.kind == "escrow.transfer":
+            return self.escrow.receive(self, conn, ev)  # strict mode: rights given to this node, merged
         if not self._may_sign(ev):
             return {}
         if ev.kind not in METERING and ev.kind not in RUN_KINDS:
@@ -309,6 +331,8 @@ class BudgetBook:
             return {}  # nodes' own trust records are not metered
         if ev.kind in RUN_KINDS:
             self._replay_run(ev)
+            if ev.kind == "run.reserve" and ev.body.run in self.runs:
+                self.runs[ev.body.run].local = False  # another node's reservation holds its rights, not ours
         consume = charges(ev)
         deltas: dict[tuple[str, str, str, str, int], int] = {}
         for rule in self.rules(conn, self.chain(ev.signer), ev.ts):
@@ -331,6 +355,11 @@ class BudgetBook:
         """
         self.authorize(ev)
         out = Admitted()
+        if ev.kind == "escrow.transfer":
+            # this node gives rights away: holder-only and spare, debited in this transaction
+            if not dry_run:
+                out.deltas.update(self.escrow.give(self, conn, ev, self.local_held(ev.body.key)))
+            return out, None
         if ev.kind not in METERING and ev.kind not in RUN_KINDS:
             if not dry_run:
                 self._apply(ev, now_ms, out=out)
@@ -352,6 +381,7 @@ class BudgetBook:
         rules = self.rules(conn, chain, ev.ts)
         bounds: dict[str, tuple[int, int]] = {}
         checked: list[tuple[Rule, tuple, int, int, int, int, list[str]]] = []
+        strict_spends: list[tuple[tuple[str, str, str, str, int], int]] = []
         for rule in rules:
             metric = rule.metric
             spend = consume.get(metric, 0)
@@ -367,8 +397,17 @@ class BudgetBook:
                 consumed = self.consumed(conn, key)
             held = self.holds.get(rule.scope_key, 0) if metric == "act.cost" else 0
             flags: list[str] = []
+            if self.enforce and rule.limit is not None and self.escrow.is_strict(rule):
+                # strict mode: only against the rights this node holds (node/escrow.py)
+                local = self.local_held(key, run, hold_delta)
+                refusal = self.escrow.decide(self, conn, key, local, spend)[0]
+                if refusal is not None:
+                    return out, refusal
+                strict_spends.append((key, spend))
             if rule.limit is not None:
-                verdict = evaluate(rule, consumed, held, max(0, amount), now_ms, window[1], self.buckets.get(rule.key))
+                # optimistic mode: the union's overspend of the previous window is a debt counted here
+                debt = 0 if self.escrow.is_strict(rule) else self._debt(conn, rule, window[0], dry_run, out)
+                verdict = evaluate(rule, consumed + debt, held, max(0, amount), now_ms, window[1], self.buckets.get(rule.key))
                 if verdict.bucket is not None and not dry_run:
                     self.buckets[rule.key] = verdict.bucket
                 if not verdict.ok and self.enforce:
@@ -393,6 +432,11 @@ class BudgetBook:
             if spend and key not in deltas:
                 self.counters[key] = consumed
                 deltas[key] = spend
+        for key, spend in strict_spends:
+            own = EscrowBook.counter(key, escrow_rules.OWN)  # consumed from this node's own rights
+            if spend and own not in deltas:
+                self.counters[own] = self.consumed(conn, own) + spend
+                deltas[own] = spend
         self._apply_run(ev, run, chain, hold_delta, now_ms, out)
         for rule, _key, consumed, _spend, _held, end, flags in checked:
             if rule.limit is None:
@@ -448,17 +492,14 @@ class BudgetBook:
         reason = f"hard limit of {rule.metric} per {rule.window} reached"
         self.suspensions.setdefault(agent, []).append(Suspension(now_ms, until_ms, reason, rule.metric))
         out.node_records.append(("agent.suspended", {"agent": agent, "metric": rule.metric, "until": until_ms, "reason": reason}))
-        # a usage anomaly lowers trust: the node rates the agent, in the log, like any issuer
-        out.node_records.append(("trt", {"subject": agent, "type": "compliance", "value": anomaly_penalty_milli(1),
-                                          "halflife": 7 * 86_400}))
+        out.node_records.append(trust_penalty(agent))
         out.alerts.append(self._alert("suspended", rule, now_ms, {"until": until_ms, "reason": reason}))
 
     # -- runs -----------------------------------------------------------------------------------
 
     def estimate(self, op: str, tokens: int, at_ms: int) -> int:
         """A run's cost estimate in milli-T from the pricing table (milli-T per unit)."""
-        prices = self.governance.policy_at(at_ms).prices
-        return prices.get(op, 0) + tokens * prices.get("llm.call.token", 0)
+        return estimate_milli(self.governance.policy_at(at_ms).prices, op, tokens)
 
     def _open_run(self, ev: Event, now_ms: int) -> Run:
         run = self.runs.get(ev.body.run)
@@ -512,6 +553,38 @@ class BudgetBook:
         amount = run.hold if amount is None else amount
         for scope in run.chain:
             self.holds[scope] = self.holds.get(scope, 0) - amount
+
+    def _debt(self, conn: Connection, rule: Rule, start_ms: int, dry_run: bool, out: Admitted) -> int:
+        """The overspend of rule's previous window over the union of origins (docs/strict.md §optimistic).
+
+        A function of the merged counters alone, so it is idempotent and every node that holds
+        the same events carries the same debt. The first time this node sees an agent's debt it
+        also lowers the agent's trust with one penalty record (once per node, rule and window).
+        """
+        prev = window_bounds(rule.window, start_ms - 1)[0]
+        used = self.consumed(conn, rule.key + (prev,))
+        if not used:
+            return 0
+        _soft, hard, reserve = rules_mod.thresholds(rule)
+        debt = escrow_rules.overspend(used, hard + reserve)
+        if debt and rule.scope == "agent" and not dry_run and (rule.key, prev) not in self.settled:
+            self.settled.add((rule.key, prev))
+            out.node_records.append(trust_penalty(bytes.fromhex(rule.scope_id)))
+        return debt
+
+    def local_held(self, key: tuple[str, str, str, str, int], run: Run | None = None, hold_delta: int = 0) -> int:
+        """act.cost held by open reservations admitted here, with `run`'s hold moved by hold_delta.
+
+        Strict mode counts them against this node's rights. Runs replayed at start-up count
+        as local whatever node admitted them: holding too much is safe, too little is not.
+        """
+        if key[2] != "act.cost":
+            return 0
+        scope = (key[0], key[1])
+        total = sum(r.hold for r in self.runs.values() if r.open and r.local and r is not run and scope in r.chain)
+        if run is not None and scope in run.chain:
+            total += max(0, (run.hold if run.run in self.runs else 0) + hold_delta)
+        return total
 
     def _expire_runs(self, agent: bytes, now_ms: int) -> None:
         for run in self.runs.values():
@@ -623,17 +696,22 @@ class BudgetBook:
 
     # -- reads ---------------------------------------------------------------------------------------
 
-    def balance(self, conn: Connection, agent: bytes, now_ms: int) -> dict[str, Any]:
-        """Every budget of the agent and its scopes, as of now_ms."""
-        chain = self.chain(agent)
+    def budget_views(self, conn: Connection, scopes: list[tuple[str, str]], now_ms: int) -> list[dict[str, Any]]:
+        """The budgets of these scopes in their windows holding now_ms, as balance shows them."""
         budgets = []
-        for rule in self.rules(conn, chain, now_ms):
+        for rule in self.rules(conn, scopes, now_ms):
             start, end = window_bounds(rule.window, now_ms)
             consumed = self.consumed(conn, rule.key + (start,))
             held = self.holds.get((rule.scope, rule.scope_id), 0) if rule.metric == "act.cost" else 0
             view = self._budget_view(rule, consumed, held, end, [])
             view["window_start"] = start
             budgets.append(view)
+        return budgets
+
+    def balance(self, conn: Connection, agent: bytes, now_ms: int) -> dict[str, Any]:
+        """Every budget of the agent and its scopes, as of now_ms."""
+        chain = self.chain(agent)
+        budgets = self.budget_views(conn, chain, now_ms)
         reg = self.registrations.get(agent)
         suspension = self._active_suspension(agent, now_ms) if self.enforce else None
         policy = self.governance.policy_at(now_ms)

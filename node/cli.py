@@ -118,6 +118,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("agent", help="the agent's public key (64 hex digits)")
     s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
 
+    s = sub.add_parser("report", help="a usage report of an agent, user, team, platform or the node (docs/reports.md)")
+    s.add_argument("scope", help="agent, user, team, platform or node")
+    s.add_argument("id", help="the scope's id: an agent's or user's key in hex, a team or platform name, or all (node)")
+    s.add_argument("--period", choices=["day", "week", "month"], default="day", help="the UTC period holding --at")
+    s.add_argument("--at", type=int, help="a time in ms in the period (default: now)")
+    out = s.add_mutually_exclusive_group()
+    out.add_argument("--csv", action="store_true", help="print the CSV layout (for spreadsheets)")
+    out.add_argument("--json", action="store_true", help="print the raw JSON")
+    s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
+
     s = sub.add_parser("peers", help="a node's peers and replication progress; --watch draws progress bars while it catches up")
     s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
     s.add_argument("--watch", action="store_true", help="redraw until every origin is caught up (or --seconds pass)")

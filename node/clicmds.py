@@ -253,3 +253,59 @@ async def _peers(args: argparse.Namespace) -> int:
             bar.finish()
         behind = [o for o in doc["origins"] if o["held"] < o["seen"]]
         return EXIT_OK if not behind else EXIT_FAILED
+
+
+# -- report ---------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace) -> int:
+    """`ats report SCOPE ID [--period P] [--at MS] [--csv|--json]`: a usage report (docs/reports.md)."""
+    return _run(_report, args)
+
+
+async def _report(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    params = {"period": args.period, **({"at": str(args.at)} if args.at is not None else {})}
+    path = f"/v1/reports/{quote(args.scope, safe='')}/{quote(args.id, safe='')}"
+    async with AgentClient(args.url, bytes(32)) as client:
+        if args.csv:
+            sys.stdout.write(await client.http.text(path, params={**params, "format": "csv"}))
+            return EXIT_OK
+        doc = await client.http.json("GET", path, params=params)
+    print(json.dumps(doc, indent=2) if args.json else report_table(doc))
+    return EXIT_OK
+
+
+def report_table(doc: dict[str, Any]) -> str:
+    """A report as plain text tables for a terminal."""
+    from ledger.pricing import format_t
+
+    p = doc["period"]
+    trend = doc["trend"]["cost_pct"]
+    lines = [f"{doc['scope']} {doc['id']}: {p['kind']} from {p['start_ms']} to {p['end_ms']} (ms, UTC)",
+             f"cost {doc['cost_T']} T" + ("" if trend is None else f" ({trend:+.1f} % vs previous {format_t(doc['previous']['cost_mT'])} T)"),
+             "", f"{'kind':6s} {'metric':16s} {'total':>14s}"]
+    for kind, fields in doc["totals"].items():
+        for name, value in fields.items():
+            lines.append(f"{kind:6s} {name:16s} {value:>14}")
+    for title, section, key in (("by agent", "by_agent", "agent"), ("by member", "by_member", "user"),
+                                ("by operation", "by_operation", "op")):
+        if not doc[section]:
+            continue
+        lines += ["", f"{title:66s} {'events':>8s} {'cost T':>14s}"]
+        for row in doc[section]:
+            lines.append(f"{str(row[key] if row[key] is not None else '(unregistered)'):66s} {row['events']:>8} {format_t(row['cost_mT']):>14s}")
+    if doc["budgets"]:
+        lines += ["", f"{'budget':40s} {'consumed':>12s} {'limit':>12s} status"]
+        for b in doc["budgets"]:
+            if b["allocated"] is not None:
+                lines.append(f"{b['metric'] + ' per ' + b['window']:40s} {b['consumed']:>12} {b['allocated']:>12} {b['status']}")
+    if doc["anomalies"]:
+        lines += ["", "anomalies"]
+        lines += [f"  {a['ts']} {a['agent'][:16]} {a['metric']}: {a['value']} vs {a['expected']} expected (score {a['score']})"
+                  for a in doc["anomalies"]]
+    if doc["recommendations"]:
+        lines += ["", "recommendations"]
+        lines += [f"  [{r['severity']}] {r['text']}" for r in doc["recommendations"]]
+    return "\n".join(lines)

@@ -59,6 +59,21 @@ SETTINGS: tuple[Setting, ...] = (
     # node never multicasts on the host's networks unless its owner names the interfaces.
     Setting("discovery", "loopback", "mode", "find peers by mDNS: 'loopback' (127.0.0.1 only, nodes of this host), 'interfaces' (the discovery_interfaces) or 'off'"),
     Setting("discovery_interfaces", (), "IPv4 addresses", "addresses of the interfaces mDNS runs on when discovery is 'interfaces' (explicit: never all interfaces)"),
+    # Strict mode (docs/strict.md): budget rights in escrow, so the cluster never overspends.
+    Setting("strict_budgets", (), "metrics", "budgets enforced in strict mode: a metric ('act.cost') or scope:metric ('team:act.cost'); every member must list the same"),
+    Setting("strict_members", (), "hex keys", "node keys among which strict budgets' rights are split (every member must list the same set)"),
+    Setting("strict_members_next", (), "hex keys", "the member set from strict_members_from_ms on (empty: no change)"),
+    Setting("strict_members_from_ms", 0, "ms", "windows starting at or after this time use strict_members_next"),
+    Setting("strict_retry_ms", 100, "ms", "Retry-After of a 429 no_rights refusal (the node is asking its peers for rights)"),
+    # The owner's dashboard (docs/dashboard.md): open on a loopback listen address, behind a token elsewhere.
+    Setting("dashboard_auth", "auto", "mode", "who may open the dashboard: 'auto' (anyone when listen_host is loopback, else dashboard_token holders) or 'token' (always dashboard_token holders)"),
+    Setting("dashboard_token", "", "secret", "the dashboard's access token (at least 16 characters; empty: none, so off loopback the dashboard answers 403)"),
+    # Usage reports, anomaly detection and metrics (docs/reports.md).
+    Setting("anomaly_detection", True, "bool", "flag sudden spikes per agent and metric at ingest (an anomaly alert and a trust penalty)"),
+    Setting("anomaly_threshold_milli", 3500, "z-score × 1000", "score at which a spike is flagged (3500: 3.5 standard deviations above the agent's baseline)"),
+    Setting("anomaly_warmup_events", 32, "events", "events of an agent and metric seen before its spikes can be flagged"),
+    Setting("anomaly_agents_max", 10_000, "agents", "agents whose detectors are kept in memory (least recently seen forgotten first)"),
+    Setting("metrics_budget_scopes_max", 100, "scopes", "most scopes whose budgets /metrics exports (bounds label cardinality)"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -99,6 +114,18 @@ class Config:
     anchor_sink: str = ""
     discovery: str = "loopback"
     discovery_interfaces: tuple[str, ...] = ()
+    strict_budgets: tuple[str, ...] = ()
+    strict_members: tuple[str, ...] = ()
+    strict_members_next: tuple[str, ...] = ()
+    strict_members_from_ms: int = 0
+    strict_retry_ms: int = 100
+    dashboard_auth: str = "auto"
+    dashboard_token: str = ""
+    anomaly_detection: bool = True
+    anomaly_threshold_milli: int = 3500
+    anomaly_warmup_events: int = 32
+    anomaly_agents_max: int = 10_000
+    metrics_budget_scopes_max: int = 100
 
     @property
     def db_path(self) -> str:
@@ -218,6 +245,11 @@ def validate(config: Config) -> list[str]:
     for url in config.peers:
         if not url.startswith(("http://", "https://")):
             problems.append(f"peers: {url!r} is not an http(s) URL")
+    for name in ("anomaly_threshold_milli", "anomaly_agents_max", "metrics_budget_scopes_max"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be at least 1")
+    if config.anomaly_warmup_events < 0:
+        problems.append("anomaly_warmup_events must not be negative")
     for name in ("replication_interval_ms", "replication_entries_max", "peer_count_max"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be at least 1")
@@ -226,6 +258,25 @@ def validate(config: Config) -> list[str]:
     if config.alert_retry_max < 1:
         problems.append("alert_retry_max must be at least 1")
     problems.extend(_discovery_problems(config))
+    problems.extend(_strict_problems(config))
+    if config.dashboard_auth not in ("auto", "token"):
+        problems.append("dashboard_auth must be auto or token")
+    if config.dashboard_token and (len(config.dashboard_token) < 16 or not config.dashboard_token.isprintable()
+                                   or " " in config.dashboard_token):
+        problems.append("dashboard_token must be at least 16 printable characters without spaces")
+    return problems
+
+
+def _strict_problems(config: Config) -> list[str]:
+    problems = []
+    for name in ("strict_members", "strict_members_next"):
+        for key in getattr(config, name):
+            if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+                problems.append(f"{name}: {key!r} is not 64 lowercase hex digits")
+    if config.strict_budgets and not config.strict_members:
+        problems.append("strict_budgets needs strict_members (the nodes that hold the rights)")
+    if config.strict_members_from_ms < 0 or config.strict_retry_ms < 1:
+        problems.append("strict_members_from_ms must not be negative and strict_retry_ms must be at least 1")
     return problems
 
 

@@ -97,12 +97,14 @@ class NodeMetrics:
         self.submit_seconds = Histogram("ats_submit_seconds", "Time from request to durable receipt.", LATENCY_BUCKETS_S)
         self.verify_seconds = Histogram("ats_verify_seconds", "Signature verification time per request.", LATENCY_BUCKETS_S)
         self.checkpoints = Counter("ats_checkpoints_total", "Checkpoints signed.")
+        self.anomalies = Counter("ats_anomalies_total", "Usage spikes flagged at ingest, by metric (docs/reports.md).", ("metric",))
         self.gauges = [
             Gauge("ats_log_size", "Entries in this node's own origin log.", log_size),
             Gauge("ats_checkpoint_size", "Tree size of the latest signed checkpoint.", checkpoint_size),
         ]
 
-    def render(self) -> str:
+    def render(self, budgets: list[dict] | None = None) -> str:
+        """The /metrics body; budgets: views from node.reports.Reports.budget_samples, if read."""
         lines: list[str] = []
         for metric in (
             self.events,
@@ -112,7 +114,49 @@ class NodeMetrics:
             self.submit_seconds,
             self.verify_seconds,
             self.checkpoints,
+            self.anomalies,
             *self.gauges,
         ):
             lines.extend(metric.render())
+        lines.extend(self._admissions())
+        if budgets is not None:
+            lines.extend(budget_lines(budgets))
         return "\n".join(lines) + "\n"
+
+    def _admissions(self) -> list[str]:
+        """Admissions by status and rejections by code, derived from ats_events_total's outcomes."""
+        admissions = Counter("ats_admissions_total", "Submitted envelopes by status: accepted, duplicate or rejected.", ("status",))
+        rejections = Counter("ats_rejections_total", "Rejected envelopes by error code.", ("code",))
+        for status in ("accepted", "duplicate", "rejected"):
+            admissions.values[(status,)] = 0
+        for (outcome,), n in self.events.values.items():
+            if outcome in ("accepted", "duplicate"):
+                admissions.inc(n, outcome)
+            else:
+                admissions.inc(n, "rejected")
+                rejections.inc(n, outcome)
+        return admissions.render() + rejections.render()
+
+
+BUDGET_STATUSES = ("healthy", "normal", "warning", "critical")
+
+
+def budget_lines(views: list[dict]) -> list[str]:
+    """Gauges of budgets (consumed, limit, status) per scope, metric and window, from budget views."""
+    consumed = ["# HELP ats_budget_consumed Amount consumed in the current window (unit of the metric).",
+                "# TYPE ats_budget_consumed gauge"]
+    limit = ["# HELP ats_budget_limit Limit of the current window (unit of the metric).", "# TYPE ats_budget_limit gauge"]
+    state = ["# HELP ats_budget_status 1 for the budget's current status (healthy, normal, warning, critical).",
+             "# TYPE ats_budget_status gauge"]
+    seen = set()
+    for v in views:
+        labels = {"scope": v["scope"], "scope_id": v["scope_id"], "metric": v["metric"], "window": v["window"]}
+        key = tuple(labels.values())
+        if key in seen:
+            continue
+        seen.add(key)
+        consumed.append(f"ats_budget_consumed{_labels(labels)} {_num(v['consumed'])}")
+        limit.append(f"ats_budget_limit{_labels(labels)} {_num(v['allocated'])}")
+        for s in BUDGET_STATUSES:
+            state.append(f"ats_budget_status{_labels({**labels, 'status': s})} {1 if v['status'] == s else 0}")
+    return consumed + limit + state

@@ -10,6 +10,7 @@ from aiohttp import web
 from ledger.checkpoint import verifier_key
 from node import __version__
 from node.api.params import int_param, str_param
+from node.appkeys import REPORTS_KEY, CONFIG_KEY
 from node.appkeys import CLOCK_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY, REPLICATOR_KEY
 
 UNTIL_DEFAULT = 2**63 - 1
@@ -57,7 +58,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text format 0.0.4."""
-    body = request.app[METRICS_KEY].render()
+    app = request.app
+    # budget gauges are read at scrape time; capped at metrics_budget_scopes_max scopes (label cardinality)
+    budgets = await app[REPORTS_KEY].budget_samples(app[CLOCK_KEY].now_ms(), app[CONFIG_KEY].metrics_budget_scopes_max) \
+        if REPORTS_KEY in app else None
+    body = app[METRICS_KEY].render(budgets)
     return web.Response(text=body, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
 
 

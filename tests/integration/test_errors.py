@@ -28,6 +28,8 @@ NOT_REACHABLE_OVER_HTTP = {
     "malformed_note": "checkpoint parsing is client-side (ats audit), not an API input",
     "malformed_checkpoint": "checkpoint parsing is client-side (ats audit), not an API input",
     "unknown_key": "checkpoint parsing is client-side (ats audit), not an API input",
+    "insufficient_rights": "escrow.transfer records are written by the giving node itself, for at most what it"
+                           " can spare (an ask is answered with less, or nothing); the check guards the writer",
 }
 # Codes that need state (a spent budget, an open run): walked by the named test.
 WALKED_ELSEWHERE = {
@@ -42,6 +44,14 @@ WALKED_ELSEWHERE = {
     "run_exists": "test_budgets.test_run_reservation_lifecycle",
     "proposal_expired": "test_budgets.test_vote_after_expiry_is_refused",
     "not_anchored": "test_replication.test_witness_cosignatures_anchor_checkpoints",
+    "no_rights": "test_strict.test_rights_flow_to_the_one_busy_node_and_99_percent_is_used",
+    "not_member": "test_strict.test_bad_asks_and_transfers_are_refused_and_write_nothing",
+    "not_strict": "test_strict.test_bad_asks_and_transfers_are_refused_and_write_nothing",
+    "token_required": "test_dashboard.test_token_opens_the_dashboard_once_then_a_cookie_keeps_it",
+    "dashboard_token_unset": "test_dashboard.test_dashboard_without_a_token_off_loopback_answers_403_and_leaves_the_api_open",
+    "unknown_scope": "test_reports.test_report_bad_input_gets_its_stable_code",
+    "scope_not_found": "test_reports.test_report_bad_input_gets_its_stable_code",
+    "bad_period": "test_reports.test_report_bad_input_gets_its_stable_code",
 }
 
 
