@@ -64,7 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("strict_members", (), "hex keys", "node keys among which strict budgets' rights are split (every member must list the same set)"),
     Setting("strict_members_next", (), "hex keys", "the member set from strict_members_from_ms on (empty: no change)"),
     Setting("strict_members_from_ms", 0, "ms", "windows starting at or after this time use strict_members_next"),
-    Setting("strict_retry_ms", 100, "ms", "Retry-After of a 429 no_rights refusal (the node is asking its peers for rights)"),
+    Setting("strict_retry_ms", 100, "ms", "Retry-After of a 429 no_rights refusal (the node is asking its peers for rights), and how often a held event is tried again"),
+    Setting("strict_wait_ms", 2000, "ms", "how long an event refused for want of rights is held while the node asks its peers, before it is answered 429 no_rights (0: answer at once)"),
     # The owner's dashboard (docs/dashboard.md): open on a loopback listen address, behind a token elsewhere.
     Setting("dashboard_auth", "auto", "mode", "who may open the dashboard: 'auto' (anyone when listen_host is loopback, else dashboard_token holders) or 'token' (always dashboard_token holders)"),
     Setting("dashboard_token", "", "secret", "the dashboard's access token (at least 16 characters; empty: none, so off loopback the dashboard answers 403)"),
@@ -119,6 +120,7 @@ class Config:
     strict_members_next: tuple[str, ...] = ()
     strict_members_from_ms: int = 0
     strict_retry_ms: int = 100
+    strict_wait_ms: int = 2000
     dashboard_auth: str = "auto"
     dashboard_token: str = ""
     anomaly_detection: bool = True
@@ -275,6 +277,8 @@ def _strict_problems(config: Config) -> list[str]:
                 problems.append(f"{name}: {key!r} is not 64 lowercase hex digits")
     if config.strict_budgets and not config.strict_members:
         problems.append("strict_budgets needs strict_members (the nodes that hold the rights)")
+    if config.strict_wait_ms < 0:
+        problems.append("strict_wait_ms must not be negative")
     if config.strict_members_from_ms < 0 or config.strict_retry_ms < 1:
         problems.append("strict_members_from_ms must not be negative and strict_retry_ms must be at least 1")
     return problems

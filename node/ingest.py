@@ -138,7 +138,8 @@ class Committer:
                  events_max: int, linger_ms: int, skew_ms: int, book: BudgetBook | None = None,
                  on_alerts: Callable[[list[dict[str, Any]]], None] | None = None,
                  on_commit: Callable[[], None] | None = None, nonce: Callable[[int], bytes] = os.urandom,
-                 anomalies: Any = None):
+                 anomalies: Any = None, rights_wait_ms: int = 0, rights_retry_ms: int = 100):
+        self._rights_wait_ms, self._rights_retry_ms = rights_wait_ms, max(1, rights_retry_ms)
         self._anomalies = anomalies  # node.anomaly.AnomalyWatch: fed each admitted event, on this thread
         self._db, self._own, self._clock, self._metrics = db, own, clock, metrics
         self._nonce = nonce  # node records' nonces (a seeded source in tests/sim)
@@ -168,11 +169,29 @@ class Committer:
             raise NotReady("read_only", f"node is read-only: {self._own.read_only_reason}")
         outcomes: list[Outcome] = []
         for start in range(0, len(envelopes), self._events_max):
-            chunk = envelopes[start : start + self._events_max]
-            fut = asyncio.get_running_loop().create_future()
-            self._queue.put_nowait(_Pending(chunk, fut))
-            outcomes.extend(await fut)
+            outcomes.extend(await self._commit_chunk(envelopes[start : start + self._events_max]))
+        if self._rights_wait_ms > 0:
+            await self._wait_for_rights(envelopes, outcomes)
         return outcomes
+
+    async def _commit_chunk(self, chunk: list[Envelope]) -> list[Outcome]:
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(chunk, fut))
+        return await fut
+
+    async def _wait_for_rights(self, envelopes: list[Envelope], outcomes: list[Outcome]) -> None:
+        """Strict budgets: an event refused for want of rights is held, not refused, while the node
+        asks its peers (the refusal itself started the asking), and tried again every retry
+        interval; only if no rights arrive within rights_wait_ms does it get its 429 no_rights."""
+        deadline = self._clock.monotonic_s() + self._rights_wait_ms / 1000
+        while True:
+            waiting = [i for i, o in enumerate(outcomes) if o.error is not None and o.error.code == "no_rights"]
+            if not waiting or self._clock.monotonic_s() >= deadline:
+                return
+            await asyncio.sleep(self._rights_retry_ms / 1000)
+            again = await self._commit_chunk([envelopes[i] for i in waiting])
+            for i, outcome in zip(waiting, again):
+                outcomes[i] = outcome
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
