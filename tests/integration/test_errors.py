@@ -44,7 +44,7 @@ WALKED_ELSEWHERE = {
     "run_exists": "test_budgets.test_run_reservation_lifecycle",
     "proposal_expired": "test_budgets.test_vote_after_expiry_is_refused",
     "not_anchored": "test_replication.test_witness_cosignatures_anchor_checkpoints",
-    "no_rights": "test_strict.test_rights_flow_to_the_one_busy_node_and_99_percent_is_used",
+    "no_rights": "test_strict.test_rights_flow_to_the_one_busy_node_and_99_percent_is_used_before_the_first_429",
     "not_member": "test_strict.test_bad_asks_and_transfers_are_refused_and_write_nothing",
     "not_strict": "test_strict.test_bad_asks_and_transfers_are_refused_and_write_nothing",
     "token_required": "test_dashboard.test_token_opens_the_dashboard_once_then_a_cookie_keeps_it",

@@ -191,7 +191,10 @@ def test_bad_asks_and_transfers_are_refused_and_write_nothing(cluster) -> None:
     transfer = base64.b64decode(get(a.url, f"/v1/events/{reply.json()['id']}").json()["envelope"])
     again = post_cbor(a.url, "/v1/events", transfer)
     assert again.status == 200 and again.json()["status"] == "duplicate"
-    assert post_cbor(nodes[1].url, "/v1/events", transfer).code == "not_authority"
+    elsewhere = post_cbor(nodes[1].url, "/v1/events", transfer)
+    # refused, or (once b merged a's log, which push makes quick) the receipt of a's copy: never b's own
+    assert elsewhere.code == "not_authority" or (
+        elsewhere.status == 200 and elsewhere.json()["status"] == "duplicate" and elsewhere.json()["origin"] == a.origin)
     assert get(a.url, "/v1/escrow").json()["keys"][0]["given"] == 5
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # b merges a's log: credited once
