@@ -140,6 +140,7 @@ class Replicator:
         self.own_url: str | None = None  # advertised to peers, so a node we contact can contact us
         self._locks: dict[bytes, asyncio.Lock] = {}
         self._fetching = 0  # origin fetches in progress
+        self._relay = False  # fetched entries not yet announced to our peers
         self._changes = 0  # bumped by every store (poke): the cached digest is stale
         self._digest: tuple[int, str] | None = None
         self._verified_notes: dict[tuple[bytes, str], Checkpoint] = {}
@@ -489,6 +490,10 @@ class Replicator:
                         await self._fetch(peer, origin, start, cp, untrusted_note)
                     finally:
                         self._fetching -= 1
+                        if self._fetching == 0 and self._relay:
+                            # one notification when the catch-up is done, not one per origin fetched
+                            self._relay = False
+                            self.poke()
         if origin == peer.node:
             await self._cosign(peer, cp)
 
@@ -571,7 +576,8 @@ class Replicator:
                 checked = await self._verify_page(peer, origin, frontier, start, raw, cp, note)
             frontier = await self._db.write(self._store, origin_id, checked, note if end == cp.size else None)
             start = end
-        self.poke()  # relay: our peers may not reach the origin's holders directly
+        self._changes += 1  # our digest changed
+        self._relay = True  # relay: our peers may not reach the origin's holders directly
 
     async def _verify_page(self, peer: PeerState, origin: bytes, frontier: Frontier, start: int, raw: list[bytes],
                            cp: Checkpoint, note: str) -> Any:
