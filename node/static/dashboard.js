@@ -59,7 +59,7 @@ function bytes(n) {
 // A budget amount in the unit of its metric (docs/api.md "Metrics").
 function amount(metric, n) {
   if (n === null || n === undefined) return "∞";
-  if (metric === "act.cost") return `${tokens(n)} T`;
+  if (metric === "act.cost") return `${tokens(n)} weight`;  // the agent-declared cost weight, not priced T
   if (metric.startsWith("dat.")) return bytes(n);
   return int(n);
 }
