@@ -11,17 +11,16 @@ from __future__ import annotations
 import base64
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 
 import pytest
 
 from ledger import escrow
-from ledger.events import parse_envelope
 from ledger.signing import public_key_from_seed
 from node.keys import write_key
 from tests.agentkit import TestAgent
+from tests.integration.test_strict import union_runs as nodes_union_runs
 from tests.netns.cluster import PORT, Cluster, peers_of
 from tests.netns.conftest import require_netns
 
@@ -95,17 +94,7 @@ def results(procs: list[subprocess.Popen], timeout_s: float = 60) -> list[list[s
 
 
 def union_runs(c: Cluster, agent: bytes) -> int:
-    ids = set()
-    for node in c.nodes:
-        conn = sqlite3.connect(os.path.join(node.data_dir, "ledger.sqlite"))
-        try:
-            for (envelope,) in conn.execute("SELECT envelope FROM entries WHERE kind = 'act'"):
-                ev = parse_envelope(envelope).event
-                if ev.signer == agent and ev.body.op == "agent.run":
-                    ids.add(ev.id)
-        finally:
-            conn.close()
-    return len(ids)
+    return nodes_union_runs(c.nodes, agent)
 
 
 def spend_everywhere(c: Cluster, agent: TestAgent, per_node: int, retries: int = 0) -> list[list[str]]:
