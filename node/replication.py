@@ -556,40 +556,58 @@ class Replicator:
             raise PeerProtocolError("bad_proof", "consistency proof does not parse") from None
 
     async def _fetch(self, peer: PeerState, origin: bytes, start: int, cp: Checkpoint, note: str) -> None:
-        """Fetch [start, cp.size) page by page; each page verified against the signed root, then stored."""
+        """Fetch [start, cp.size) page by page; each page verified against the signed root, then stored.
+
+        The next page is fetched while this one is verified and stored (at most two pages in
+        memory), so the network, the signature checks and the writer overlap.
+        """
         origin_id = await self._db.write(lambda c: log_store.ensure_origin(c, origin)[0])
         frontier = await self._db.read(merkle_store.load_frontier, origin_id, start)
-        while start < cp.size:
-            end = min(cp.size, start + self._entries_max)
-            doc = await self._get(peer, f"/v1/log/entries?origin={origin.hex()}&start={start}&end={end}",
-                                  self._entries_max * 8 * 1024, cbor=True)
-            raw = doc.get("entries") if isinstance(doc, dict) else None
-            if not isinstance(raw, list) or not all(type(e) is bytes for e in raw):
-                raise PeerProtocolError("bad_entry", "entries are not a list of byte strings")
-            if not raw or len(raw) > end - start:
-                raise PeerProtocolError("bad_range", f"asked {end - start} entries, got {len(raw)}")
-            end = start + len(raw)
-            if end == cp.size:
-                loop = asyncio.get_running_loop()  # signature checks off the event loop
-                checked = await loop.run_in_executor(self._executor, verify_range, origin, frontier, start, raw, cp, note)
-            else:
-                checked = await self._verify_page(peer, origin, frontier, start, raw, cp, note)
-            frontier = await self._db.write(self._store, origin_id, checked, note if end == cp.size else None)
-            start = end
+        ahead = asyncio.create_task(self._page(peer, origin, start, cp))
+        try:
+            while start < cp.size:
+                raw, proof = await ahead
+                end = start + len(raw)
+                if end < cp.size:
+                    ahead = asyncio.create_task(self._page(peer, origin, end, cp))
+                checked = await self._verify_page(origin, frontier, start, raw, cp, note, proof)
+                frontier = await self._db.write(self._store, origin_id, checked, note if end == cp.size else None)
+                start = end
+        finally:
+            if not ahead.done():
+                await cancel_and_wait(ahead)
+            elif not ahead.cancelled():
+                ahead.exception()  # a prefetch that failed after ours did: retrieved, not raised
         self._changes += 1  # our digest changed
         self._relay = True  # relay: our peers may not reach the origin's holders directly
 
-    async def _verify_page(self, peer: PeerState, origin: bytes, frontier: Frontier, start: int, raw: list[bytes],
-                           cp: Checkpoint, note: str) -> Any:
-        """A page that ends before cp.size: its root must be consistent with the signed root."""
+    async def _page(self, peer: PeerState, origin: bytes, start: int, cp: Checkpoint) -> tuple[list[bytes], list[bytes] | None]:
+        """Entries [start, ...) of origin from the peer, at most replication_entries_max, and, for a
+        page that ends before cp.size, the consistency proof from its end to cp.size."""
+        end = min(cp.size, start + self._entries_max)
+        doc = await self._get(peer, f"/v1/log/entries?origin={origin.hex()}&start={start}&end={end}",
+                              self._entries_max * 8 * 1024, cbor=True)
+        raw = doc.get("entries") if isinstance(doc, dict) else None
+        if not isinstance(raw, list) or not all(type(e) is bytes for e in raw):
+            raise PeerProtocolError("bad_entry", "entries are not a list of byte strings")
+        if not raw or len(raw) > end - start:
+            raise PeerProtocolError("bad_range", f"asked {end - start} entries, got {len(raw)}")
         end = start + len(raw)
-        work = frontier.copy()
-        for r in raw:
-            work.append(leaf_hash(r))
-        proof = await self._proof(peer, origin, end, cp.size)
-        if not verify_consistency(end, cp.size, work.root(), cp.root, proof):
-            raise PeerProtocolError("bad_root", f"entries {start}..{end} are not a prefix of the signed log")
-        page_cp = Checkpoint(cp.origin, end, work.root())
+        return raw, (await self._proof(peer, origin, end, cp.size) if end < cp.size else None)
+
+    async def _verify_page(self, origin: bytes, frontier: Frontier, start: int, raw: list[bytes], cp: Checkpoint,
+                           note: str, proof: list[bytes] | None) -> Any:
+        """Signatures and hashes of a page, off the event loop. A page that ends before cp.size
+        must be consistent with the signed root (proof); the last one must give it exactly."""
+        end = start + len(raw)
+        page_cp = cp
+        if proof is not None:
+            work = frontier.copy()
+            for r in raw:
+                work.append(leaf_hash(r))
+            if not verify_consistency(end, cp.size, work.root(), cp.root, proof):
+                raise PeerProtocolError("bad_root", f"entries {start}..{end} are not a prefix of the signed log")
+            page_cp = Checkpoint(cp.origin, end, work.root())
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, verify_range, origin, frontier, start, raw, page_cp, note)
 
