@@ -122,8 +122,7 @@ class PeerState:
 class Replicator:
     def __init__(self, db: Database, own: OwnLog, book: BudgetBook, clock: SystemClock, *, static_peers: tuple[str, ...],
                  open_membership: bool, interval_ms: int, entries_max: int, peer_count_max: int, witness_quorum: int,
-                 anchor_sink: str, transport: Transport | None = None, rng: random.Random | None = None,
-                 executor: Any = None):
+                 anchor_sink: str, transport: Transport | None = None, rng: random.Random | None = None):
         self._db, self._own, self._book, self._clock = db, own, book, clock
         self.open_membership = open_membership
         self._interval_ms, self._entries_max, self._peer_count_max = interval_ms, entries_max, peer_count_max
@@ -132,11 +131,9 @@ class Replicator:
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._transport = transport
-        self._executor = executor  # signature checks run here (None: the loop's default pool)
         self._task: asyncio.Task | None = None
         self._rng = rng or random.Random()
         self._anchored_size = -1
-        self.rounds = 0
         self.own_url: str | None = None  # advertised to peers, so a node we contact can contact us
         self._locks: dict[bytes, asyncio.Lock] = {}
         self._fetching = 0  # origin fetches in progress
@@ -307,7 +304,6 @@ class Replicator:
                     healthy = [p for p in idle if p.next_try_ms <= now and not p.urgent and not p.failures]
                     due += self._rng.sample(healthy, min(GOSSIP_FANOUT, len(healthy)))
                     next_round_ms = now + self._interval_ms
-                    self.rounds += 1
                 if due:
                     mine = await self.digest()
                     for peer in due:
@@ -375,8 +371,8 @@ class Replicator:
             for url in exchanged:
                 self.add_peer(url, "exchanged")
             await self._learn_forks(peer, forks, now)
-            peer.lag_events = await self._lag(origins)
             known = await self._db.read(self._known, [o for o, _s, _n in origins])
+            peer.lag_events = self._lag(origins, known)
             for origin, size, note in origins:
                 await self._sync_origin(peer, origin, size, note, known)
             await self._measure_peer_lag(peer, origins)
@@ -609,7 +605,7 @@ class Replicator:
                 raise PeerProtocolError("bad_root", f"entries {start}..{end} are not a prefix of the signed log")
             page_cp = Checkpoint(cp.origin, end, work.root())
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, verify_range, origin, frontier, start, raw, page_cp, note)
+        return await loop.run_in_executor(None, verify_range, origin, frontier, start, raw, page_cp, note)
 
     def _store(self, conn: Connection, origin_id: int, checked: Any, note: str | None) -> Frontier:
         """Writer thread: the verified range, its budget effects and (at the end) the origin's note."""
@@ -640,18 +636,12 @@ class Replicator:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             logger.info("cosignature to %s not delivered: %s", peer.url, e)
 
-    async def _lag(self, origins: list[tuple[bytes, int, str]]) -> int:
-        """Events the peer holds (of origins merged here) that we do not, as its frontier says."""
-
-        def run(conn: Connection) -> int:
-            missing = 0
-            for origin, size, _note in origins:
-                if origin != self._own.public_key and self.admitted(origin):
-                    held = peer_store.held(conn, origin)
-                    missing += max(0, size - (held[1] if held else 0))
-            return missing
-
-        return await self._db.read(run)
+    def _lag(self, origins: list[tuple[bytes, int, str]],
+             known: tuple[set[bytes], dict[bytes, tuple[int, int, str | None]]]) -> int:
+        """Events the peer holds (of origins merged here: admitted, not forked) that we do not."""
+        forks, held = known
+        return sum(max(0, size - (held[o][1] if o in held else 0)) for o, size, _n in origins
+                   if o != self._own.public_key and self.admitted(o) and o not in forks)
 
     async def _measure_peer_lag(self, peer: PeerState, origins: list[tuple[bytes, int, str]]) -> None:
         theirs = {o: s for o, s, _n in origins}

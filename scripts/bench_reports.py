@@ -2,7 +2,7 @@
 
     python scripts/bench_reports.py [--events 100000] [--agents 200] [--batch 1000]
 
-Builds a ledger with `Committer._write` (the writer's real path, budgets on) with and without
+Builds a ledger with `Committer._write` (the writer's real path; the budget book charges counters, enforcement off) with and without
 the anomaly watch, events spread over one day (7 ACT : 1 DAT : 1 CPT), then times the day report
 of the node (every agent), of one team, and of one agent, read as the API reads them (writer
 snapshot, then a reader connection). Prints ms per report and the writer's µs/event.
