@@ -138,6 +138,7 @@ class Replicator:
         self._locks: dict[bytes, asyncio.Lock] = {}
         self._fetching = 0  # origin fetches in progress
         self._relay = False  # fetched entries not yet announced to our peers
+        self._warned_own_size = 0  # a peer's larger copy of our own log, already logged
         self._changes = 0  # bumped by every store (poke): the cached digest is stale
         self._digest: tuple[int, str] | None = None
         self._verified_notes: dict[tuple[bytes, str], Checkpoint] = {}
@@ -503,7 +504,8 @@ class Replicator:
         cp = self._checkpoint(untrusted_note, origin)
         own = self._own
         if cp.size == 0 or cp.size > own.checkpoint_size:
-            if cp.size > own.checkpoint_size:
+            if cp.size > own.checkpoint_size and cp.size != self._warned_own_size:
+                self._warned_own_size = cp.size  # once per size, not once per sync
                 logger.critical("a peer holds %d entries of this node's log, which has %d: restored from an old"
                                 " backup? the key will be flagged forked as soon as the log grows past %d",
                                 cp.size, own.checkpoint_size, cp.size)
