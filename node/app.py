@@ -38,6 +38,7 @@ from node.ingest import Committer, Ingestor, OwnLog
 from node.keys import load_or_create
 from node.metrics import NodeMetrics
 from node.queries import Queries
+from node.superblock import path_for as superblock_path
 from node.store.sqlite import Database
 
 logger = logging.getLogger("ats.node")
@@ -52,7 +53,7 @@ def build_app(config: Config, clock: SystemClock | None = None) -> web.Applicati
     seed, created = load_or_create(config.key_path)
     if created:
         logger.info("created node key %s", config.key_path)
-    own = OwnLog(seed)
+    own = OwnLog(seed, superblock_path(config.data_dir))
     app[OWN_LOG_KEY] = own
     app[METRICS_KEY] = NodeMetrics(lambda: own.size, lambda: own.checkpoint_size)
     app.cleanup_ctx.append(_storage)
@@ -111,6 +112,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await committer.stop()
         ingestor.close()
         await db.close()
+        own.close()
 
 
 def add_routes(app: web.Application) -> None:

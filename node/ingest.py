@@ -40,7 +40,9 @@ from node.store import budgets as budget_store
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
 from node.store import peers as peer_store
-from node.store.sqlite import Connection, Database, StorageError
+from node.store.sqlite import Connection, Database, StorageError, flush_wal
+from node import superblock
+from node.superblock import FILE_NAME, Record, Superblock, SuperblockError
 
 logger = logging.getLogger("ats.ingest")
 
@@ -75,9 +77,14 @@ def stored_receipt(stored: log_store.StoredEntry, status: str = "duplicate") -> 
 
 
 class OwnLog:
-    """This node's origin log: its row, frontier and latest checkpoint, in memory."""
+    """This node's origin log: its row, frontier and latest checkpoint, in memory.
 
-    def __init__(self, seed: bytes):
+    With a superblock path (node/superblock.py) every checkpoint it signs is recorded
+    there before the transaction holding it commits, and `open` refuses to sign again
+    (read-only) if the database lost a part of the log the node already signed.
+    """
+
+    def __init__(self, seed: bytes, superblock_path: str | None = None):
         self.seed = seed
         self.public_key = public_key_from_seed(seed)
         self.origin_line = origin_line(self.public_key)
@@ -87,23 +94,47 @@ class OwnLog:
         self.checkpoint_note = ""
         self.checkpoint_size = 0
         self.read_only_reason: str | None = None
+        self.superblock_path = superblock_path
+        self.superblock: Superblock | None = None
 
     @property
     def size(self) -> int:
         return self.frontier.size if self.frontier else 0
 
     def sign(self, size: int, root: bytes) -> str:
-        return self._signer.sign(size, root)
+        """The signed checkpoint note; recorded in the superblock first (inside the caller's
+        transaction, so before the note can be committed or served)."""
+        note = self._signer.sign(size, root)
+        if self.superblock is not None:
+            try:
+                self.superblock.record(size, root)
+            except OSError as e:
+                raise InvariantViolation(f"cannot record the signed checkpoint in {self.superblock.path}: {e}") from None
+        return note
+
+    def unsign(self) -> None:
+        """After a rolled-back append: the superblock goes back to the checkpoint the database holds
+        (the note signed for the batch was never committed nor served)."""
+        if self.superblock is not None and self.frontier is not None:
+            self.superblock.record(self.size, self.frontier.root())
+
+    def close(self) -> None:
+        if self.superblock is not None:
+            self.superblock.close()
 
     def open(self, conn: Connection, now_ms: int) -> None:
-        """Load the frontier (O(log n) reads) and check it against the last signed checkpoint (P4).
+        """Load the frontier (O(log n) reads) and check it against the last signed checkpoint (P4),
+        the superblock, and (startup_check) the newest entries and a sample.
 
         A failed check does not stop the node: it serves reads and refuses
         writes (`read_only`), so an operator can inspect it and run verify-db.
         """
         self.origin_id, size = log_store.ensure_origin(conn, self.public_key)
         latest = log_store.latest_checkpoint(conn, self.origin_id)
-        if latest is None and size == 0:
+        recorded = self._read_superblock()
+        if isinstance(recorded, Record) and recorded.origin == self.public_key and recorded.size > size:
+            self._refuse_lost(recorded.size, size)
+        if latest is None and size == 0 and (recorded is None or recorded.size == 0):
             note = self.sign(0, EMPTY_ROOT)
             log_store.store_checkpoint(conn, self.origin_id, 0, EMPTY_ROOT, note, now_ms)
             latest = log_store.latest_checkpoint(conn, self.origin_id)
@@ -117,12 +148,74 @@ class OwnLog:
             check(cp.size == size, f"last checkpoint size {cp.size} equals log size {size}")
             check(cp.root == self.frontier.root(), "stored tree root equals the last signed checkpoint's root")
         except LedgerError as e:
-            self.read_only_reason = f"startup check failed: {e.message}"
-            logger.critical("%s; serving reads only (run `ats verify-db`)", self.read_only_reason)
+            self._refuse(f"startup check failed: {e.message}", "run `ats verify-db`")
+        if recorded is not False:
+            self._check_superblock(conn, recorded)
         if self.public_key in peer_store.forked_origins(conn):
-            self.read_only_reason = ("this node's key signed two different logs (fork evidence in GET /v1/forks);"
-                                     " start the node with a new key")
-            logger.critical("%s", self.read_only_reason)
+            self._refuse("this node's key signed two different logs (fork evidence in GET /v1/forks)",
+                         "start the node with a new key")
+
+    def _refuse(self, reason: str, then: str) -> None:
+        if self.read_only_reason is None:
+            self.read_only_reason = f"{reason}; {then}"
+        logger.critical("%s; serving reads only (%s)", reason, then)
+
+    def _refuse_lost(self, signed: int, held: int) -> None:
+        self._refuse(
+            f"this node signed a checkpoint at size {signed} (recorded in {self.superblock_path}) but its database"
+            f" holds {held} entries: acknowledged entries were lost (a deleted or truncated ledger.sqlite-wal?),"
+            " and signing again would fork this node's log", SAFE_PATHS)
+
+    def _read_superblock(self) -> "Record | None | bool":
+        """The superblock's record; None if there is none; False if it is unreadable (node refuses)."""
+        if self.superblock_path is None:
+            return None
+        try:
+            recorded, valid = superblock.read(self.superblock_path)
+        except (SuperblockError, OSError) as e:
+            self._refuse(f"the superblock is unreadable: {e}", SAFE_PATHS)
+            return False
+        if recorded is not None and valid < 2:
+            logger.warning("%s: one of its two slots is damaged; using the other", self.superblock_path)
+        return recorded
+
+    def _check_superblock(self, conn: Connection, recorded: "Record | None") -> None:
+        """Refuse to sign below the largest checkpoint ever signed; open (or start) the superblock."""
+        path = self.superblock_path
+        if path is None:
+            return
+        if recorded is None:
+            if log_store.meta_get(conn, "superblock") is not None:
+                self._refuse(f"the superblock {path} is missing: this node cannot tell whether its database lost"
+                             " signed entries", SAFE_PATHS)
+                return
+            if self.read_only_reason is None:
+                # first start, or a data folder from before superblocks: start it from the log as it is,
+                # and mark the database (flushed into the main file) as having one
+                self.superblock = Superblock.create(path, self.public_key, self.size, self.frontier.root())
+                log_store.meta_set(conn, "superblock", FILE_NAME)
+                flush_wal(conn)
+            return
+        if recorded.origin != self.public_key:
+            self._refuse(f"the superblock {path} belongs to another node key ({recorded.origin.hex()})", SAFE_PATHS)
+            return
+        if self.read_only_reason is not None:
+            return
+        if recorded.size > self.size:
+            self._refuse_lost(recorded.size, self.size)
+            return
+        if merkle_store.tree_hash_at(conn, self.origin_id, recorded.size) != recorded.root:
+            self._refuse(
+                f"the database's log at size {recorded.size} has another root than the checkpoint this node signed"
+                f" at that size (recorded in {path}): the log was replaced", SAFE_PATHS)
+            return
+        self.superblock = Superblock(path, recorded)
+        self.superblock.record(self.size, self.frontier.root())  # type: ignore[union-attr]
+
+
+# The message's advice when the node finds it cannot trust its database (docs/integrity.md).
+SAFE_PATHS = ("safe paths: restore the whole data folder from a copy holding every signed entry, or move it aside"
+              " and start the node with a new key (peers keep its old log); see docs/integrity.md")
 
 
 @dataclass
@@ -227,10 +320,12 @@ class Committer:
         except InvariantViolation as e:
             self._own.read_only_reason = str(e)
             logger.critical("invariant violated while committing; node is now read-only: %s", e)
+            await self._unsign()
             self._fail(batch, e)
             return
         except StorageError as e:
             logger.error("commit failed, batch rolled back: %s", e)
+            await self._unsign()
             await self._reload_book(now_ms)
             self._fail(batch, NotReady("not_ready", f"storage error, nothing was written: {e}"))
             return
@@ -255,6 +350,15 @@ class Committer:
             if not p.future.done():
                 p.future.set_result(results[i : i + n])
             i += n
+
+    async def _unsign(self) -> None:
+        """A rolled-back batch may have recorded its checkpoint in the superblock: take it back.
+        If that fails too, a restart would wrongly see a lost log, so the node turns read-only."""
+        try:
+            await self._db.write(lambda _conn: self._own.unsign())
+        except OSError as e:
+            self._own.read_only_reason = self._own.read_only_reason or f"cannot rewrite the superblock: {e}"
+            logger.critical("%s", self._own.read_only_reason)
 
     async def _reload_book(self, now_ms: int) -> None:
         """After a rolled-back batch the book may hold its effects: rebuild it from the log."""

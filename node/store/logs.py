@@ -217,3 +217,14 @@ def usage_events(
     )
     args: list = [signer, since_ms, until_ms] + ([kind] if kind else []) + [limit]
     return conn.execute(sql, args).fetchall()
+
+
+def meta_get(conn: sqlite3.Connection, key: str) -> object:
+    """A value of the `meta` table, or None."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def meta_set(conn: sqlite3.Connection, key: str, value: object) -> None:
+    with transaction(conn):
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))

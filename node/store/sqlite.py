@@ -158,3 +158,9 @@ class InlineDatabase(Database):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def flush_wal(conn: sqlite3.Connection) -> None:
+    """Copy every committed transaction from the -wal file into the main database file now
+    (a SQLite "WAL checkpoint"), so that what was just committed survives the -wal's loss."""
+    conn.execute("PRAGMA wal_checkpoint(FULL)")
