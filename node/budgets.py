@@ -346,6 +346,41 @@ class BudgetBook:
             deltas[key] = spend
         return deltas
 
+    def replay_own(self, conn: Connection, ev: Event) -> dict[tuple[str, str, str, str, int], int]:
+        """Fold an event of this node's own log (admitted once, now replayed) into the book, and
+        return the counter deltas its admission wrote: `ats verify-db` recomputes the counters so.
+
+        The same keys as `admit` (each rule's window holding ev.ts, the spend of its metric, the
+        strict `@own` counters) and `escrow.give`'s `@given`, without deciding anything.
+        """
+        if ev.kind == "escrow.transfer":
+            return {EscrowBook.counter(ev.body.key, escrow_rules.GIVEN): ev.body.amount}
+        if ev.kind not in METERING:
+            try:
+                self._apply(ev, ev.ts, replay=True)
+            except LedgerError:
+                pass  # refused on replay as at start-up (load); it was admitted then
+            if ev.kind not in RUN_KINDS:
+                return {}
+        if ev.kind == "trt":
+            self.reputation.pop(ev.body.subject, None)
+            self._rule_cache.pop(("agent", ev.body.subject.hex()), None)
+        if ev.signer == self.node_key:
+            return {}
+        consume = charges(ev)
+        deltas: dict[tuple[str, str, str, str, int], int] = {}
+        for rule in self.rules(conn, self.chain(ev.signer), ev.ts):
+            spend = consume.get(rule.metric, 0)
+            if not spend:
+                continue
+            key = rule.key + (window_bounds(rule.window, ev.ts)[0],)
+            if key in deltas:
+                continue
+            deltas[key] = spend
+            if self.enforce and rule.limit is not None and self.escrow.is_strict(rule):
+                deltas[EscrowBook.counter(key, escrow_rules.OWN)] = spend
+        return deltas
+
     def admit(self, conn: Connection, ev: Event, now_ms: int, *, dry_run: bool = False) -> tuple[Admitted, LedgerError | None]:
         """Decide ev against the book and apply it if admitted: (what to write, the rejection or None).
 

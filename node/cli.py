@@ -75,7 +75,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 def cmd_verify_db(args: argparse.Namespace) -> int:
     from node.verifydb import verify_data_dir
 
-    return verify_data_dir(args.data_dir, quiet=args.quiet)
+    return verify_data_dir(args.data_dir, quiet=args.quiet, as_json=args.json, config_file=args.config)
 
 
 def _sdk_command(name: str) -> Callable[[argparse.Namespace], int]:
@@ -103,9 +103,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="TOML config file")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
-    s = sub.add_parser("verify-db", help="recheck a data folder's whole log against its last checkpoint")
+    s = sub.add_parser("verify-db", help="recheck every stored value of a data folder against the signed envelopes")
     s.add_argument("data_dir", nargs="?", default="ats-data")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print the report as JSON (every differing row)")
+    s.add_argument("--config", help="the node's TOML config file (its budget settings replay the counters)")
 
     s = sub.add_parser("submit", help="sign an event with a key file and send it to a node")
     s.add_argument("kind", help="act, dat, cpt or trt")
