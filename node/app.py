@@ -53,7 +53,7 @@ def build_app(config: Config, clock: SystemClock | None = None) -> web.Applicati
     seed, created = load_or_create(config.key_path)
     if created:
         logger.info("created node key %s", config.key_path)
-    own = OwnLog(seed, superblock_path(config.data_dir))
+    own = OwnLog(seed, superblock_path(config.data_dir), config.startup_check_entries)
     app[OWN_LOG_KEY] = own
     app[METRICS_KEY] = NodeMetrics(lambda: own.size, lambda: own.checkpoint_size)
     app.cleanup_ctx.append(_storage)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -42,6 +43,7 @@ from node.store import merkle as merkle_store
 from node.store import peers as peer_store
 from node.store.sqlite import Connection, Database, StorageError, flush_wal
 from node import superblock
+from node.startcheck import check_own_log
 from node.superblock import FILE_NAME, Record, Superblock, SuperblockError
 
 logger = logging.getLogger("ats.ingest")
@@ -84,7 +86,8 @@ class OwnLog:
     (read-only) if the database lost a part of the log the node already signed.
     """
 
-    def __init__(self, seed: bytes, superblock_path: str | None = None):
+    def __init__(self, seed: bytes, superblock_path: str | None = None, check_entries: int = 0,
+                 rng: random.Random | None = None):
         self.seed = seed
         self.public_key = public_key_from_seed(seed)
         self.origin_line = origin_line(self.public_key)
@@ -96,6 +99,8 @@ class OwnLog:
         self.read_only_reason: str | None = None
         self.superblock_path = superblock_path
         self.superblock: Superblock | None = None
+        self.check_entries = check_entries  # node/startcheck.py: newest and sampled entries checked at open
+        self._rng = rng or random.Random()
 
     @property
     def size(self) -> int:
@@ -149,6 +154,12 @@ class OwnLog:
             check(cp.root == self.frontier.root(), "stored tree root equals the last signed checkpoint's root")
         except LedgerError as e:
             self._refuse(f"startup check failed: {e.message}", "run `ats verify-db`")
+        if self.read_only_reason is None and self.check_entries:
+            problems = check_own_log(conn, self.origin_id, self.public_key, size, self.frontier.root(),
+                                     self.check_entries, self._rng)
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                self._refuse(f"startup check failed: {problems[0]}{more}", "run `ats verify-db`")
         if recorded is not False:
             self._check_superblock(conn, recorded)
         if self.public_key in peer_store.forked_origins(conn):

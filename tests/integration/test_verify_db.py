@@ -20,7 +20,7 @@ from node.store.integrity import ENTRY_COLUMNS
 from node.superblock import FILE_NAME, Superblock, read
 from node.verifydb import check_data_dir
 from tests.agentkit import TestAgent
-from tests.integration.http import post_cbor
+from tests.integration.http import get, post_cbor
 from tests.integration.nodeproc import NodeProcess
 
 AUTH = TestAgent()
@@ -235,3 +235,20 @@ def test_cli_exit_codes_and_json_report(copy):
     out = subprocess.run(cli + ["--json"], capture_output=True, text=True, timeout=60, env=env)
     report = json.loads(out.stdout)
     assert out.returncode == 1 and report["differences"] == 1 and report["findings"][0]["key"]["idx"] == 2
+
+
+@pytest.mark.parametrize("lie", ["column", "tree_hash"])
+def test_node_start_finds_a_lie_in_its_newest_entries_and_turns_read_only(copy, lie):
+    if lie == "column":
+        _sql(copy, ("UPDATE entries SET m0 = m0 + 1 WHERE idx = 20",))
+        phrase = "idx=20 m0"
+    else:
+        sidx = _interior_not_on_frontier(_size(copy))[2]
+        _sql(copy, ("UPDATE tree_hashes SET hash = zeroblob(32) WHERE sidx = ?", (sidx,)))
+        phrase = f"sidx={sidx}"
+    with NodeProcess(copy, env=ENV) as node:
+        health = get(node.url, "/healthz")
+        assert health.status == 503 and health.code == "read_only"
+        message = health.json()["error"]["message"]
+        assert "startup check failed" in message and phrase in message, message
+        assert post_cbor(node.url, "/v1/events", TestAgent().envelope()).code == "read_only"
