@@ -17,12 +17,15 @@ from tests.integration.nodeproc import NodeProcess
 EVENTS = 6
 
 
-def _fill(data: str) -> NodeProcess:
-    """A node with EVENTS acknowledged events (one checkpoint each), SIGKILLed: they sit in its -wal."""
+def _fill(data: str, served: list[str] | None = None) -> NodeProcess:
+    """A node with EVENTS acknowledged events (one checkpoint each, each one served), SIGKILLed:
+    they sit in its -wal."""
     node = NodeProcess(data).start()
     agent = TestAgent()
     for _ in range(EVENTS):
         assert post_cbor(node.url, "/v1/events", agent.envelope()).status == 201
+        if served is not None:
+            served.append(get(node.url, "/v1/log/checkpoint").body.decode())
     node.kill(signal.SIGKILL)
     return node
 
@@ -51,7 +54,8 @@ def _assert_read_only(node: NodeProcess, *phrases: str) -> None:
 
 def test_deleted_wal_after_sigkill_turns_node_read_only_and_it_never_signs_below(tmp_path):
     data = str(tmp_path / "n")
-    node = _fill(data)
+    served: list[str] = []
+    node = _fill(data, served)
     assert os.path.getsize(os.path.join(data, "ledger.sqlite-wal")) > 0
     os.unlink(os.path.join(data, "ledger.sqlite-wal"))
     entries, top = _db_state(data)
@@ -59,6 +63,9 @@ def test_deleted_wal_after_sigkill_turns_node_read_only_and_it_never_signs_below
     with node:
         _assert_read_only(node, f"signed a checkpoint at size {EVENTS}", f"holds {entries} entries")
         assert get(node.url, "/v1/node").json()["read_only"] is True
+        # what it serves now is an old checkpoint it signed then, never a new one at a size it signed
+        note = get(node.url, "/v1/log/checkpoint").body.decode()
+        assert note.split("\n")[1] == str(entries) and (entries == 0 or note in served)
     assert _db_state(data) == (entries, top)  # no new checkpoint was signed
     assert read(os.path.join(data, FILE_NAME))[0].size == EVENTS
 
