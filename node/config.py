@@ -33,7 +33,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("checkpoint_events_max", 1024, "events", "most events appended in one batch (one transaction, one checkpoint)"),
     Setting("checkpoint_ms_max", 0, "ms", "longest a batch waits for more events before it commits (0: commit as soon as the writer is free)"),
     Setting("sqlite_synchronous", "full", "mode", "SQLite synchronous pragma: full (durable on power loss) or normal (durable on process crash)"),
-    Setting("startup_check_entries", 1000, "entries", "at start, the newest this many entries of the node's own log and as many random others are rechecked against its signed checkpoint (docs/integrity.md; 0: off)"),
+    Setting("startup_check_entries", 250, "entries", "at start, the newest this many entries of the node's own log and as many random others are rechecked against its signed checkpoint (docs/integrity.md; 0: off)"),
     Setting("verify_threads", 0, "threads", "threads verifying signatures (0: one per core)"),
     Setting("reader_threads", 4, "threads", "SQLite read connections"),
     Setting("entries_page_max", 1000, "entries", "most entries returned by one GET /v1/log/entries"),
@@ -92,7 +92,7 @@ class Config:
     checkpoint_events_max: int = 1024
     checkpoint_ms_max: int = 0
     sqlite_synchronous: str = "full"
-    startup_check_entries: int = 1000
+    startup_check_entries: int = 250
     verify_threads: int = 0
     reader_threads: int = 4
     entries_page_max: int = 1000
