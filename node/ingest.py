@@ -137,9 +137,11 @@ class OwnLog:
         self.origin_id, size = log_store.ensure_origin(conn, self.public_key)
         latest = log_store.latest_checkpoint(conn, self.origin_id)
         recorded = self._read_superblock()
-        if isinstance(recorded, Record) and recorded.origin == self.public_key and recorded.size > size:
-            self._refuse_lost(recorded.size, size)
-        if latest is None and size == 0 and (recorded is None or recorded.size == 0):
+        mine = recorded if isinstance(recorded, Record) and recorded.origin == self.public_key else None
+        if mine is not None and mine.size > size:
+            # checked first, so that the message names the cause rather than its symptoms
+            self._refuse_lost(mine.size, size)
+        if latest is None and size == 0 and recorded is not False and (mine is None or mine.size == 0):
             note = self.sign(0, EMPTY_ROOT)
             log_store.store_checkpoint(conn, self.origin_id, 0, EMPTY_ROOT, note, now_ms)
             latest = log_store.latest_checkpoint(conn, self.origin_id)
@@ -207,10 +209,13 @@ class OwnLog:
                 log_store.meta_set(conn, "superblock", FILE_NAME)
                 flush_wal(conn)
             return
-        if recorded.origin != self.public_key:
-            self._refuse(f"the superblock {path} belongs to another node key ({recorded.origin.hex()})", SAFE_PATHS)
-            return
         if self.read_only_reason is not None:
+            return
+        if recorded.origin != self.public_key:
+            # a new node key in an old folder: the old key signs nothing here any more, so its
+            # record cannot be forked by this node; this key's log starts its own record
+            logger.warning("the superblock %s was of node key %s; starting one for this key", path, recorded.origin.hex())
+            self.superblock = Superblock.create(path, self.public_key, self.size, self.frontier.root())  # type: ignore[union-attr]
             return
         if recorded.size > self.size:
             self._refuse_lost(recorded.size, self.size)

@@ -130,3 +130,16 @@ def test_data_folder_from_before_superblocks_gets_one_at_start(tmp_path):
     with node:
         assert get(node.url, "/healthz").status == 200
     assert read(os.path.join(data, FILE_NAME))[0].size == EVENTS
+
+
+def test_new_node_key_in_an_old_folder_starts_its_own_superblock(tmp_path):
+    data = str(tmp_path / "n")
+    node = _fill(data)
+    old = read(os.path.join(data, FILE_NAME))[0].origin
+    os.unlink(os.path.join(data, "node.key"))
+    with node:
+        assert node.origin != old.hex()
+        assert get(node.url, "/healthz").status == 200
+        assert post_cbor(node.url, "/v1/events", TestAgent().envelope()).status == 201
+    rec = read(os.path.join(data, FILE_NAME))[0]
+    assert (rec.origin.hex(), rec.size) == (node.origin, 1)
