@@ -333,18 +333,21 @@ class BudgetBook:
             self._replay_run(ev)
             if ev.kind == "run.reserve" and ev.body.run in self.runs:
                 self.runs[ev.body.run].local = False  # another node's reservation holds its rights, not ours
-        consume = charges(ev)
         deltas: dict[tuple[str, str, str, str, int], int] = {}
-        for rule in self.rules(conn, self.chain(ev.signer), ev.ts):
-            spend = consume.get(rule.metric, 0)
-            if not spend:
-                continue
-            key = rule.key + (window_bounds(rule.window, ev.ts)[0],)
-            if key in deltas:
-                continue
+        for key, (_rule, spend) in self._charged(conn, ev).items():
             self.counters[key] = self.consumed(conn, key) + spend
             deltas[key] = spend
         return deltas
+
+    def _charged(self, conn: Connection, ev: Event) -> dict[tuple[str, str, str, str, int], tuple[Rule, int]]:
+        """The counters a metered event charges (each once): key -> (its rule, the spend)."""
+        consume = charges(ev)
+        out: dict[tuple[str, str, str, str, int], tuple[Rule, int]] = {}
+        for rule in self.rules(conn, self.chain(ev.signer), ev.ts):
+            spend = consume.get(rule.metric, 0)
+            if spend:
+                out.setdefault(rule.key + (window_bounds(rule.window, ev.ts)[0],), (rule, spend))
+        return out
 
     def replay_own(self, conn: Connection, ev: Event) -> dict[tuple[str, str, str, str, int], int]:
         """Fold an event of this node's own log (admitted once, now replayed) into the book, and
@@ -367,15 +370,8 @@ class BudgetBook:
             self._rule_cache.pop(("agent", ev.body.subject.hex()), None)
         if ev.signer == self.node_key:
             return {}
-        consume = charges(ev)
         deltas: dict[tuple[str, str, str, str, int], int] = {}
-        for rule in self.rules(conn, self.chain(ev.signer), ev.ts):
-            spend = consume.get(rule.metric, 0)
-            if not spend:
-                continue
-            key = rule.key + (window_bounds(rule.window, ev.ts)[0],)
-            if key in deltas:
-                continue
+        for key, (rule, spend) in self._charged(conn, ev).items():
             deltas[key] = spend
             if self.enforce and rule.limit is not None and self.escrow.is_strict(rule):
                 deltas[EscrowBook.counter(key, escrow_rules.OWN)] = spend
