@@ -11,6 +11,8 @@ import base64
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
@@ -142,6 +144,19 @@ def test_rights_flow_to_the_one_busy_node_and_99_percent_is_used_before_the_firs
     assert union_runs(nodes, agent.public_key) == accepted <= CAPACITY
     rights = {k["metric"]: k for k in get(busy.url, "/v1/escrow").json()["keys"]}["act.runs"]
     assert rights["received"] >= CAPACITY - 34 and rights["consumed"] == accepted
+    # every node's counters, the strict rights accounts (@own, @given, @received) included, are what
+    # replaying its logs gives (ats verify-db, with the nodes' settings)
+    for node in nodes:
+        node.stop()
+        out = subprocess.run([sys.executable, "-m", "node", "verify-db", "--json", node.data_dir], capture_output=True,
+                             text=True, timeout=120, env={**os.environ, **strict_env()})
+        report = json.loads(out.stdout)
+        assert out.returncode == 0 and report["ok"], report["findings"]
+        assert report["counters"] > 0
+    conn = sqlite3.connect(os.path.join(busy.data_dir, "ledger.sqlite"))
+    metrics = {m for (m,) in conn.execute("SELECT DISTINCT metric FROM usage_counters")}
+    conn.close()
+    assert {"act.runs@own", "act.runs@received"} <= metrics
 
 
 def signed_ask(node: NodeProcess, seed: bytes, doc: dict) -> object:
