@@ -143,3 +143,32 @@ def test_new_node_key_in_an_old_folder_starts_its_own_superblock(tmp_path):
         assert post_cbor(node.url, "/v1/events", TestAgent().envelope()).status == 201
     rec = read(os.path.join(data, FILE_NAME))[0]
     assert (rec.origin.hex(), rec.size) == (node.origin, 1)
+
+
+def test_failed_commit_takes_its_checkpoint_back_from_the_superblock(tmp_path):
+    data = str(tmp_path / "n")
+    path = os.path.join(data, FILE_NAME)
+    agent = TestAgent()
+    with NodeProcess(data) as node:
+        assert post_cbor(node.url, "/v1/events", agent.envelope()).status == 201
+        # the next checkpoint's INSERT fails inside the commit, after the superblock recorded it
+        _sql(data, "CREATE TRIGGER refuse BEFORE INSERT ON checkpoints WHEN NEW.size = 2"
+                   " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+        reply = post_cbor(node.url, "/v1/events", agent.envelope())
+        assert reply.status == 503 and reply.code == "not_ready"
+        assert read(path)[0].size == 1  # taken back: the database holds size 1
+        _sql(data, "DROP TRIGGER refuse")
+        assert post_cbor(node.url, "/v1/events", agent.envelope()).status == 201
+        assert read(path)[0].size == 2
+        node.kill(signal.SIGKILL)
+        node.start()
+        assert get(node.url, "/healthz").status == 200
+
+
+def _sql(data: str, statement: str) -> None:
+    conn = sqlite3.connect(os.path.join(data, "ledger.sqlite"))
+    try:
+        conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
