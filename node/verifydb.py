@@ -119,19 +119,31 @@ def check_rows(origin_hex: str, rows: list[tuple]) -> tuple[list[bytes], list[Fi
     return leaves, found
 
 
-def _open_notes(public_key: bytes, rows: list[tuple[int, bytes, str]]) -> list[tuple[int, bytes, Any]]:
-    """(size column, root column, Checkpoint or the LedgerError) of checkpoint rows. Thread-safe."""
-    out = []
-    for size, root, note in rows:
+def check_notes(origin_hex: str, public_key: bytes, rows: list[tuple[int, bytes, str, bytes | None]]) -> list[Finding]:
+    """Findings of checkpoint rows (size, root column, note, root rebuilt from the entries at that
+    size or None if the log is shorter). Thread-safe."""
+    found = []
+    for size, root, note, rebuilt in rows:
+        key = (("origin", origin_hex), ("size", size))
         try:
-            out.append((size, root, open_checkpoint(note, public_key)[0]))
+            cp = open_checkpoint(note, public_key)[0]
         except LedgerError as e:
-            out.append((size, root, e))
-    return out
+            found.append(Finding("checkpoints", key, "note", f"{e.code}: {e.message}", "signed by the origin"))
+            continue
+        if cp.size != size:
+            found.append(Finding("checkpoints", key, "size", size, cp.size))
+        if cp.root != root:
+            found.append(Finding("checkpoints", key, "root", root, cp.root))
+        if rebuilt is None:
+            found.append(Finding("checkpoints", key, "note", f"signs size {cp.size}", "at most the entries held"))
+        elif cp.size == size and rebuilt != cp.root:
+            found.append(Finding("checkpoints", key, "note (the entries' root)", cp.root, rebuilt))
+    return found
 
 
 class OriginCheck:
-    """Streams one origin log: entries in chunks through the pool, the tree rebuilt in order."""
+    """Streams one origin log: entries in chunks through the pool, the tree rebuilt in order, and
+    the checkpoints of each chunk's sizes checked against it (memory bounded by the chunks)."""
 
     def __init__(self, conn: Connection, origin_id: int, public_key: bytes, size_column: int,
                  pool: ThreadPoolExecutor, findings: Findings, progress: Progress, extra_sizes: Iterable[int] = ()):
@@ -140,26 +152,38 @@ class OriginCheck:
         self.size_column = size_column
         self.pool, self.findings, self.progress = pool, findings, progress
         self.frontier = Frontier()
-        self.notes = store.checkpoint_rows(conn, origin_id)
-        self.wanted = sorted({s for s, _r, _n in self.notes} | set(extra_sizes))
-        self.roots: dict[int, bytes] = {}
-        self._next_wanted = 0
-        if self.wanted and self.wanted[0] == 0:
-            self.roots[0] = Frontier().root()
-            self._next_wanted = 1
+        self.extra = set(extra_sizes)
+        self.roots: dict[int, bytes] = {}  # rebuilt roots at the extra sizes (the superblock's)
+        self.checkpoints = 0
+        self._note_futs: list[Future] = []
 
     def key(self, **more: Any) -> list[tuple[str, Any]]:
         return [("origin", self.hex), *more.items()]
 
     def run(self) -> int:
         """Check the origin; returns the number of entries held (contiguous from 0)."""
-        note_futs = [self.pool.submit(_open_notes, self.public_key, self.notes[i : i + NOTES_CHUNK])
-                     for i in range(0, len(self.notes), NOTES_CHUNK)]
+        empty = Frontier().root()
+        if 0 in self.extra:
+            self.roots[0] = empty
+        self._notes(store.checkpoint_rows(self.conn, self.origin_id, 0, 0), {0: empty})
         held = self._entries()
         self._tail(held)
-        self._checkpoints([c for f in note_futs for c in f.result()], held)
+        beyond = store.checkpoint_rows(self.conn, self.origin_id, held + 1, None)
+        self._notes(beyond, {})
+        if held and not self.checkpoints:
+            self.findings.add("checkpoints", self.key(), "(row)", None, "a signed checkpoint")
+        for fut in self._note_futs:
+            self.findings.extend(fut.result())
         self._cosignatures()
         return held
+
+    def _notes(self, rows: list[tuple[int, bytes, str]], rebuilt: dict[int, bytes]) -> None:
+        if rows:
+            self.checkpoints += len(rows)
+            work = [(size, root, note, rebuilt.get(size)) for size, root, note in rows]
+            self._note_futs.append(self.pool.submit(check_notes, self.hex, self.public_key, work))
+            while len(self._note_futs) > AHEAD:
+                self.findings.extend(self._note_futs.pop(0).result())
 
     def _entries(self) -> int:
         futures: list[Future] = []
@@ -188,20 +212,23 @@ class OriginCheck:
     def _drain(self, fut: Future) -> None:
         leaves, found = fut.result()
         self.findings.extend(found)
-        first = stored_hash_count(self.frontier.size)
+        lo = self.frontier.size
+        notes = store.checkpoint_rows(self.conn, self.origin_id, lo + 1, lo + len(leaves))
+        wanted = {size for size, _r, _n in notes} | {s for s in self.extra if lo < s <= lo + len(leaves)}
+        first = stored_hash_count(lo)
         hashes: list[bytes] = []
+        rebuilt: dict[int, bytes] = {}
         pos = 0
-        while pos < len(leaves):
+        for size in sorted(wanted) + [lo + len(leaves)]:
             # stop at each checkpoint size inside the chunk to record the rebuilt root there
-            end = len(leaves)
-            while self._next_wanted < len(self.wanted) and self.wanted[self._next_wanted] <= self.frontier.size:
-                self._next_wanted += 1
-            if self._next_wanted < len(self.wanted):
-                end = min(end, self.wanted[self._next_wanted] - self.frontier.size + pos)
-            hashes.extend(self.frontier.extend(leaves[pos:end])[1])
-            pos = end
-            if self._next_wanted < len(self.wanted) and self.frontier.size == self.wanted[self._next_wanted]:
-                self.roots[self.frontier.size] = self.frontier.root()
+            end = size - lo
+            if end > pos:
+                hashes.extend(self.frontier.extend(leaves[pos:end])[1])
+                pos = end
+            if size in wanted:
+                rebuilt[size] = self.frontier.root()
+        self.roots.update({s: r for s, r in rebuilt.items() if s in self.extra})
+        self._notes(notes, rebuilt)
         stored = store.stored_hashes(self.conn, self.origin_id, first, first + len(hashes))
         for i, h in enumerate(hashes):
             s = stored.get(first + i)
@@ -218,28 +245,12 @@ class OriginCheck:
         for sidx in store.hashes_from(self.conn, self.origin_id, stored_hash_count(held)):
             self.findings.add("tree_hashes", self.key(sidx=sidx), "(row)", "present", "absent (beyond the log)")
 
-    def _checkpoints(self, opened: list[tuple[int, bytes, Any]], held: int) -> None:
-        if held and not opened:
-            self.findings.add("checkpoints", self.key(), "(row)", None, "a signed checkpoint")
-        for size, root, cp in opened:
-            key = self.key(size=size)
-            if isinstance(cp, LedgerError):
-                self.findings.add("checkpoints", key, "note", f"{cp.code}: {cp.message}", "signed by the origin")
-                continue
-            if cp.size != size:
-                self.findings.add("checkpoints", key, "size", size, cp.size)
-            if cp.root != root:
-                self.findings.add("checkpoints", key, "root", root, cp.root)
-            if cp.size > held:
-                self.findings.add("checkpoints", key, "note", f"signs size {cp.size}", f"at most the {held} entries held")
-            elif self.roots.get(cp.size) != cp.root:
-                self.findings.add("checkpoints", key, "note (the entries' root)", cp.root, self.roots.get(cp.size))
-
     def _cosignatures(self) -> None:
-        notes = {size: note for size, _root, note in self.notes}
-        for size, witness, line in store.cosignature_rows(self.conn, self.origin_id):
+        for size, witness, line, note in store.cosignature_rows(self.conn, self.origin_id):
             try:
-                cp = open_checkpoint(notes[size], self.public_key)[0]
+                if note is None:
+                    raise KeyError(size)
+                cp = open_checkpoint(note, self.public_key)[0]
                 verify_cosignature(cp, NoteSignature.parse_line(line), origin_line(witness), witness)
             except (LedgerError, KeyError) as e:
                 why = f"{e.code}: {e.message}" if isinstance(e, LedgerError) else "no checkpoint at this size"
@@ -336,7 +347,7 @@ def check_data_dir(data_dir: str, config: Any, *, show: bool) -> dict[str, Any]:
                 total += held
                 if public_key == own_key:
                     own_id = origin_id
-                report["origins"].append({"origin": public_key.hex(), "size": held, "checkpoints": len(check.notes),
+                report["origins"].append({"origin": public_key.hex(), "size": held, "checkpoints": check.checkpoints,
                                           "differences": findings.total - before})
                 if extra:
                     _check_recorded(path, recorded, held, check.roots, findings)

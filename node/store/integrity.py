@@ -47,17 +47,20 @@ def hashes_from(conn: sqlite3.Connection, origin: int, first: int) -> list[int]:
     ).fetchall()]
 
 
-def checkpoint_rows(conn: sqlite3.Connection, origin: int) -> list[tuple[int, bytes, str]]:
-    """(size, root, note) of every checkpoint of the origin, by size."""
+def checkpoint_rows(conn: sqlite3.Connection, origin: int, low: int, high: int | None) -> list[tuple[int, bytes, str]]:
+    """(size, root, note) of the origin's checkpoints with low <= size <= high (None: no bound), by size."""
     return conn.execute(
-        "SELECT size, root, note FROM checkpoints WHERE origin = ? ORDER BY size", (origin,)
+        "SELECT size, root, note FROM checkpoints WHERE origin = ? AND size >= ? AND size <= ? ORDER BY size",
+        (origin, low, 2**63 - 1 if high is None else high),
     ).fetchall()
 
 
-def cosignature_rows(conn: sqlite3.Connection, origin: int) -> list[tuple[int, bytes, str]]:
-    """(size, witness, line) of every cosignature of the origin's checkpoints."""
+def cosignature_rows(conn: sqlite3.Connection, origin: int) -> list[tuple[int, bytes, str, str | None]]:
+    """(size, witness, line, the checkpoint note at that size or None) of every cosignature of the origin."""
     return conn.execute(
-        "SELECT size, witness, line FROM cosignatures WHERE origin = ? ORDER BY size, witness", (origin,)
+        "SELECT w.size, w.witness, w.line, c.note FROM cosignatures w LEFT JOIN checkpoints c"
+        " ON c.origin = w.origin AND c.size = w.size WHERE w.origin = ? ORDER BY w.size, w.witness",
+        (origin,),
     ).fetchall()
 
 

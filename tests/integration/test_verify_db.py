@@ -252,3 +252,25 @@ def test_node_start_finds_a_lie_in_its_newest_entries_and_turns_read_only(copy, 
         message = health.json()["error"]["message"]
         assert "startup check failed" in message and phrase in message, message
         assert post_cbor(node.url, "/v1/events", TestAgent().envelope()).code == "read_only"
+
+
+def test_forged_cosignature_and_checkpoint_beyond_the_log_are_named(copy):
+    from ledger.checkpoint import cosign, open_checkpoint, origin_line
+    from ledger.signing import public_key_from_seed
+
+    conn = sqlite3.connect(os.path.join(copy, "ledger.sqlite"))
+    origin, note = conn.execute("SELECT o.public_key, c.note FROM checkpoints c JOIN origins o ON o.id = c.origin"
+                                " WHERE c.size = 9").fetchone()
+    conn.close()
+    cp = open_checkpoint(note, origin)[0]
+    seed = os.urandom(32)
+    witness = public_key_from_seed(seed)
+    line = cosign(cp, origin_line(witness), seed, 1_700_000_000).line().rstrip("\n")
+    _sql(copy, ("INSERT INTO cosignatures VALUES (1, 9, ?, ?, 0)", (witness, line)))
+    assert _check(copy)["ok"]  # a genuine cosignature verifies
+    other = public_key_from_seed(os.urandom(32))  # the same line filed under another witness
+    _sql(copy, ("INSERT INTO cosignatures VALUES (1, 9, ?, ?, 0)", (other, line)),
+         ("INSERT INTO checkpoints VALUES (1, 99, zeroblob(32), ?, 0)", (note,)))
+    found = {(f["table"], f["column"], f["key"].get("size"), f["key"].get("witness")) for f in _check(copy)["findings"]}
+    assert found == {("cosignatures", "line", 9, other.hex()), ("checkpoints", "size", 99, None),
+                     ("checkpoints", "root", 99, None), ("checkpoints", "note", 99, None)}
