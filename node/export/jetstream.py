@@ -62,10 +62,12 @@ class JetStreamSink:
         self._serial = 0
 
     async def open(self) -> None:
-        self._nc = await nats.connect(
-            self._url, allow_reconnect=False, connect_timeout=CONNECT_TIMEOUT_S, max_reconnect_attempts=0,
-            error_cb=_quiet, name="ats-export",
-        )
+        # nats-py retries a refused first connection forever unless max_reconnect_attempts > 0;
+        # the exporter loop does its own backoff, so one quick retry at most, and a deadline.
+        self._nc = await asyncio.wait_for(nats.connect(
+            self._url, allow_reconnect=False, connect_timeout=CONNECT_TIMEOUT_S, max_reconnect_attempts=1,
+            reconnect_time_wait=0.05, error_cb=_quiet, name="ats-export",
+        ), 2 * CONNECT_TIMEOUT_S)
         await self._ensure_stream()
         self._inbox = self._nc.new_inbox()
         await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)

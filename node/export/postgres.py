@@ -75,20 +75,20 @@ CREATE TABLE IF NOT EXISTS ats_export_positions (
 );
 CREATE OR REPLACE VIEW ats_billable AS
     SELECT event_id, ts, kind, agent, user_key, team, platform, op, model, cost_mt,
-           cost_mt / 1000.0 AS cost_t, (metrics ->> 'units')::bigint AS units
+           (cost_mt / 1000.0)::numeric(20, 3) AS cost_t, (metrics ->> 'units')::bigint AS units
     FROM ats_events WHERE kind IN ({", ".join(f"'{k}'" for k in COSTED_KINDS)});
 CREATE OR REPLACE VIEW ats_billing_day AS
     SELECT (ts AT TIME ZONE 'UTC')::date AS day, team, user_key, agent, model,
-           count(*) AS events, sum(cost_mt) AS cost_mt, sum(cost_mt) / 1000.0 AS cost_t, sum(units) AS units
+           count(*) AS events, sum(cost_mt)::bigint AS cost_mt, sum(cost_t) AS cost_t, sum(units)::bigint AS units
     FROM ats_billable GROUP BY 1, 2, 3, 4, 5;
 CREATE OR REPLACE VIEW ats_billing_month AS
     SELECT date_trunc('month', ts AT TIME ZONE 'UTC')::date AS month, team, user_key, agent, model,
-           count(*) AS events, sum(cost_mt) AS cost_mt, sum(cost_mt) / 1000.0 AS cost_t, sum(units) AS units
+           count(*) AS events, sum(cost_mt)::bigint AS cost_mt, sum(cost_t) AS cost_t, sum(units)::bigint AS units
     FROM ats_billable GROUP BY 1, 2, 3, 4, 5;
 CREATE OR REPLACE VIEW ats_cost_team_day AS
-    SELECT day, team, sum(events) AS events, sum(cost_t) AS cost_t FROM ats_billing_day GROUP BY 1, 2;
+    SELECT day, team, sum(events)::bigint AS events, sum(cost_t) AS cost_t FROM ats_billing_day GROUP BY 1, 2;
 CREATE OR REPLACE VIEW ats_cost_team_month AS
-    SELECT month, team, sum(events) AS events, sum(cost_t) AS cost_t FROM ats_billing_month GROUP BY 1, 2;
+    SELECT month, team, sum(events)::bigint AS events, sum(cost_t) AS cost_t FROM ats_billing_month GROUP BY 1, 2;
 """
 
 INSERT_EVENTS = """

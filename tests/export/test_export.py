@@ -1,0 +1,110 @@
+"""Exporters against real servers: what lands in PostgreSQL and on JetStream, once; a sink that is down."""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+
+from tests.agentkit import TestAgent
+from tests.export.helpers import (
+    acts, caught_up, export_views, messages, own_entries, pg_rows, submit, summary, wait_for,
+)
+from tests.integration.http import get
+
+
+def _registered(node_url: str, authority: TestAgent, agent: TestAgent, team: str, user: bytes) -> None:
+    body = {"agent": agent.public_key, "user": user, "team": team, "platform": "web", "plan": "freemium"}
+    assert submit(node_url, [authority.envelope("agent.register", body)]) == 1
+
+
+def test_events_land_once_in_postgres_and_jetstream_with_scopes_checkpoints_and_billing(make_node, pg_url, nats_url):
+    authority, alice, bob = TestAgent(), TestAgent(), TestAgent()
+    node = make_node(env={"ATS_EXPORT_POSTGRES": pg_url, "ATS_EXPORT_NATS": nats_url, "ATS_BUDGETS": "false",
+                          "ATS_AUTHORITIES": authority.public_key.hex()}).start()
+    _registered(node.url, authority, alice, "ops", b"\x01" * 32)
+    assert submit(node.url, acts(alice, 40)) == 40
+    assert submit(node.url, acts(bob, 25, cost=700)) == 25
+    dat = bob.envelope("dat", {"src": b"\x02" * 32, "dst": b"\x03" * 32, "read": 4096, "written": 10, "dur": 3})
+    assert submit(node.url, [dat]) == 1
+    wait_for("both sinks caught up", lambda: caught_up(node.url, ("postgres", "nats")))
+
+    log = own_entries(node.data_dir, node.origin)
+    ids = sorted(e[2] for e in log)
+    # PostgreSQL: one row per event, its place in the log, the raw envelope, scopes and costs
+    rows = pg_rows(pg_url, "SELECT event_id, origin, idx, kind, envelope, team, cost_mt FROM ats_events")
+    assert sorted(r[0] for r in rows) == ids and len(rows) == len(log)
+    by_id = {r[0]: r for r in rows}
+    for origin, idx, eid, kind, env in log:
+        assert by_id[eid][1:5] == (origin, idx, kind, env)
+    assert pg_rows(pg_url, "SELECT origin, idx, event_id FROM ats_log_entries ORDER BY idx") == \
+        [(o, i, e) for o, i, e, _k, _env in log]
+    alice_cost = sum(1500 + i for i in range(40))
+    bob_cost = sum(700 + i for i in range(25))
+    assert {r[5] for r in rows if r[3] == "act"} == {"ops", None}
+    assert pg_rows(pg_url, "SELECT team, events, cost_t FROM ats_cost_team_day ORDER BY team NULLS LAST") == [
+        ("ops", 40, Decimal(alice_cost) / 1000), (None, 25, Decimal(bob_cost) / 1000)]
+    assert pg_rows(pg_url, "SELECT sum(cost_mt) FROM ats_billing_month")[0][0] == alice_cost + bob_cost
+    assert pg_rows(pg_url, "SELECT agent, units FROM ats_billing_day WHERE team = 'ops'") == [
+        (alice.public_key.hex(), sum(10 + i for i in range(40)))]
+    # the checkpoints: the latest one is the node's, and the rows hash to its leaves
+    note = get(node.url, "/v1/log/checkpoint").body.decode()
+    assert pg_rows(pg_url, "SELECT note FROM ats_checkpoints ORDER BY size DESC LIMIT 1")[0][0] == note
+    assert pg_rows(pg_url, "SELECT next_index FROM ats_export_positions")[0][0] == len(log)
+    assert all(hashlib.sha256(b"\x00" + r[4]).digest() for r in rows)
+
+    # JetStream: one message per event, id = event id, body = envelope, subject per origin and kind
+    msgs = messages(nats_url)
+    assert len(msgs) == len(log)
+    for m, (origin, idx, eid, kind, env) in zip(msgs, log):
+        assert m["subject"] == f"ats.events.{origin.hex()}.{kind}"
+        assert m["headers"]["Nats-Msg-Id"] == eid.hex() and m["data"] == env
+        s = summary(m)
+        assert (s["index"], s["kind"], s["origin"]) == (idx, kind, origin.hex())
+    costs = [summary(m)["cost_mt"] for m in msgs]
+    assert sum(costs) == alice_cost + bob_cost
+    assert {summary(m)["team"] for m in msgs if summary(m)["agent"] == alice.public_key.hex()} == {"ops"}
+
+    metrics = get(node.url, "/metrics").body.decode()
+    assert 'ats_export_backlog_events{sink="postgres"} 0' in metrics
+    assert f'ats_export_events_total{{sink="nats"}} {len(log)}' in metrics
+
+
+def test_a_sink_that_is_down_leaves_admission_alone_and_its_backlog_drains_when_it_returns(make_node, tmp_path):
+    from tests.export.servers import NatsServer
+
+    nats = NatsServer()  # its port is chosen, nothing listens yet
+    try:
+        agent = TestAgent()
+        node = make_node(env={"ATS_EXPORT_NATS": nats.url, "ATS_BUDGETS": "false", "ATS_EXPORT_ALERT_EVENTS": "50",
+                              "ATS_EXPORT_RETRY_MS_MAX": "500"}).start()
+        for _ in range(4):
+            assert submit(node.url, acts(agent, 30)) == 30  # admission goes on while the sink is down
+        wait_for("errors counted", lambda: export_views(node.url)["nats"]["errors"] >= 2)
+        view = export_views(node.url)["nats"]
+        assert view["up"] is False and view["backlog_events"] == 120 and view["alerting"] is True
+        assert view["backlog_age_ms"] > 0
+        metrics = get(node.url, "/metrics").body.decode()
+        assert 'ats_export_backlog_events{sink="nats"} 120' in metrics and 'ats_export_up{sink="nats"} 0' in metrics
+        nats.start()
+        wait_for("backlog drained", lambda: caught_up(node.url, ("nats",)), 20)
+        msgs = messages(nats.url)
+        log = own_entries(node.data_dir, node.origin)
+        assert [m["headers"]["Nats-Msg-Id"] for m in msgs] == [e[2].hex() for e in log]
+        assert export_views(node.url)["nats"]["alerting"] is False
+    finally:
+        nats.remove()
+
+
+def test_a_restarted_node_resumes_where_the_sinks_are_without_resending(make_node, pg_url, nats_url):
+    agent = TestAgent()
+    env = {"ATS_EXPORT_POSTGRES": pg_url, "ATS_EXPORT_NATS": nats_url, "ATS_BUDGETS": "false"}
+    node = make_node(env=env).start()
+    submit(node.url, acts(agent, 50))
+    wait_for("caught up", lambda: caught_up(node.url, ("postgres", "nats")))
+    node.restart()
+    submit(node.url, acts(agent, 10))
+    wait_for("caught up after restart", lambda: caught_up(node.url, ("postgres", "nats")))
+    log = own_entries(node.data_dir, node.origin)
+    assert len(log) == 60
+    assert pg_rows(pg_url, "SELECT count(*), count(DISTINCT event_id) FROM ats_events")[0] == (60, 60)
+    assert [m["headers"]["Nats-Msg-Id"] for m in messages(nats_url)] == [e[2].hex() for e in log]
