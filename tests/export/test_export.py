@@ -108,3 +108,36 @@ def test_a_restarted_node_resumes_where_the_sinks_are_without_resending(make_nod
     assert len(log) == 60
     assert pg_rows(pg_url, "SELECT count(*), count(DISTINCT event_id) FROM ats_events")[0] == (60, 60)
     assert [m["headers"]["Nats-Msg-Id"] for m in messages(nats_url)] == [e[2].hex() for e in log]
+
+
+def test_jetstream_resumes_after_the_stream_last_message_when_a_resend_would_fall_outside_the_duplicate_window(
+        make_node, nats_url):
+    """The position file lost (as if SIGKILLed between the acks and the save), the duplicate window long
+    past: the sink resumes after the stream's last message of the origin instead of sending again."""
+    import asyncio
+    import json
+    import os
+    import time
+
+    import nats
+
+    async def create_stream_with_short_window() -> None:
+        nc = await nats.connect(nats_url)
+        doc = {"name": "ATS", "subjects": ["ats.events.>"], "storage": "file", "duplicate_window": 100_000_000}
+        answer = json.loads((await nc.request("$JS.API.STREAM.CREATE.ATS", json.dumps(doc).encode(), timeout=5)).data)
+        await nc.close()
+        assert "error" not in answer, answer
+
+    asyncio.run(create_stream_with_short_window())
+    agent = TestAgent()
+    node = make_node(env={"ATS_EXPORT_NATS": nats_url, "ATS_BUDGETS": "false"}).start()
+    submit(node.url, acts(agent, 50))
+    wait_for("caught up", lambda: caught_up(node.url, ("nats",)))
+    node.stop()
+    os.remove(os.path.join(node.data_dir, "export-positions.sqlite"))
+    time.sleep(0.3)  # three duplicate windows: a resend would now be stored again
+    node.start()
+    submit(node.url, acts(agent, 5))
+    wait_for("caught up after restart", lambda: caught_up(node.url, ("nats",)))
+    log = own_entries(node.data_dir, node.origin)
+    assert [m["headers"]["Nats-Msg-Id"] for m in messages(nats_url)] == [e[2].hex() for e in log]
