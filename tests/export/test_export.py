@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from tests.agentkit import TestAgent
 from tests.export.helpers import (
-    acts, caught_up, export_views, messages, own_entries, pg_rows, submit, summary, wait_for,
+    acts, caught_up, export_views, ledger_entries, messages, own_entries, pg_rows, submit, summary, wait_for,
 )
 from tests.integration.http import get
 
@@ -141,3 +141,28 @@ def test_jetstream_resumes_after_the_stream_last_message_when_a_resend_would_fal
     wait_for("caught up after restart", lambda: caught_up(node.url, ("nats",)))
     log = own_entries(node.data_dir, node.origin)
     assert [m["headers"]["Nats-Msg-Id"] for m in messages(nats_url)] == [e[2].hex() for e in log]
+
+
+def test_a_fleet_collector_exports_every_origin_and_an_event_in_two_logs_once(make_node, pg_url, nats_url):
+    open_ = {"ATS_OPEN_MEMBERSHIP": "true", "ATS_REPLICATION_INTERVAL_MS": "200", "ATS_BUDGETS": "false"}
+    a = make_node("a", host="127.0.0.2", env=open_).start()
+    collector = make_node("c", host="127.0.0.3", env={**open_, "ATS_PEERS": a.url, "ATS_EXPORT_ORIGINS": "all",
+                                                       "ATS_EXPORT_POSTGRES": pg_url, "ATS_EXPORT_NATS": nats_url}).start()
+    agent = TestAgent()
+    both = acts(agent, 5, cost=9000)  # the agent sent these to both nodes: two logs hold them
+    assert submit(a.url, acts(agent, 30) + both) == 35
+    assert submit(collector.url, both + acts(agent, 10)) == 15
+    a_log = own_entries(a.data_dir, a.origin)
+    wait_for("a's log replicated to the collector",
+             lambda: len([e for e in ledger_entries(collector.data_dir) if e[0].hex() == a.origin]) >= len(a_log))
+    wait_for("collector caught up", lambda: caught_up(collector.url, ("postgres", "nats")))
+    entries = ledger_entries(collector.data_dir)
+    ids = {e[2] for e in entries}
+    assert len(ids) == len(entries) - 5 >= 45
+    rows = pg_rows(pg_url, "SELECT event_id FROM ats_events")
+    assert sorted(r[0] for r in rows) == sorted(ids)
+    places = pg_rows(pg_url, "SELECT origin, idx, event_id FROM ats_log_entries ORDER BY origin, idx")
+    assert sorted(places) == sorted((e[0], e[1], e[2]) for e in entries)  # both places of the shared events
+    msg_ids = [bytes.fromhex(m["headers"]["Nats-Msg-Id"]) for m in messages(nats_url)]
+    assert sorted(msg_ids) == sorted(ids)  # each event once, from whichever log was exported first
+    assert {s["origin"] for s in map(summary, messages(nats_url))} == {a.origin, collector.origin}
