@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 from decimal import Decimal
 
+import pytest
+
 from tests.agentkit import TestAgent
 from tests.export.helpers import (
     acts, caught_up, export_views, ledger_entries, messages, own_entries, pg_rows, submit, summary, wait_for,
 )
 from tests.integration.http import get
+
+pytestmark = pytest.mark.integration
 
 
 def _registered(node_url: str, authority: TestAgent, agent: TestAgent, team: str, user: bytes) -> None:

@@ -4,8 +4,12 @@ Afterwards the rows and messages equal the node's events exactly: 0 lost, 0 dupl
 same cost sum. (A longer run: scripts/chaos_export.py.)
 """
 
+import pytest
+
 from tests.export.chaos import run_chaos
 from tests.export.servers import NatsServer, PostgresServer
+
+pytestmark = pytest.mark.integration
 
 
 def test_exports_stay_exact_through_node_postgres_and_nats_crashes(tmp_path):
