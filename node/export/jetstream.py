@@ -109,21 +109,25 @@ class JetStreamSink:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
-    async def deliver(self, origin: bytes, start: int, end: int, records: list[Record],
+    def prepare(self, records: list[Record]) -> list[tuple[str, bytes, dict[str, str]]]:
+        """(subject, body, headers) of each message, in log order."""
+        return [(subject(r.origin, r.kind), r.envelope, {
+            "Nats-Msg-Id": r.event_id.hex(), "Ats-Origin": r.origin.hex(), "Ats-Index": str(r.index),
+            "Ats-Kind": r.kind, "Ats-Summary": summary_json(r),
+        }) for r in records]
+
+    async def deliver(self, origin: bytes, start: int, end: int, prepared: list[tuple[str, bytes, dict[str, str]]],
                       checkpoints: list[CheckpointRow]) -> int:
         nc = self._nc
         loop = asyncio.get_running_loop()
         futures = []
-        for r in records:  # in log order, on one connection: the stream stores them in this order
+        for subj, body, headers in prepared:  # in log order, on one connection: the stream stores them in this order
             self._serial += 1
             token = str(self._serial)
             fut = loop.create_future()
             self._acks[token] = fut
             futures.append(fut)
-            await nc.publish(subject(r.origin, r.kind), r.envelope, reply=f"{self._inbox}.{token}", headers={
-                "Nats-Msg-Id": r.event_id.hex(), "Ats-Origin": r.origin.hex(), "Ats-Index": str(r.index),
-                "Ats-Kind": r.kind, "Ats-Summary": summary_json(r),
-            })
+            await nc.publish(subj, body, reply=f"{self._inbox}.{token}", headers=headers)
         try:
             acks = await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
         except asyncio.TimeoutError:

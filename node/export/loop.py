@@ -31,13 +31,15 @@ import random
 from collections import deque
 from typing import Any, Callable, Protocol
 
+from node.aio import cancel_and_wait
 from node.clock import SystemClock
 from node.export.records import Record, record
-from node.store.exports import CheckpointRow, LogReader, PositionFile
+from node.store.exports import CheckpointRow, EntryRow, LogReader, PositionFile
 
 logger = logging.getLogger("ats.export")
 
 BATCH_EVENTS_MAX = 2000  # entries per delivery: one transaction, or one window of in-flight messages
+BATCHES_PER_ROUND = 16  # then the next origin log gets its turn
 BACKOFF_MS_FIRST = 100
 IDLE_POLL_MS = 1000  # safety net only: commits wake the loop at once
 RATE_WINDOW_MS = 10_000
@@ -54,9 +56,12 @@ class Sink(Protocol):
     async def position(self, origin: bytes) -> int:
         """The next index of origin's log to export, as the sink knows it (0 if none)."""
 
-    async def deliver(self, origin: bytes, start: int, end: int, records: list[Record],
+    def prepare(self, records: list[Record]) -> Any:
+        """What deliver sends, built on the reader thread (pure CPU: encoding, JSON)."""
+
+    async def deliver(self, origin: bytes, start: int, end: int, prepared: Any,
                       checkpoints: list[CheckpointRow]) -> int:
-        """Make entries [start, end) of origin durable (records: those to send); returns the new position."""
+        """Make entries [start, end) of origin durable (prepared: from prepare); returns the new position."""
 
     async def close(self) -> None: ...
 
@@ -156,11 +161,11 @@ class Exporter:
             pass
 
     async def _round(self) -> bool:
-        """One batch per origin log behind its position; True if anything moved."""
+        """Up to BATCHES_PER_ROUND batches per origin log behind its position; True if anything moved."""
         self._wake.clear()
         assert self._positions is not None
         origins = [o for o in await self._reader.origins() if self._all or o[1] == self._own_key]
-        for _origin_id, key, _size in origins:  # every position first: _not_sent_elsewhere reads them all
+        for _origin_id, key, _size in origins:  # every position first: the all-origins filter reads them
             if key not in self._positions:
                 self._positions[key] = await self.sink.position(key)
                 self._hint[key] = max(self._hint.get(key, 0), self._positions[key])
@@ -168,34 +173,61 @@ class Exporter:
         progressed = False
         for origin_id, key, size in origins:
             self._sizes[key] = size
-            pos = self._positions[key]
-            if pos >= size:
+            if self._positions[key] >= size:
                 self._oldest_ms.pop(key, None)
                 continue
-            rows = await self._reader.entries(origin_id, pos, min(size, pos + BATCH_EVENTS_MAX))
-            end = pos + len(rows)
-            if rows:
-                self._oldest_ms[key] = rows[0].accepted_ms
-            records = [record(key, row, self._scopes(row.signer)) for row in rows]
-            if self._all and not self.sink.dedupes_ids:
-                records = await self._not_sent_elsewhere(origin_id, keys, records)
-            checkpoints = await self._reader.checkpoints(origin_id, pos, end)
-            new = await self.sink.deliver(key, pos, end, records, checkpoints)
+            progressed = await self._export_origin(origin_id, key, size, keys) or progressed
+        return progressed
+
+    async def _export_origin(self, origin_id: int, key: bytes, size: int, keys: dict[int, bytes]) -> bool:
+        """Batches of one origin up to size; the next batch is read and prepared while this one is delivered."""
+        assert self._positions is not None
+        pos = self._positions[key]
+        batch = await self._read(origin_id, key, pos, size, keys)
+        for _ in range(BATCHES_PER_ROUND):
+            end, prepared, checkpoints, first_ms = batch
+            if end == pos:
+                return False
+            self._oldest_ms[key] = first_ms
+            ahead = asyncio.create_task(self._read(origin_id, key, end, size, keys)) if end < size else None
+            try:
+                new = await self.sink.deliver(key, pos, end, prepared, checkpoints)
+            except BaseException:
+                await cancel_and_wait(ahead)
+                raise
             self._positions[key] = new
             self._hint[key] = max(self._hint.get(key, 0), new)
             await self._file.save(self.sink.name, key, new)
             self._count(max(0, new - pos))
             if new >= size:
                 self._oldest_ms.pop(key, None)
-            progressed = progressed or new != pos
-        return progressed
+            if ahead is None or new != end:  # caught up, or another exporter moved the position: re-plan
+                await cancel_and_wait(ahead)
+                return new != pos
+            pos = new
+            batch = await ahead
+        return True
 
-    async def _not_sent_elsewhere(self, origin_id: int, keys: dict[int, bytes], records: list[Record]) -> list[Record]:
-        """Records whose event was not already sent from another origin log (an event in two logs is sent once)."""
+    async def _read(self, origin_id: int, key: bytes, start: int, size: int,
+                    keys: dict[int, bytes]) -> tuple[int, Any, list[CheckpointRow], int]:
+        """(end, prepared, checkpoints, accepted_ms of the first entry) of the batch from start on."""
         assert self._positions is not None
-        held = await self._reader.held_elsewhere(origin_id, [r.event_id for r in records])
-        sent = {bytes(eid) for other, idx, eid in held if other in keys and idx < self._positions[keys[other]]}
-        return [r for r in records if r.event_id not in sent]
+        positions = dict(self._positions)
+        filter_sent = self._all and not self.sink.dedupes_ids
+        scopes, prepare = self._scopes, self.sink.prepare
+
+        def build(rows: list[EntryRow], held_elsewhere: Callable[[list[bytes]], list[tuple[int, int, bytes]]]) -> Any:
+            records = [record(key, row, scopes(row.signer)) for row in rows]
+            if filter_sent and records:
+                # an event already sent from another origin log (before that log's position) is not sent again
+                sent = {bytes(eid) for other, idx, eid in held_elsewhere([r.event_id for r in records])
+                        if other in keys and idx < positions.get(keys[other], 0)}
+                records = [r for r in records if r.event_id not in sent]
+            return prepare(records)
+
+        rows, prepared, checkpoints = await self._reader.batch(origin_id, start, min(size, start + BATCH_EVENTS_MAX),
+                                                               build)
+        return start + len(rows), prepared, checkpoints, rows[0].accepted_ms if rows else 0
 
     async def _note_oldest(self) -> None:
         """While the sink is down: the age of the oldest entry not exported, from the last known positions."""

@@ -145,8 +145,12 @@ class PostgresSink:
         value = await self._conn.fetchval("SELECT next_index FROM ats_export_positions WHERE origin = $1", origin)
         return int(value or 0)
 
-    async def deliver(self, origin: bytes, start: int, end: int, records: list[Record],
-                      checkpoints: list[CheckpointRow]) -> int:
+    def prepare(self, records: list[Record]) -> tuple[list[list[Any]], list[int], list[bytes]]:
+        """The column arrays of the events, and the (index, event id) of their places in the log."""
+        return _columns(records), [r.index for r in records], [r.event_id for r in records]
+
+    async def deliver(self, origin: bytes, start: int, end: int,
+                      prepared: tuple[list[list[Any]], list[int], list[bytes]], checkpoints: list[CheckpointRow]) -> int:
         conn = self._conn
         assert conn is not None
         async with conn.transaction():
@@ -156,9 +160,10 @@ class PostgresSink:
                 "SELECT next_index FROM ats_export_positions WHERE origin = $1 FOR UPDATE", origin)
             if current != start:
                 return int(current)  # another exporter moved it (or the database was restored): follow it
-            if records:
-                await conn.execute(INSERT_EVENTS, origin, *_columns(records))
-                await conn.execute(INSERT_PLACES, origin, [r.index for r in records], [r.event_id for r in records])
+            columns, indexes, ids = prepared
+            if ids:
+                await conn.execute(INSERT_EVENTS, origin, *columns)
+                await conn.execute(INSERT_PLACES, origin, indexes, ids)
             if checkpoints:
                 await conn.execute(INSERT_CHECKPOINTS, origin, [c.size for c in checkpoints],
                                    [bytes(c.root) for c in checkpoints], [c.note for c in checkpoints],

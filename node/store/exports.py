@@ -92,9 +92,19 @@ class LogReader(_OneThread):
         """Checkpoints of an origin with low <= size <= high."""
         return await self.run(_checkpoints, origin_id, low, high)
 
-    async def held_elsewhere(self, origin_id: int, ids: list[bytes]) -> list[tuple[int, int, bytes]]:
-        """(origin row, index, event id) of these events in the other origin logs held."""
-        return await self.run(_held_elsewhere, origin_id, ids)
+    async def batch(self, origin_id: int, start: int, end: int,
+                    build: Callable[[list[EntryRow], Callable[[list[bytes]], list[tuple[int, int, bytes]]]], T],
+                    ) -> tuple[list[EntryRow], T, list[CheckpointRow]]:
+        """Entries [start, end), build(entries, held_elsewhere) and the checkpoints start <= size <= end of
+        what was read, on the reader thread: reading and preparing a batch (decoding, JSON) stay off the
+        event loop. held_elsewhere(ids) gives (origin row, index, event id) of those events in the other
+        origin logs held."""
+        def run(conn: sqlite3.Connection) -> tuple[list[EntryRow], T, list[CheckpointRow]]:
+            rows = _entries(conn, origin_id, start, end)
+            built = build(rows, lambda ids: _held_elsewhere(conn, origin_id, ids))
+            return rows, built, _checkpoints(conn, origin_id, start, start + len(rows))
+
+        return await self.run(run)
 
 
 def _origins(conn: sqlite3.Connection) -> list[tuple[int, bytes, int]]:
