@@ -38,7 +38,7 @@ logger = logging.getLogger("ats.export")
 
 CONNECT_TIMEOUT_S = 3
 API_TIMEOUT_S = 5
-ACK_TIMEOUT_S = 10  # for a whole batch's acks
+ACK_TIMEOUT_S = 5  # for a whole batch's acks
 
 
 class JetStreamError(Exception):
@@ -66,7 +66,7 @@ class JetStreamSink:
         # the exporter loop does its own backoff, so one quick retry at most, and a deadline.
         self._nc = await asyncio.wait_for(nats.connect(
             self._url, allow_reconnect=False, connect_timeout=CONNECT_TIMEOUT_S, max_reconnect_attempts=1,
-            reconnect_time_wait=0.05, error_cb=_quiet, name="ats-export",
+            reconnect_time_wait=0.05, error_cb=_quiet, disconnected_cb=self._lost, name="ats-export",
         ), 2 * CONNECT_TIMEOUT_S)
         await self._ensure_stream()
         self._inbox = self._nc.new_inbox()
@@ -103,6 +103,12 @@ class JetStreamSink:
         else:
             last = _index_header(base64.b64decode(answer["message"].get("hdrs") or ""))
         return max(self._saved.get(origin, 0), last + 1)
+
+    async def _lost(self) -> None:
+        """The connection dropped: the acks still awaited will never come, so fail them now."""
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.set_exception(JetStreamError("connection to the NATS server lost"))
 
     async def _on_ack(self, msg: Msg) -> None:
         fut = self._acks.pop(msg.subject.rsplit(".", 1)[-1], None)
