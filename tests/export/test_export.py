@@ -170,3 +170,27 @@ def test_a_fleet_collector_exports_every_origin_and_an_event_in_two_logs_once(ma
     msg_ids = [bytes.fromhex(m["headers"]["Nats-Msg-Id"]) for m in messages(nats_url)]
     assert sorted(msg_ids) == sorted(ids)  # each event once, from whichever log was exported first
     assert {s["origin"] for s in map(summary, messages(nats_url))} == {a.origin, collector.origin}
+
+
+async def test_the_dashboard_shows_each_exporter_down_with_its_backlog_then_caught_up(make_node):
+    from tests.browser import Browser
+    from tests.export.servers import NatsServer
+
+    nats = NatsServer()
+    browser = Browser()
+    try:
+        node = make_node(env={"ATS_EXPORT_NATS": nats.url, "ATS_BUDGETS": "false", "ATS_EXPORT_RETRY_MS_MAX": "300",
+                              "ATS_EXPORT_ALERT_EVENTS": "10"}).start()
+        submit(node.url, acts(TestAgent(), 12))
+        await browser.start()
+        await browser.goto(f"{node.url}/?refresh=1")
+        row = "document.querySelector('[data-testid=exporter][data-sink=nats]')"
+        await browser.wait_for(f"{row} && {row}.dataset.state === 'down' && {row}.dataset.backlog === '12'", 20,
+                               what="the exporter shown down with its backlog")
+        nats.start()
+        await browser.wait_for(f"{row}.dataset.state === 'ok' && {row}.dataset.backlog === '0'", 20,
+                               what="the exporter shown caught up")
+        assert await browser.eval("document.getElementById('exports-section').hidden") is False
+    finally:
+        await browser.close()
+        nats.remove()
