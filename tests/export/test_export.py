@@ -16,6 +16,36 @@ from tests.integration.http import get
 pytestmark = pytest.mark.integration
 
 
+class Webhook:
+    """A loopback HTTP server that keeps every JSON body POSTed to it (the alert webhook)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
 def _registered(node_url: str, authority: TestAgent, agent: TestAgent, team: str, user: bytes) -> None:
     body = {"agent": agent.public_key, "user": user, "team": team, "platform": "web", "plan": "freemium"}
     assert submit(node_url, [authority.envelope("agent.register", body)]) == 1
@@ -77,10 +107,11 @@ def test_a_sink_that_is_down_leaves_admission_alone_and_its_backlog_drains_when_
     from tests.export.servers import NatsServer
 
     nats = NatsServer()  # its port is chosen, nothing listens yet
+    hook = Webhook()
     try:
         agent = TestAgent()
         node = make_node(env={"ATS_EXPORT_NATS": nats.url, "ATS_BUDGETS": "false", "ATS_EXPORT_ALERT_EVENTS": "50",
-                              "ATS_EXPORT_RETRY_MS_MAX": "500"}).start()
+                              "ATS_EXPORT_RETRY_MS_MAX": "500", "ATS_ALERT_WEBHOOKS": hook.url}).start()
         for _ in range(4):
             assert submit(node.url, acts(agent, 30)) == 30  # admission goes on while the sink is down
         wait_for("errors counted", lambda: export_views(node.url)["nats"]["errors"] >= 2)
@@ -95,7 +126,17 @@ def test_a_sink_that_is_down_leaves_admission_alone_and_its_backlog_drains_when_
         log = own_entries(node.data_dir, node.origin)
         assert [m["headers"]["Nats-Msg-Id"] for m in msgs] == [e[2].hex() for e in log]
         assert export_views(node.url)["nats"]["alerting"] is False
+
+        def exported_alerts() -> list[dict]:
+            return [a for a in hook.received if a["type"].startswith("export_")]
+
+        wait_for("both alerts delivered",
+                 lambda: [a["type"] for a in exported_alerts()] == ["export_backlog", "export_caught_up"])
+        fired = exported_alerts()[0]
+        assert fired["metric"] == "export.nats" and fired["detail"]["backlog_events"] >= 50
+        assert fired["node"] == node.origin
     finally:
+        hook.close()
         nats.remove()
 
 
