@@ -1,6 +1,6 @@
 """Exporter figures against real PostgreSQL and nats-server (started and removed by this script).
 
-    python scripts/bench_export.py [--events 50000] [--rate 500] [--seconds 20] [--outage-s 10]
+    python scripts/bench_export.py [--events 50000] [--rate 500] [--seconds 20] [--outage-s 10] [--parts 1,2,3]
 
 Prints, for each sink (PostgreSQL, JetStream):
   1. catch-up: a node holding --events events not yet exported is restarted with the exporter on;
@@ -85,12 +85,15 @@ async def wait_caught_up(url: str, sink: str, timeout_s: float = 300) -> float:
     raise TimeoutError(f"{sink} did not catch up")
 
 
-async def pg_span(url: str) -> tuple[int, float]:
+async def pg_span(url: str) -> tuple[int, float, int]:
+    """(rows, seconds between the first and last exported_at, bytes of the tables and their indexes)."""
     conn = await asyncpg.connect(url)
     try:
         n, span = await conn.fetchrow("SELECT count(*), extract(epoch FROM max(exported_at) - min(exported_at))"
                                       " FROM ats_events")
-        return n, float(span)
+        size = await conn.fetchval("SELECT sum(pg_total_relation_size(t)) FROM unnest(ARRAY['ats_events',"
+                                   " 'ats_log_entries', 'ats_checkpoints']::regclass[]) AS t")
+        return n, float(span), int(size)
     finally:
         await conn.close()
 
@@ -105,7 +108,7 @@ async def nats_span(url: str, stream: str) -> tuple[int, float]:
             base, _, frac = text.rstrip("Z").partition(".")
             return datetime.fromisoformat(base + "+00:00").timestamp() + float("0." + (frac or "0"))
 
-        return info["messages"], ts(info["last_ts"]) - ts(info["first_ts"])
+        return info["messages"], ts(info["last_ts"]) - ts(info["first_ts"]), info["bytes"]
     finally:
         await nc.close()
 
@@ -123,10 +126,13 @@ async def catch_up(root: str, sink: str, events: int, pg: PostgresServer, nats_s
         started = time.monotonic()
         node.start()
         done = await wait_caught_up(node.url, sink)
-        n, span = await (pg_span(db) if sink == "postgres" else nats_span(nats_server.url, "CATCHUP"))
+        n, span, size = await (pg_span(db) if sink == "postgres" else nats_span(nats_server.url, "CATCHUP"))
         assert n >= events, (n, events)
+        ledger = sum(os.path.getsize(os.path.join(node.data_dir, f)) for f in os.listdir(node.data_dir)
+                     if f.startswith("ledger.sqlite"))
         print(f"[1] catch-up {sink:8}: {n} entries in {span:.2f} s at the sink = {n / span:,.0f} entries/s"
-              f" (node start to caught up: {done - started:.2f} s, {n / (done - started):,.0f}/s)", flush=True)
+              f" (node start to caught up: {done - started:.2f} s, {n / (done - started):,.0f}/s);"
+              f" bytes per event: {size / n:,.0f} in the sink, {ledger / n:,.0f} in the node's SQLite", flush=True)
     finally:
         node.kill()
         if sink == "nats":  # one stream at a time may hold ats.events.>
@@ -228,14 +234,17 @@ async def main() -> None:
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--outage-s", type=float, default=10)
+    parser.add_argument("--parts", default="1,2,3", help="which figures to measure (comma-separated)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     pg, nats_server = PostgresServer().start(), NatsServer().start()
     try:
         with tempfile.TemporaryDirectory(prefix="ats-bench-export-") as root:
-            for sink in ("postgres", "nats"):
+            for sink in ("postgres", "nats") if "1" in parts else ():
                 await catch_up(root, sink, args.events, pg, nats_server)
-            await lag(root, args.rate, args.seconds, pg, nats_server)
-            for sink in ("postgres", "nats"):
+            if "2" in parts:
+                await lag(root, args.rate, args.seconds, pg, nats_server)
+            for sink in ("postgres", "nats") if "3" in parts else ():
                 await drain(root, sink, args.rate, args.outage_s, pg, nats_server)
     finally:
         pg.remove()
