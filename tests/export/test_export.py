@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from decimal import Decimal
 
 import pytest
@@ -129,6 +131,10 @@ def test_a_sink_that_is_down_leaves_admission_alone_and_its_backlog_drains_when_
         assert view["backlog_age_ms"] > 0
         metrics = get(node.url, "/metrics").body.decode()
         assert 'ats_export_backlog_events{sink="nats"} 120' in metrics and 'ats_export_up{sink="nats"} 0' in metrics
+        promtool = shutil.which("promtool")
+        assert promtool, "promtool is missing: install the Debian package `prometheus` (apt-get install prometheus)"
+        check = subprocess.run([promtool, "check", "metrics"], input=metrics.encode(), capture_output=True, timeout=60)
+        assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
         nats.start()
         wait_for("backlog drained", lambda: caught_up(node.url, ("nats",)), 20)
         msgs = messages(nats.url)
