@@ -168,7 +168,7 @@ class Exporter:
         for _origin_id, key, _size in origins:  # every position first: the all-origins filter reads them
             if key not in self._positions:
                 self._positions[key] = await self.sink.position(key)
-                self._hint[key] = max(self._hint.get(key, 0), self._positions[key])
+                self._hint[key] = self._positions[key]
         keys = {row: key for row, key, _size in origins}
         progressed = False
         for origin_id, key, size in origins:
@@ -196,7 +196,7 @@ class Exporter:
                 await cancel_and_wait(ahead)
                 raise
             self._positions[key] = new
-            self._hint[key] = max(self._hint.get(key, 0), new)
+            self._hint[key] = new
             await self._file.save(self.sink.name, key, new)
             self._count(max(0, new - pos))
             if new >= size:
@@ -257,11 +257,10 @@ class Exporter:
 
     def backlog(self) -> int:
         """Committed entries not yet exported (from the last known positions)."""
-        known = self._positions if self._positions is not None else self._hint
+        known = {**self._hint, **(self._positions or {})}  # the sink's own while connected
         sizes = dict(self._sizes)
         sizes[self._own_key] = max(sizes.get(self._own_key, 0), self._own_size())
-        return sum(max(0, size - max(known.get(k, 0), self._hint.get(k, 0))) for k, size in sizes.items()
-                   if self._all or k == self._own_key)
+        return sum(max(0, size - known.get(k, 0)) for k, size in sizes.items() if self._all or k == self._own_key)
 
     def age_ms(self) -> int:
         """How long the oldest entry not yet exported has waited (0 when caught up)."""
