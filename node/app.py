@@ -24,9 +24,10 @@ from node.reports import Reports
 from node.api import reports as report_api
 from node.api import escrow as escrow_api
 from node.escrow import ESCROW_KEY, EscrowAgent
+from node.export import Exports
 from node.appkeys import REPORTS_KEY
 from node.appkeys import ALERTS_KEY, REPLICATOR_KEY, CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
-from node.appkeys import DASHBOARD_KEY
+from node.appkeys import DASHBOARD_KEY, EXPORTS_KEY
 from node.dashboard import Dashboard
 from ledger.checkpoint import verifier_key
 from node.budgets import BudgetBook
@@ -80,10 +81,21 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         metrics, threshold_milli=config.anomaly_threshold_milli, warmup_events=config.anomaly_warmup_events,
         agents_max=config.anomaly_agents_max,
     ) if config.anomaly_detection else None
+    exports = Exports.from_config(config, own.public_key, lambda: own.size, clock, lambda signer: _scopes(book, signer),
+                                  on_alert=alerts.enqueue)
+    app[EXPORTS_KEY] = exports
+    if exports.exporters:
+        metrics.extra.append(exports.metric_lines)
+        replicator.on_store = exports.wake  # entries fetched from peers: a collector exports them at once
+
+    def on_commit() -> None:
+        replicator.poke()
+        exports.wake()
+
     committer = Committer(
         db, own, clock, metrics,
         events_max=config.checkpoint_events_max, linger_ms=config.checkpoint_ms_max, skew_ms=config.skew_ms,
-        book=book, on_alerts=alerts.enqueue, on_commit=replicator.poke, anomalies=anomalies,
+        book=book, on_alerts=alerts.enqueue, on_commit=on_commit, anomalies=anomalies,
         rights_wait_ms=config.strict_wait_ms if config.strict_budgets else 0, rights_retry_ms=config.strict_retry_ms,
     )
     committer.start()
@@ -103,9 +115,11 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await replication.__anext__()
     asking = escrow_agent.context()
     await asking.__anext__()
+    exports.start()
     try:
         yield
     finally:
+        await exports.stop()
         await asking.aclose()
         await replication.aclose()
         await delivery.aclose()
@@ -113,6 +127,11 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         ingestor.close()
         await db.close()
         own.close()
+
+
+def _scopes(book: BudgetBook, signer: bytes) -> dict[str, str]:
+    """user, team and platform of a signer (its agent.register record), for exported events."""
+    return {scope: scope_id for scope, scope_id in book.chain(signer)[1:]}
 
 
 def add_routes(app: web.Application) -> None:
@@ -144,6 +163,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/static/{name}", dashboard.static)
     app.router.add_get("/v1/dashboard/agents", dashboard.agents)
     app.router.add_get("/v1/dashboard/budgets", dashboard.budgets)
+    app.router.add_get("/v1/dashboard/exports", dashboard.exports)
 
 
 async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -> None:

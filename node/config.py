@@ -76,6 +76,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("anomaly_warmup_events", 32, "events", "events of an agent and metric seen before its spikes can be flagged"),
     Setting("anomaly_agents_max", 10_000, "agents", "agents whose detectors are kept in memory (least recently seen forgotten first)"),
     Setting("metrics_budget_scopes_max", 100, "scopes", "most scopes whose budgets /metrics exports (bounds label cardinality)"),
+    # Exporters (docs/fleets.md): committed entries to PostgreSQL and NATS JetStream, effectively once; off by default.
+    Setting("export_postgres", "", "libpq URL", "export events, log positions and checkpoints to this PostgreSQL database (postgresql://user@host:port/db; empty: off)"),
+    Setting("export_nats", "", "URL", "export each event as a message to NATS JetStream at this server (nats://host:port; empty: off)"),
+    Setting("export_nats_stream", "ATS", "name", "the JetStream stream that holds the exported subjects ats.events.> (created if missing)"),
+    Setting("export_origins", "own", "mode", "which origin logs the exporters send: 'own' (this node's log) or 'all' (every origin held: a fleet collector)"),
+    Setting("export_retry_ms_max", 10_000, "ms", "longest pause between two attempts to reach a sink that is down (the backoff doubles up to it)"),
+    Setting("export_alert_events", 100_000, "events", "an export_backlog alert fires when a sink's backlog reaches this many entries"),
+    Setting("export_alert_ms", 300_000, "ms", "an export_backlog alert also fires when the oldest entry a sink has not yet received is this old"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -130,6 +138,13 @@ class Config:
     anomaly_warmup_events: int = 32
     anomaly_agents_max: int = 10_000
     metrics_budget_scopes_max: int = 100
+    export_postgres: str = ""
+    export_nats: str = ""
+    export_nats_stream: str = "ATS"
+    export_origins: str = "own"
+    export_retry_ms_max: int = 10_000
+    export_alert_events: int = 100_000
+    export_alert_ms: int = 300_000
 
     @property
     def db_path(self) -> str:
@@ -263,6 +278,7 @@ def validate(config: Config) -> list[str]:
         problems.append("alert_retry_max must be at least 1")
     problems.extend(_discovery_problems(config))
     problems.extend(_strict_problems(config))
+    problems.extend(_export_problems(config))
     if config.dashboard_auth not in ("auto", "token"):
         problems.append("dashboard_auth must be auto or token")
     if config.dashboard_token and (len(config.dashboard_token) < 16 or not config.dashboard_token.isprintable()
@@ -283,6 +299,22 @@ def _strict_problems(config: Config) -> list[str]:
         problems.append("strict_wait_ms must not be negative")
     if config.strict_members_from_ms < 0 or config.strict_retry_ms < 1:
         problems.append("strict_members_from_ms must not be negative and strict_retry_ms must be at least 1")
+    return problems
+
+
+def _export_problems(config: Config) -> list[str]:
+    problems = []
+    if config.export_postgres and not config.export_postgres.startswith(("postgresql://", "postgres://")):
+        problems.append("export_postgres must be a libpq URL (postgresql://user@host:port/database)")
+    if config.export_nats and not config.export_nats.startswith(("nats://", "tls://")):
+        problems.append("export_nats must be a nats:// (or tls://) URL")
+    if not config.export_nats_stream or not all(c.isalnum() or c in "_-" for c in config.export_nats_stream):
+        problems.append("export_nats_stream must be letters, digits, _ or -")
+    if config.export_origins not in ("own", "all"):
+        problems.append("export_origins must be own or all")
+    for name in ("export_retry_ms_max", "export_alert_events", "export_alert_ms"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be at least 1")
     return problems
 
 

@@ -98,6 +98,7 @@ class NodeMetrics:
         self.verify_seconds = Histogram("ats_verify_seconds", "Signature verification time per request.", LATENCY_BUCKETS_S)
         self.checkpoints = Counter("ats_checkpoints_total", "Checkpoints signed.")
         self.anomalies = Counter("ats_anomalies_total", "Usage spikes flagged at ingest, by metric (docs/reports.md).", ("metric",))
+        self.extra: list[Callable[[], list[str]]] = []  # more families (the exporters' ats_export_*)
         self.gauges = [
             Gauge("ats_log_size", "Entries in this node's own origin log.", log_size),
             Gauge("ats_checkpoint_size", "Tree size of the latest signed checkpoint.", checkpoint_size),
@@ -119,6 +120,8 @@ class NodeMetrics:
         ):
             lines.extend(metric.render())
         lines.extend(self._admissions())
+        for more in self.extra:
+            lines.extend(more())
         if budgets is not None:
             lines.extend(budget_lines(budgets))
         return "\n".join(lines) + "\n"

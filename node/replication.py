@@ -35,7 +35,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -143,6 +143,7 @@ class Replicator:
         self._digest: tuple[int, str] | None = None
         self._verified_notes: dict[tuple[bytes, str], Checkpoint] = {}
         self._push = False
+        self.on_store: Callable[[], None] | None = None  # after each page of a peer's entries is stored
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -571,6 +572,8 @@ class Replicator:
                 checked = await self._verify_page(origin, frontier, start, raw, cp, note, proof)
                 frontier = await self._db.write(self._store, origin_id, checked, note if end == cp.size else None)
                 start = end
+                if self.on_store is not None:
+                    self.on_store()
         finally:
             if not ahead.done():
                 await cancel_and_wait(ahead)

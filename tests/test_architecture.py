@@ -22,6 +22,8 @@ ONLY_IN = {
     # node/progress.py draws the CLI progress bar of `ats verify-db`: it reads time.monotonic()
     # only to show a rate on a terminal, never for protocol or storage decisions.
     "time": ("node/clock.py", "node/progress.py"),
+    # the exporters' clients (docs/fleets.md), each behind its sink
+    "asyncpg": ("node/export/postgres.py",), "nats": ("node/export/jetstream.py",),
 }
 
 

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from ledger.errors import BadSignature, Forbidden, Invalid, LedgerError, NotFound
-from node.appkeys import CLOCK_KEY, CONFIG_KEY, DASHBOARD_KEY
+from node.appkeys import CLOCK_KEY, CONFIG_KEY, DASHBOARD_KEY, EXPORTS_KEY
 from node.config import Config
 
 COOKIE = "ats_dashboard"
@@ -180,3 +180,10 @@ async def budgets(request: web.Request) -> web.Response:
     authorize(request)
     now_ms = request.app[CLOCK_KEY].now_ms()
     return web.json_response(await request.app[DASHBOARD_KEY].budgets(_team(request), now_ms))
+
+
+async def exports(request: web.Request) -> web.Response:
+    """GET /v1/dashboard/exports: each configured exporter's state (backlog, age, rate, errors)."""
+    authorize(request)
+    exporters = request.app[EXPORTS_KEY].views() if EXPORTS_KEY in request.app else []
+    return web.json_response({"exporters": exporters})

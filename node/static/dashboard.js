@@ -343,6 +343,23 @@ function renderPeers(doc, now) {
     el("td", {}, el("code", { title: o.origin, text: short(o.origin) })), el("td", { text: int(o.held) }), el("td", { text: int(o.seen) }))));
 }
 
+// ---- exports (docs/fleets.md) ----------------------------------------------------------------------
+
+function renderExports(doc) {
+  const exporters = (doc && doc.exporters) || [];
+  $("exports-section").hidden = exporters.length === 0;
+  fill("exports", ...exporters.map((e) => {
+    const state = !e.up ? "down" : e.alerting ? "behind" : "ok";
+    return el("tr", { dataTestid: "exporter", dataSink: e.sink, dataState: state, dataBacklog: e.backlog_events },
+      el("td", { text: e.sink === "postgres" ? "PostgreSQL" : "NATS JetStream" }),
+      el("td", { title: e.last_error || "" }, el("span", { class: `badge ${state === "ok" ? "healthy" : "critical"}`, text: state })),
+      el("td", { dataTestid: "export-backlog", text: int(e.backlog_events) }),
+      el("td", { text: e.backlog_age_ms ? `${(e.backlog_age_ms / 1000).toFixed(1)} s` : "—" }),
+      el("td", { text: int(e.exported_events) }), el("td", { text: String(e.rate_events_per_s) }),
+      el("td", { title: e.last_error || "", text: int(e.errors) }));
+  }));
+}
+
 // ---- the refresh cycle --------------------------------------------------------------------------
 
 function teamOptions(doc) {
@@ -369,10 +386,11 @@ async function reportsFor(scopes) {
 async function refresh(generation) {
   const q = state.team ? `?team=${encodeURIComponent(state.team)}` : "";
   const scope = state.team ? `team/${encodeURIComponent(state.team)}` : "node/all";
-  const [info, agents, budgets, report, peers, note, anchored] = await Promise.all([
+  const [info, agents, budgets, report, peers, note, anchored, exportsDoc] = await Promise.all([
     api("/v1/node"), api(`/v1/dashboard/agents${q}`), api(`/v1/dashboard/budgets${q}`),
     api(`/v1/reports/${scope}?period=${state.period}`), api("/v1/peers"),
     api("/v1/log/checkpoint", { text: true }), api("/v1/log/checkpoint/anchored", { text: true }),
+    api("/v1/dashboard/exports"),
   ]);
   const top = report ? (report.by_agent || []).filter((a) => /^[0-9a-f]{64}$/.test(a.agent || ""))
     .slice(0, TOP_AGENTS_CHARTED).map((a) => ["agent", a.agent]) : [];
@@ -390,6 +408,7 @@ async function refresh(generation) {
   renderBudgets(budgets);
   renderPeers(peers, now);
   renderCheckpoint(note, anchored, info);
+  renderExports(exportsDoc);
   return true;
 }
 
