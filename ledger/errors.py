@@ -98,6 +98,9 @@ CODES: dict[str, str] = {
     "malformed_json": "Malformed",
     "malformed_envelope": "Malformed",
     "not_canonical": "Malformed",
+    "cbor_tag": "Malformed",  # any CBOR tag, shared references (28/29) included (PROTOCOL.md §2)
+    "cbor_too_deep": "Malformed",  # arrays and maps nested deeper than the contract needs
+    "cbor_too_many_items": "Malformed",
     "unknown_field": "Malformed",
     "bad_request": "Malformed",
     "bad_content_type": "Malformed",
@@ -124,6 +127,7 @@ CODES: dict[str, str] = {
     "unknown_agent": "Invalid",
     "bad_range": "Invalid",
     "bad_parameter": "Invalid",
+    "amount_out_of_range": "Invalid",  # an amount or time past the node's documented bound
     # 429
     "budget_exceeded": "OverBudget",
     "throttled": "OverBudget",
