@@ -104,6 +104,7 @@ CODES: dict[str, str] = {
     "unknown_field": "Malformed",
     "bad_request": "Malformed",
     "bad_content_type": "Malformed",
+    "bad_content_encoding": "Malformed",  # a body that does not decode under its Content-Encoding
     # 401
     "bad_signature": "BadSignature",
     # 404
@@ -134,6 +135,7 @@ CODES: dict[str, str] = {
     # 503
     "not_ready": "NotReady",
     "read_only": "NotReady",
+    "storage_error": "NotReady",  # SQLite failed on this batch (disk full, I/O): rolled back, retry
     # 500
     "internal": "InvariantViolation",
     # checkpoints and signed notes (ledger/checkpoint.py)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger import budget as rules_mod
+from ledger.constants import COUNTER_MAX
 from ledger.budget import Bucket, Overage, Rule, charges, evaluate, status
 from ledger.errors import Conflict, Forbidden, Invalid, LedgerError, OverBudget
 from ledger.events import Event
@@ -342,8 +343,10 @@ class BudgetBook:
             key = rule.key + (window_bounds(rule.window, ev.ts)[0],)
             if key in deltas:
                 continue
-            self.counters[key] = self.consumed(conn, key) + spend
-            deltas[key] = spend
+            # the origin admitted it: counted, saturating at the largest counter this node keeps
+            before = self.consumed(conn, key)
+            self.counters[key] = min(COUNTER_MAX, before + spend)
+            deltas[key] = self.counters[key] - before
         return deltas
 
     def admit(self, conn: Connection, ev: Event, now_ms: int, *, dry_run: bool = False) -> tuple[Admitted, LedgerError | None]:
@@ -395,6 +398,10 @@ class BudgetBook:
             consumed = self.counters.get(key)
             if consumed is None:
                 consumed = self.consumed(conn, key)
+            if consumed + spend > COUNTER_MAX:
+                # the sum this node keeps for the window would leave int64 (ledger.constants): refused
+                raise Invalid("amount_out_of_range", f"{rule.scope} {rule.metric} per {rule.window} would pass"
+                              f" {COUNTER_MAX}, the largest usage counter this node keeps")
             held = self.holds.get(rule.scope_key, 0) if metric == "act.cost" else 0
             flags: list[str] = []
             if self.enforce and rule.limit is not None and self.escrow.is_strict(rule):

@@ -7,12 +7,11 @@ what it can spare by logging an `escrow.transfer` to it (docs/strict.md).
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
-from ledger.errors import Invalid, Malformed, TooLarge
+from ledger.errors import Invalid, TooLarge
 from ledger.windows import WINDOWS, window_bounds
+from node.api.bodies import json_doc
 from node.api.peer import authenticate
 from node.escrow import ESCROW_KEY
 
@@ -26,10 +25,7 @@ async def ask(request: web.Request) -> web.Response:
     if len(body) > ASK_BODY_BYTES_MAX:
         raise TooLarge("body_too_large", f"an ask is at most {ASK_BODY_BYTES_MAX} bytes")
     asker = await authenticate(request, body)
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise Malformed("malformed_json", "the body is not JSON") from None
+    doc = json_doc(body)
     if not isinstance(doc, dict) or set(doc) != set(_FIELDS):
         raise Invalid("invalid_body", f"an ask is a map of exactly {', '.join(_FIELDS)}")
     scope, scope_id, metric, window, start, amount = (doc[f] for f in _FIELDS)
