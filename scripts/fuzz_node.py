@@ -41,10 +41,8 @@ from hypothesis import seed as seed_  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from ledger import encoding  # noqa: E402
-from ledger.events import make_envelope_bytes  # noqa: E402
-from ledger.signing import sign  # noqa: E402
 from tests.agentkit import TestAgent  # noqa: E402
-from tests.fuzzkit import EDGE_INTS, hostile_item, json_body  # noqa: E402
+from tests.fuzzkit import hostile_item, json_body, signed_envelope  # noqa: E402
 from tests.integration.http import request  # noqa: E402
 from tests.integration.nodeproc import NodeProcess  # noqa: E402
 
@@ -76,25 +74,6 @@ class Tally:
             self.findings.append(f"{reply.status} {what}: {reply.body[:300]!r}")
         elif reply.status >= 400 and not reply.code:
             self.findings.append(f"{reply.status} without a code {what}: {reply.body[:200]!r}")
-
-
-def signed_events(agent: TestAgent) -> st.SearchStrategy[bytes]:
-    ints = EDGE_INTS.filter(lambda v: -(2**64) <= v < 2**64)
-
-    @st.composite
-    def one(draw: Any) -> bytes:
-        kind = draw(st.sampled_from(["act", "dat", "cpt", "trt"]))
-        keys = {"act": ["op", "cost", "units"], "dat": ["src", "dst", "read", "written", "dur"],
-                "cpt": ["node", "cpu", "gpu", "mem", "jobs"], "trt": ["subject", "type", "value", "halflife"]}[kind]
-        fixed = {"op": "llm.call", "src": bytes(32), "dst": bytes(32), "node": "n", "subject": bytes(32), "type": "feedback"}
-        body = {k: fixed[k] if k in fixed and draw(st.booleans()) else draw(st.one_of(ints, st.integers(0, 10**6)))
-                for k in keys}
-        ts = int(time.time() * 1000) if draw(st.booleans()) else draw(ints.filter(lambda v: v >= 0))
-        raw = encoding.encode({"v": 1, "kind": kind, "signer": agent.public_key, "ts": ts, "nonce": os.urandom(16),
-                               "body": body})
-        return make_envelope_bytes(raw, sign(raw, agent.seed))
-
-    return one()
 
 
 def get_paths(url: str) -> list[tuple[str, list[str]]]:
@@ -151,7 +130,7 @@ def fuzz(url: str, duration_s: float, seed: int, health_every: int, timeout_s: f
                 body, headers = (gzip.compress(body) if data.draw(st.booleans()) else body[:50]), {"Content-Encoding": "gzip"}
             post(path, body, ctype, headers)
         elif which == 2:
-            envs = data.draw(st.lists(signed_events(agent), min_size=1, max_size=4))
+            envs = data.draw(st.lists(signed_envelope(agent.public_key, agent.seed), min_size=1, max_size=4))
             body = encoding._head(4, len(envs)) + b"".join(envs) if path.endswith("batch") else envs[0]
             post(path, body, "application/cbor")
         else:

@@ -9,12 +9,16 @@ edges, and put wrong types where envelopes and estimates expect others.
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Any
 
 from hypothesis import strategies as st
 
 from ledger import encoding
 from ledger.constants import AMOUNT_MAX, TIME_MS_MAX
+from ledger.events import make_envelope_bytes
+from ledger.signing import sign
 
 
 def head(major: int, arg: int) -> bytes:
@@ -112,3 +116,22 @@ def json_body(draw: Any) -> bytes:
         doc = draw(json_value)
     text = json.dumps(doc)
     return text.encode() if draw(st.booleans()) else text.encode("utf-8", "surrogatepass")
+
+
+BODY_KEYS = {"act": ["op", "cost", "units"], "dat": ["src", "dst", "read", "written", "dur"],
+             "cpt": ["node", "cpu", "gpu", "mem", "jobs"], "trt": ["subject", "type", "value", "halflife"],
+             "run.reserve": ["run", "op", "tokens", "timeout", "cost"], "stake.set": ["agent", "amount"]}
+_SENSIBLE = {"op": "llm.call", "src": bytes(32), "dst": bytes(32), "node": "n", "subject": bytes(32), "type": "feedback",
+             "run": bytes(16), "agent": bytes(32)}
+
+
+@st.composite
+def signed_envelope(draw: Any, public_key: bytes, seed: bytes) -> bytes:
+    """A correctly signed envelope whose body mixes sensible values, integers at the range edges and wrong types."""
+    kind = draw(st.sampled_from(sorted(BODY_KEYS)))
+    cbor_ints = EDGE_INTS.filter(lambda v: -(2**64) <= v < 2**64)
+    odd = st.one_of(cbor_ints, st.integers(0, 2**64 - 1), st.binary(max_size=33), st.text(max_size=5), st.just(0))
+    body = {k: _SENSIBLE[k] if k in _SENSIBLE and draw(st.booleans()) else draw(odd) for k in BODY_KEYS[kind]}
+    ts = int(time.time() * 1000) if draw(st.booleans()) else draw(cbor_ints.filter(lambda v: v >= 0))
+    raw = encoding.encode({"v": 1, "kind": kind, "signer": public_key, "ts": ts, "nonce": os.urandom(16), "body": body})
+    return make_envelope_bytes(raw, sign(raw, seed))

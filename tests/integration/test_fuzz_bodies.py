@@ -5,18 +5,13 @@ Every answer is a 2xx or a 4xx with a JSON error code, never a 5xx or a hang, an
 each is a real request.
 """
 
-import os
-import time
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import encoding
-from ledger.events import make_envelope_bytes
-from ledger.signing import sign
 from tests.agentkit import TestAgent
-from tests.fuzzkit import EDGE_INTS, hostile_item, json_body, json_value
+from tests.fuzzkit import hostile_item, json_body, json_value, signed_envelope
 from tests.integration.http import get, request
 from tests.integration.nodeproc import NodeProcess
 
@@ -55,24 +50,8 @@ def test_hostile_json_bodies_get_2xx_or_4xx_with_a_code(fuzz_node, path, body):
     check_answer(fuzz_node, "POST", path, body, "application/json")
 
 
-@st.composite
-def signed_event(draw):
-    """A correctly signed envelope whose body has edge integers and wrong types in its fields."""
-    kind = draw(st.sampled_from(["act", "dat", "cpt", "trt", "run.reserve", "stake.set"]))
-    keys = {"act": ["op", "cost", "units"], "dat": ["src", "dst", "read", "written", "dur"],
-            "cpt": ["node", "cpu", "gpu", "mem", "jobs"], "trt": ["subject", "type", "value", "halflife"],
-            "run.reserve": ["run", "op", "tokens", "timeout", "cost"], "stake.set": ["agent", "amount"]}[kind]
-    cbor_ints = EDGE_INTS.filter(lambda v: -(2**64) <= v < 2**64)
-    body = {k: draw(st.one_of(cbor_ints, st.integers(0, 2**64 - 1), st.binary(max_size=33), st.text(max_size=5),
-                              st.just(0), st.just("llm.call"), st.just(bytes(32)))) for k in keys}
-    ts = draw(st.one_of(st.just(int(time.time() * 1000)), EDGE_INTS.filter(lambda v: 0 <= v < 2**64)))
-    raw = encoding.encode({"v": 1, "kind": kind, "signer": AGENT.public_key, "ts": ts, "nonce": os.urandom(16),
-                           "body": body})
-    return make_envelope_bytes(raw, sign(raw, AGENT.seed))
-
-
 @HTTP
-@given(path=st.sampled_from(PATHS), envelopes=st.lists(signed_event(), min_size=1, max_size=3))
+@given(path=st.sampled_from(PATHS), envelopes=st.lists(signed_envelope(AGENT.public_key, AGENT.seed), min_size=1, max_size=3))
 def test_signed_events_with_edge_amounts_get_2xx_or_4xx_with_a_code(fuzz_node, path, envelopes):
     body = envelopes[0] if not path.endswith("batch") else encoding._head(4, len(envelopes)) + b"".join(envelopes)
     check_answer(fuzz_node, "POST", path, body, "application/cbor")
