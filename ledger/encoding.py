@@ -36,10 +36,11 @@ from ledger.errors import Malformed
 
 _UINT64_MAX = 2**64 - 1
 
-# The contract's deepest structure: a batch array → envelope map; an event map →
-# body map → gov.propose changes → a table (stake_tiers) → a row → a pair: 6.
-# Two more leave room without letting nesting become a cost.
-DEPTH_MAX = 8
+# Arrays and maps nested, at most: the contract's deepest structure is an event map → its
+# body → gov.propose `changes` → `budgets` (or `stake_tiers`, `bursts`) → one kind's fields
+# (a tier row, a burst): 5 (ledger/governance.py's grammar). A batch is an array of envelope
+# maps: 2. A new kind that needs more raises this bound and says so in docs/protocol.md §2.
+DEPTH_MAX = 5
 
 
 def _scan_fail(code: str, message: str, pos: int) -> Malformed:

@@ -125,7 +125,7 @@ def cases():
     yield "unknown_run", 422, ("POST", "/v1/events", AGENT.envelope("run.charge", charge), "application/cbor")
     # untrusted CBOR is bounded in what it expands to (PROTOCOL.md §2): tags and depth
     yield "cbor_tag", 400, ("POST", "/v1/events", b"\xd8\x1c\x81\xd8\x1d\x00", "application/cbor")
-    yield "cbor_too_deep", 400, ("POST", "/v1/events", b"\x81" * 9 + b"\x00", "application/cbor")
+    yield "cbor_too_deep", 400, ("POST", "/v1/events", b"\x81" * 6 + b"\x00", "application/cbor")
     yield "bad_content_encoding", 400, ("POST", "/v1/events", b"not gzip", "application/json", {"Content-Encoding": "gzip"})
     # peer endpoints: unsigned or badly signed peer requests
     yield "bad_signature", 401, ("GET", "/v1/peer/frontier", None, None)

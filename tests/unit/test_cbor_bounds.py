@@ -49,7 +49,7 @@ def test_nesting_up_to_depth_max_decodes_and_one_more_is_refused():
         encoding.decode(b"\x81" + ok)
     assert e.value.code == "cbor_too_deep"
     with pytest.raises(Malformed) as e:
-        encoding.decode(b"\x81" * 1_000_000 + b"\x00")  # refused at depth 9, not after a megabyte
+        encoding.decode(b"\x81" * 1_000_000 + b"\x00")  # refused at the first level past the bound, not after a megabyte
     assert e.value.code == "cbor_too_deep"
 
 
