@@ -114,8 +114,16 @@ def json_body(draw: Any) -> bytes:
         return draw(st.binary(max_size=64))
     else:
         doc = draw(json_value)
-    text = json.dumps(doc)
-    return text.encode() if draw(st.booleans()) else text.encode("utf-8", "surrogatepass")
+    text = json.dumps(doc, ensure_ascii=draw(st.booleans()))
+    # UTF-8 (lone surrogates passed through, so not always valid UTF-8), or another encoding outright
+    return _encode(text, draw(st.sampled_from(["utf-8", "utf-8", "utf-16", "latin-1"])))
+
+
+def _encode(text: str, codec: str) -> bytes:
+    try:
+        return text.encode(codec, "surrogatepass")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 BODY_KEYS = {"act": ["op", "cost", "units"], "dat": ["src", "dst", "read", "written", "dur"],
