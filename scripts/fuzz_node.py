@@ -174,7 +174,8 @@ def main() -> int:
             checks = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
             cmd = [sys.executable, "-m", "schemathesis.cli", "run", url + "/v1/openapi.json", "--url", url, "--checks",
                    checks, "--max-time", str(int(args.schemathesis)), "--seed", str(seed), "--warnings", "off"]
-            st_run = subprocess.run(cmd, capture_output=True, text=True, timeout=args.schemathesis + 120)
+            st_run = subprocess.run(cmd, capture_output=True, text=True, timeout=args.schemathesis + 120,
+                                    cwd=tmp or tempfile.gettempdir())
             st_rc = st_run.returncode
             print(st_run.stdout[-6000:])
         health = request(url, "GET", "/healthz", timeout_s=args.timeout)

@@ -20,7 +20,7 @@ CHECKS = ",".join(("not_a_server_error", "status_code_conformance", "content_typ
                    "response_schema_conformance", "response_headers_conformance"))
 
 
-def test_every_operation_of_the_served_openapi_survives_schemathesis(node):
+def test_every_operation_of_the_served_openapi_survives_schemathesis(node, tmp_path):
     agent = TestAgent()
     for _ in range(3):  # something to read: entries, proofs, usage, reports
         assert post_cbor(node.url, "/v1/events", agent.envelope()).status == 201
@@ -28,7 +28,8 @@ def test_every_operation_of_the_served_openapi_survives_schemathesis(node):
     cmd = [sys.executable, "-m", "schemathesis.cli", "run", node.url + "/v1/openapi.json", "--url", node.url,
            "--checks", CHECKS, "--max-time", str(FUZZ_SECONDS), "--max-examples", "25", "--seed", str(seed),
            "--workers", "1", "--request-timeout", "10", "--no-shrink", "--warnings", "off"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=FUZZ_SECONDS + 60)
+    # cwd: schemathesis keeps a cache folder where it runs; not in the source tree
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=FUZZ_SECONDS + 60, cwd=tmp_path)
     assert run.returncode == 0, f"ATS_FUZZ_SEED={seed}\n{run.stdout[-8000:]}\n{run.stderr[-2000:]}"
     selected = re.search(r"Selected: (\d+)/(\d+)", run.stdout)
     tested = re.search(r"Tested: (\d+)", run.stdout)
