@@ -51,4 +51,8 @@ def test_usage_counters_saturate_at_counter_max(tmp_path: Path) -> None:
     with transaction(conn):
         budget_store.add_counters(conn, {key: -COUNTER_MAX})
     assert budget_store.counter(conn, key) == 0
+    for _ in range(3):  # rights given away (strict mode) count down, never past -COUNTER_MAX
+        with transaction(conn):
+            budget_store.add_counters(conn, {key: -(2**70)})
+        assert budget_store.counter(conn, key) == -COUNTER_MAX
     conn.close()
