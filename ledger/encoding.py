@@ -12,6 +12,15 @@ duplicate keys, trailing bytes) and `not_canonical` is raised, so one event has
 exactly one id. Decoding uses cbor2 (C, depth-limited); the caller bounds the
 size before calling (P6).
 
+Untrusted CBOR is bounded in what it expands to, not only in bytes
+(PROTOCOL.md §2). cbor2 honours shared references (tags 28/29, so 185 bytes can
+name a 2^20-leaf tree, or a cycle), so every decode first runs `scan`: a walk
+over the item heads alone, building no objects, that refuses any tag, floats,
+simple values other than false/true/null, indefinite lengths, reserved heads,
+lengths larger than the bytes left, nesting deeper than `DEPTH_MAX`
+containers and more than `items_max` items. What passes decodes to at most one
+Python object per input byte.
+
 cbor2's own `canonical=True` sorts keys length-first (RFC 7049 §3.9), which
 differs from RFC 8949 bytewise order for mixed key types, hence this encoder.
 """
@@ -26,6 +35,81 @@ import cbor2
 from ledger.errors import Malformed
 
 _UINT64_MAX = 2**64 - 1
+
+# Arrays and maps nested, at most: the contract's deepest structure is an event map → its
+# body → gov.propose `changes` → `budgets` (or `stake_tiers`, `bursts`) → one kind's fields
+# (a tier row, a burst): 5 (ledger/governance.py's grammar). A batch is an array of envelope
+# maps: 2. A new kind that needs more raises this bound and says so in docs/protocol.md §2.
+DEPTH_MAX = 5
+
+
+def _scan_fail(code: str, message: str, pos: int) -> Malformed:
+    return Malformed(code, f"{message} (at byte {pos})")
+
+
+def scan(data: bytes, start: int = 0, *, depth_max: int = DEPTH_MAX, items_max: int | None = None) -> int:
+    """Check the one CBOR item at data[start:] without decoding it; returns the offset just past it.
+
+    Raises Malformed: `cbor_tag` for any tag (shared references 28/29 included),
+    `cbor_too_deep` past depth_max nested arrays and maps, `cbor_too_many_items`
+    past items_max items, `not_canonical` for an indefinite length, and
+    `malformed_cbor` for floats, other simple values, reserved heads, and
+    lengths that run past the end of data.
+    """
+    n = len(data)
+    pos = start
+    items = 0
+    limit = n - start if items_max is None else items_max
+    left = [1]  # items still expected in each open container (the outermost: the one item)
+    while left:
+        if left[-1] == 0:
+            left.pop()
+            continue
+        left[-1] -= 1
+        if pos >= n:
+            raise _scan_fail("malformed_cbor", "CBOR ends in the middle of an item", pos)
+        head = data[pos]
+        major, info = head >> 5, head & 0x1F
+        items += 1
+        if items > limit:
+            raise _scan_fail("cbor_too_many_items", f"CBOR holds more than {limit} items", pos)
+        pos += 1
+        if info < 24:
+            arg = info
+        elif info < 28:
+            width = 1 << (info - 24)
+            if pos + width > n:
+                raise _scan_fail("malformed_cbor", "CBOR ends in the middle of an item head", pos)
+            arg = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+        elif info == 31:
+            if major in (2, 3, 4, 5):
+                raise _scan_fail("not_canonical", "indefinite lengths are not allowed (RFC 8949 §4.2.1)", pos - 1)
+            raise _scan_fail("malformed_cbor", "unexpected CBOR break or indefinite head", pos - 1)
+        else:
+            raise _scan_fail("malformed_cbor", "reserved CBOR head", pos - 1)
+        if major <= 1:
+            continue
+        if major <= 3:  # byte and text strings
+            if arg > n - pos:
+                raise _scan_fail("malformed_cbor", f"CBOR string of {arg} bytes runs past the end", pos)
+            pos += arg
+        elif major <= 5:  # arrays and maps: every element takes at least one byte
+            count = arg if major == 4 else 2 * arg
+            if count > n - pos:
+                raise _scan_fail("malformed_cbor", f"CBOR container of {arg} elements runs past the end", pos)
+            if len(left) > depth_max:
+                raise _scan_fail("cbor_too_deep", f"CBOR nests deeper than {depth_max} arrays and maps", pos - 1)
+            left.append(count)
+        elif major == 6:
+            raise _scan_fail("cbor_tag", f"CBOR tags are not allowed (tag {arg}; PROTOCOL.md §2)", pos - 1)
+        elif info in (20, 21, 22):  # false, true, null
+            continue
+        elif info in (25, 26, 27):
+            raise _scan_fail("malformed_cbor", "floating-point numbers are not allowed", pos - 1)
+        else:
+            raise _scan_fail("malformed_cbor", "CBOR simple values other than false, true, null are not allowed", pos - 1)
+    return pos
 
 
 def _head(major: int, arg: int) -> bytes:
@@ -96,8 +180,11 @@ def encode(value: Any) -> bytes:
     return b"".join(out)
 
 
-def decode(data: bytes) -> Any:
-    """Decode one CBOR item; raises Malformed("malformed_cbor") on any error."""
+def decode(data: bytes, *, depth_max: int = DEPTH_MAX, items_max: int | None = None) -> Any:
+    """Decode one bounded CBOR item (see `scan`) filling all of data; raises Malformed."""
+    end = scan(data, depth_max=depth_max, items_max=items_max)
+    if end != len(data):
+        raise Malformed("not_canonical", f"{len(data) - end} bytes follow the CBOR item")
     try:
         return cbor2.loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as e:

@@ -98,9 +98,13 @@ CODES: dict[str, str] = {
     "malformed_json": "Malformed",
     "malformed_envelope": "Malformed",
     "not_canonical": "Malformed",
+    "cbor_tag": "Malformed",  # any CBOR tag, shared references (28/29) included (PROTOCOL.md §2)
+    "cbor_too_deep": "Malformed",  # arrays and maps nested deeper than the contract needs
+    "cbor_too_many_items": "Malformed",
     "unknown_field": "Malformed",
     "bad_request": "Malformed",
     "bad_content_type": "Malformed",
+    "bad_content_encoding": "Malformed",  # a body that does not decode under its Content-Encoding
     # 401
     "bad_signature": "BadSignature",
     # 404
@@ -124,12 +128,14 @@ CODES: dict[str, str] = {
     "unknown_agent": "Invalid",
     "bad_range": "Invalid",
     "bad_parameter": "Invalid",
+    "amount_out_of_range": "Invalid",  # an amount or time past the node's documented bound
     # 429
     "budget_exceeded": "OverBudget",
     "throttled": "OverBudget",
     # 503
     "not_ready": "NotReady",
     "read_only": "NotReady",
+    "storage_error": "NotReady",  # SQLite failed on this batch (disk full, I/O): rolled back, retry
     # 500
     "internal": "InvariantViolation",
     # checkpoints and signed notes (ledger/checkpoint.py)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 from ledger.errors import Conflict, Forbidden, Invalid, check
-from ledger.events import Body, _bytes32, _op, _uint, register_kind, spec
+from ledger.events import Body, _bytes32, _op, _time_ms, _uint, register_kind, spec
 
 # metric suffixes of the node's durable escrow counters (usage_counters rows)
 OWN = "@own"  # consumed by events in this node's own origin log
@@ -183,7 +183,7 @@ class EscrowTransferBody(Body):
     scope_id: str = spec(_op)
     metric: str = spec(_op)
     window: str = spec(_op)
-    start: int = spec(_uint)
+    start: int = spec(_time_ms)
     to: bytes = spec(_bytes32)
     amount: int = spec(_uint)
     seq: int = spec(_uint)

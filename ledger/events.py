@@ -20,6 +20,7 @@ from typing import Any, Callable, ClassVar
 
 from ledger import encoding
 from ledger.constants import (
+    AMOUNT_MAX,
     ENVELOPE_BYTES_MAX,
     EVENT_BYTES_MAX,
     NODE_NAME_CHARS_MAX,
@@ -27,7 +28,7 @@ from ledger.constants import (
     PROTOCOL_VERSION,
     PUBLIC_KEY_SIZE,
     SIGNATURE_SIZE,
-    UINT64_MAX,
+    TIME_MS_MAX,
 )
 from ledger.errors import Invalid, Malformed, TooLarge
 from ledger.signing import event_id
@@ -35,22 +36,35 @@ from ledger.signing import event_id
 _OP_RE = re.compile(r"[a-z0-9._-]{1,64}")
 _EVENT_KEYS = frozenset({"v", "kind", "signer", "ts", "nonce", "body"})
 _ENVELOPE_KEYS = frozenset({"event", "sig"})
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 
 
 # -- field checks ------------------------------------------------------------
 
 
 def _uint(name: str, value: Any) -> int:
-    if type(value) is not int or value < 0 or value > UINT64_MAX:
+    """An amount: an unsigned integer of at most AMOUNT_MAX (the bound that keeps every sum in int64)."""
+    if type(value) is not int or value < 0:
         raise Invalid("invalid_body", f"{name} must be an unsigned integer")
+    if value > AMOUNT_MAX:
+        raise Invalid("amount_out_of_range", f"{name} is {value}, more than this node accepts ({AMOUNT_MAX})")
     return value
 
 
 def _int(name: str, value: Any) -> int:
-    if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
-        raise Invalid("invalid_body", f"{name} must be a 64-bit signed integer")
+    """A signed amount: |value| at most AMOUNT_MAX."""
+    if type(value) is not int:
+        raise Invalid("invalid_body", f"{name} must be an integer")
+    if not -AMOUNT_MAX <= value <= AMOUNT_MAX:
+        raise Invalid("amount_out_of_range", f"{name} is {value}, beyond ±{AMOUNT_MAX}")
+    return value
+
+
+def _time_ms(name: str, value: Any) -> int:
+    """An instant in ms since the epoch, at most TIME_MS_MAX (the year 6429)."""
+    if type(value) is not int or value < 0:
+        raise Invalid("invalid_body", f"{name} must be unsigned milliseconds since the epoch")
+    if value > TIME_MS_MAX:
+        raise Invalid("amount_out_of_range", f"{name} is {value} ms, after the last instant this node accepts ({TIME_MS_MAX})")
     return value
 
 
@@ -261,8 +275,10 @@ def parse_event(raw: bytes) -> Event:
     signer, ts, nonce = m["signer"], m["ts"], m["nonce"]
     if type(signer) is not bytes or len(signer) != PUBLIC_KEY_SIZE:
         raise Invalid("invalid_event", "signer must be a 32-byte public key")
-    if type(ts) is not int or not 0 <= ts <= UINT64_MAX:
+    if type(ts) is not int or ts < 0:
         raise Invalid("invalid_event", "ts must be unsigned milliseconds since the epoch")
+    if ts > TIME_MS_MAX:
+        raise Invalid("amount_out_of_range", f"ts is {ts} ms, after the last instant this node accepts ({TIME_MS_MAX})")
     if type(nonce) is not bytes or len(nonce) != NONCE_SIZE:
         raise Invalid("invalid_event", f"nonce must be {NONCE_SIZE} bytes")
     body = body_cls.from_map(m["body"])

@@ -64,6 +64,7 @@ from fractions import Fraction
 from math import gcd
 from typing import Any, Generic, NoReturn, TypeVar
 
+from ledger.constants import AMOUNT_MAX, TIME_MS_MAX
 from ledger.errors import Conflict, Forbidden, Invalid, NotFound, check
 from ledger.multipliers import SCORE_PPM_MAX, Tiers, validate_tiers
 from ledger.plans import PLANS, QUOTAS, Plan, plan_named, with_overrides
@@ -250,7 +251,7 @@ def _check_burst(path: str, b: Burst) -> None:
     _name(f"{path}.scope_id", b.scope_id)
     _name(f"{path}.metric", b.metric)
     _int(f"{path}.factor_pct", b.factor_pct, BURST_PCT_MIN, BURST_PCT_MAX)
-    _int(f"{path}.start_ms", b.start_ms, 0, INT_MAX)
+    _int(f"{path}.start_ms", b.start_ms, 0, TIME_MS_MAX)
     _int(f"{path}.end_ms", b.end_ms, b.start_ms + 1, b.start_ms + BURST_MS_MAX)
 
 
@@ -273,7 +274,7 @@ def validate_policy(policy: Policy) -> Policy:
     if len(policy.prices) > PRICES_MAX:
         _fail("prices", f"more than {PRICES_MAX} prices")
     for item, price in policy.prices.items():
-        _int(f"prices.{_name('prices', item)}", price, 0, INT_MAX)
+        _int(f"prices.{_name('prices', item)}", price, 0, AMOUNT_MAX)
     for i, burst in enumerate(policy.bursts):
         _check_burst(f"bursts[{i}]", burst)
     return policy

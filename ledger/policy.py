@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ledger.errors import Invalid
-from ledger.events import Body, _bytes32, _op, _uint, register_kind, spec
+from ledger.events import Body, _bytes32, _op, _time_ms, _uint, register_kind, spec
 
 _ID_RE = re.compile(r"[a-z0-9._-]{1,64}")
 SCOPES = ("agent", "user", "team", "platform")
@@ -154,7 +154,7 @@ class AgentSuspendedBody(PolicyBody):
     KIND: ClassVar[str] = "agent.suspended"
     agent: bytes = spec(_bytes32)
     metric: str = spec(_op)
-    until: int = spec(_uint)
+    until: int = spec(_time_ms)
     reason: str = spec(_reason)
 
 
@@ -166,8 +166,8 @@ class GovProposeBody(PolicyBody):
     KIND: ClassVar[str] = "gov.propose"
     title: str = spec(_reason)
     changes: dict = spec(_changes)
-    activate_at: int = spec(_uint)
-    expires_at: int = spec(_uint)
+    activate_at: int = spec(_time_ms)
+    expires_at: int = spec(_time_ms)
 
 
 @register_kind
@@ -185,7 +185,7 @@ class PolicyUpdatedBody(PolicyBody):
 
     KIND: ClassVar[str] = "governance.policy.updated"
     proposal: bytes = spec(_bytes32)
-    effective: int = spec(_uint)
+    effective: int = spec(_time_ms)
 
 
 @register_kind

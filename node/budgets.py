@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger import budget as rules_mod
+from ledger.constants import COUNTER_MAX
 from ledger.budget import Bucket, Overage, Rule, charges, evaluate, status
 from ledger.errors import Conflict, Forbidden, Invalid, LedgerError, OverBudget
 from ledger.events import Event
@@ -335,8 +336,10 @@ class BudgetBook:
                 self.runs[ev.body.run].local = False  # another node's reservation holds its rights, not ours
         deltas: dict[tuple[str, str, str, str, int], int] = {}
         for key, (_rule, spend) in self._charged(conn, ev).items():
-            self.counters[key] = self.consumed(conn, key) + spend
-            deltas[key] = spend
+            # the origin admitted it: counted, saturating at the largest counter this node keeps
+            before = self.consumed(conn, key)
+            self.counters[key] = min(COUNTER_MAX, before + spend)
+            deltas[key] = self.counters[key] - before
         return deltas
 
     def _charged(self, conn: Connection, ev: Event) -> dict[tuple[str, str, str, str, int], tuple[Rule, int]]:
@@ -426,6 +429,10 @@ class BudgetBook:
             consumed = self.counters.get(key)
             if consumed is None:
                 consumed = self.consumed(conn, key)
+            if consumed + spend > COUNTER_MAX:
+                # the sum this node keeps for the window would leave int64 (ledger.constants): refused
+                raise Invalid("amount_out_of_range", f"{rule.scope} {rule.metric} per {rule.window} would pass"
+                              f" {COUNTER_MAX}, the largest usage counter this node keeps")
             held = self.holds.get(rule.scope_key, 0) if metric == "act.cost" else 0
             flags: list[str] = []
             if self.enforce and rule.limit is not None and self.escrow.is_strict(rule):

@@ -303,6 +303,20 @@ class Committer:
                 outcomes[i] = outcome
 
     async def _run(self) -> None:
+        try:
+            await self._serve()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # our own bug: say so where /healthz and writers see it, never hang
+            self._own.read_only_reason = f"the writer stopped: {type(e).__name__}: {e}"
+            logger.critical("%s", self._own.read_only_reason, exc_info=True)
+            while not self._queue.empty():
+                p = self._queue.get_nowait()
+                if not p.future.done():
+                    p.future.set_exception(NotReady("read_only", f"node is read-only: {self._own.read_only_reason}"))
+            raise
+
+    async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
@@ -339,11 +353,14 @@ class Committer:
             await self._unsign()
             self._fail(batch, e)
             return
-        except StorageError as e:
-            logger.error("commit failed, batch rolled back: %s", e)
+        except Exception as e:
+            # One batch's failure is that batch's alone: it rolled back (node/store/sqlite.py), the
+            # superblock and the book are put back, and the writer goes on with the next batch.
+            logger.error("commit failed, batch rolled back: %s: %s", type(e).__name__, e,
+                         exc_info=not isinstance(e, StorageError))
             await self._unsign()
-            await self._reload_book(now_ms)
-            self._fail(batch, NotReady("not_ready", f"storage error, nothing was written: {e}"))
+            await self._reload_quietly(now_ms)
+            self._fail(batch, NotReady("storage_error", f"storage error, nothing was written: {e}"[:500]))
             return
         except BaseException:
             self._fail(batch, NotReady("not_ready", "node is shutting down"))
@@ -376,10 +393,19 @@ class Committer:
             self._own.read_only_reason = self._own.read_only_reason or f"cannot rewrite the superblock: {e}"
             logger.critical("%s", self._own.read_only_reason)
 
-    async def _reload_book(self, now_ms: int) -> None:
-        """After a rolled-back batch the book may hold its effects: rebuild it from the log."""
-        if self._book is not None:
+    async def _reload_quietly(self, now_ms: int) -> None:
+        """After a rolled-back batch the book may hold its effects: rebuild it from the log.
+
+        If even that fails (the disk is gone) the node cannot decide budgets any
+        more: it turns read-only, with the reason, rather than guess.
+        """
+        if self._book is None:
+            return
+        try:
             await self._db.write(self._book.reload, now_ms)
+        except Exception as e:
+            self._own.read_only_reason = f"budget book could not be rebuilt after a failed commit: {e}"
+            logger.critical("%s", self._own.read_only_reason)
 
     def _fail(self, batch: list[_Pending], error: LedgerError) -> None:
         for p in batch:

@@ -39,7 +39,6 @@ from typing import Any, Callable, Iterable, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
-import cbor2
 
 from consensus.messages import (
     FORKS_EXCHANGED_MAX, FRONTIER_BYTES_MAX, FRONTIER_ORIGINS_MAX, PEERS_EXCHANGED_MAX, peer_headers,
@@ -47,6 +46,7 @@ from consensus.messages import (
 from consensus.verify import (
     PeerProtocolError, check_consistent, check_fork_evidence, fork_evidence, open_origin_checkpoint, verify_range,
 )
+from ledger import encoding
 from ledger.checkpoint import Checkpoint, NoteSignature, cosign, open_checkpoint, origin_line, verify_cosignature
 from ledger.errors import NotFound
 from ledger.merkle import Frontier, leaf_hash, verify_consistency
@@ -341,7 +341,8 @@ class Replicator:
         if status != 200:
             raise RuntimeError(f"{path_qs.split('?')[0]}: HTTP {status} {body[:200]!r}")
         try:
-            return cbor2.loads(body) if cbor else json.loads(body)
+            # a peer's CBOR is untrusted like an agent's: bounded before it is built (PROTOCOL.md §2)
+            return encoding.decode(body, items_max=self._entries_max + 16) if cbor else json.loads(body)
         except Exception:
             raise PeerProtocolError("bad_encoding", f"{path_qs.split('?')[0]} answer does not decode") from None
 

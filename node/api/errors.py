@@ -6,6 +6,7 @@ import logging
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import DecompressSizeError
 
 from ledger.errors import InvariantViolation, LedgerError
 from node.appkeys import CONFIG_KEY, METRICS_KEY, OWN_LOG_KEY
@@ -55,6 +56,14 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         response = error_response(e.status, code, message)
         if "Allow" in e.headers:  # RFC 9110 §15.5.6: a 405 names the allowed methods
             response.headers["Allow"] = e.headers["Allow"]
+    except web.RequestPayloadError as e:
+        # the body did not decode under its Content-Encoding (garbage under gzip or deflate) or its
+        # framing (chunks, Content-Length); aiohttp's decompression limit is a body too large
+        if isinstance(e.__cause__, DecompressSizeError):
+            response = error_response(413, "body_too_large", "request body decompresses to more than this node accepts")
+        else:
+            response = error_response(400, "bad_content_encoding",
+                                      "request body does not decode under its Content-Encoding or framing")
     except Exception:  # a bug, not the client's fault: log it, answer in the contract's shape
         logger.exception("unhandled error serving %s %s", request.method, request.path)
         response = error_response(500, "internal", "internal error")

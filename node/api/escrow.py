@@ -7,12 +7,12 @@ what it can spare by logging an `escrow.transfer` to it (docs/strict.md).
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
-from ledger.errors import Invalid, Malformed, TooLarge
+from ledger.constants import COUNTER_MAX, TIME_MS_MAX
+from ledger.errors import Invalid, TooLarge
 from ledger.windows import WINDOWS, window_bounds
+from node.api.bodies import json_doc
 from node.api.peer import authenticate
 from node.escrow import ESCROW_KEY
 
@@ -26,19 +26,16 @@ async def ask(request: web.Request) -> web.Response:
     if len(body) > ASK_BODY_BYTES_MAX:
         raise TooLarge("body_too_large", f"an ask is at most {ASK_BODY_BYTES_MAX} bytes")
     asker = await authenticate(request, body)
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise Malformed("malformed_json", "the body is not JSON") from None
+    doc = json_doc(body)
     if not isinstance(doc, dict) or set(doc) != set(_FIELDS):
         raise Invalid("invalid_body", f"an ask is a map of exactly {', '.join(_FIELDS)}")
     scope, scope_id, metric, window, start, amount = (doc[f] for f in _FIELDS)
     if not all(isinstance(v, str) and 0 < len(v) <= 64 for v in (scope, scope_id, metric)) or window not in WINDOWS:
         raise Invalid("invalid_body", "scope, scope_id and metric are names; window one of " + ", ".join(WINDOWS))
-    if type(start) is not int or start < 0 or window_bounds(window, start)[0] != start:
+    if type(start) is not int or not 0 <= start <= TIME_MS_MAX or window_bounds(window, start)[0] != start:
         raise Invalid("invalid_body", "start is the first ms of a window")
-    if type(amount) is not int or amount < 1:
-        raise Invalid("invalid_body", "amount is a positive integer")
+    if type(amount) is not int or not 1 <= amount <= COUNTER_MAX:
+        raise Invalid("invalid_body", f"amount is a positive integer of at most {COUNTER_MAX}")
     answer = await request.app[ESCROW_KEY].give(asker, (scope, scope_id, metric, window, start), amount)
     return web.json_response(answer)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from ledger.admission import check_timestamp
@@ -53,7 +51,7 @@ async def quota_check(request: web.Request) -> web.Response:
     queries = request.app[QUERIES_KEY]
     now_ms = request.app[CLOCK_KEY].now_ms()
     if request.content_type == "application/json":
-        doc = await request.json(loads=_loads)
+        doc = bodies.json_doc(await request.read(), request.charset)
         if isinstance(doc, dict) and "agent" in doc:
             return web.json_response(await queries.quota_check(_estimate(doc, now_ms), now_ms))
     envelope = await bodies.single(request)
@@ -62,13 +60,6 @@ async def quota_check(request: web.Request) -> web.Response:
     answer = await queries.quota_check(envelope.event, now_ms)
     answer["id"] = envelope.event.id_hex
     return web.json_response(answer)
-
-
-def _loads(text: str) -> object:
-    try:
-        return json.loads(text)
-    except ValueError as e:
-        raise Malformed("malformed_json", f"body is not valid JSON: {e}") from None
 
 
 def _estimate(doc: dict, now_ms: int) -> Event:

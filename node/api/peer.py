@@ -7,13 +7,12 @@ open membership off) is refused with 403 not_authority.
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from consensus.messages import check_peer_request
 from ledger.checkpoint import NoteSignature
 from ledger.errors import Forbidden, LedgerError, Malformed, NotFound, TooLarge
+from node.api.bodies import json_doc
 from node.appkeys import CLOCK_KEY, CONFIG_KEY, QUERIES_KEY, REPLICATOR_KEY
 
 COSIGN_BODY_BYTES_MAX = 4096
@@ -45,8 +44,8 @@ async def notify(request: web.Request) -> web.Response:
     body = await request.content.read(COSIGN_BODY_BYTES_MAX + 1)
     node = await authenticate(request, body)
     try:
-        digest = json.loads(body).get("digest") if body else None
-    except (ValueError, AttributeError):
+        digest = json_doc(body).get("digest") if body else None
+    except (LedgerError, AttributeError):
         digest = None  # the notification itself is the news; its digest only saves a pull
     await request.app[REPLICATOR_KEY].notified(node, request.headers.get("X-ATS-Advertise"),
                                                digest if isinstance(digest, str) else None)
@@ -60,7 +59,7 @@ async def cosign(request: web.Request) -> web.Response:
         raise TooLarge("body_too_large", "a cosignature is a few hundred bytes")
     witness = await authenticate(request, body)
     try:
-        doc = json.loads(body)
+        doc = json_doc(body)
         size, line = doc["size"], doc["line"]
         if type(size) is not int or not isinstance(line, str):
             raise TypeError

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ledger.constants import TIME_MS_MAX
 from ledger.errors import Invalid
 from node.api.params import int_param, str_param
 from node.appkeys import CLOCK_KEY, REPORTS_KEY
@@ -18,7 +19,7 @@ CSV_HEADER = ("section", "key", "field", "value")
 async def report(request: web.Request) -> web.Response:
     """GET /v1/reports/{scope}/{id}?period=day|week|month&at=<ms>&format=json|csv."""
     period = str_param(request, "period") or "day"
-    at_ms = int_param(request, "at", request.app[CLOCK_KEY].now_ms())
+    at_ms = int_param(request, "at", request.app[CLOCK_KEY].now_ms(), maximum=TIME_MS_MAX)
     fmt = str_param(request, "format") or ("csv" if "text/csv" in request.headers.get("Accept", "") else "json")
     if fmt not in ("json", "csv"):
         raise Invalid("bad_parameter", "format must be json or csv")

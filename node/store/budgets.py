@@ -6,6 +6,7 @@ import json
 import sqlite3
 from typing import Any, Iterable
 
+from ledger.constants import COUNTER_MAX
 from ledger.events import Event, parse_envelope
 
 _METERING = ("act", "dat", "cpt", "trt")
@@ -33,11 +34,17 @@ def counter(conn: sqlite3.Connection, key: tuple[str, str, str, str, int]) -> in
 
 
 def add_counters(conn: sqlite3.Connection, deltas: dict[tuple[str, str, str, str, int], int]) -> None:
-    """Add deltas to counters (inside the caller's transaction)."""
+    """Add deltas to counters (inside the caller's transaction), saturating at ±COUNTER_MAX.
+
+    Admission keeps every counter at most COUNTER_MAX (node/budgets.py), so the
+    sum of two never leaves int64; the cap is the second check (P4).
+    """
     conn.executemany(
         "INSERT INTO usage_counters (scope, scope_id, metric, window, start_ms, amount) VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (scope, scope_id, metric, window, start_ms) DO UPDATE SET amount = amount + excluded.amount",
-        [key + (amount,) for key, amount in deltas.items() if amount],
+        " ON CONFLICT (scope, scope_id, metric, window, start_ms)"
+        " DO UPDATE SET amount = max(min(amount + excluded.amount, ?), ?)",
+        [key + (max(-COUNTER_MAX, min(amount, COUNTER_MAX)), COUNTER_MAX, -COUNTER_MAX)
+         for key, amount in deltas.items() if amount],
     )
 
 

@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ledger.constants import SUM_SPLIT_BITS
 from ledger.errors import check
 from ledger.events import Envelope, Event
 from ledger.merkle import Frontier, leaf_hash
@@ -195,14 +196,19 @@ def usage_totals(
 
     Each event id counts once, whichever origin logs hold it.
     """
+    # Each amount is summed as its high and low SUM_SPLIT_BITS bits apart, so no partial sum leaves
+    # int64 for fewer than SUM_EVENTS_MAX events (ledger.constants); Python joins them exactly.
+    b, low = SUM_SPLIT_BITS, (1 << SUM_SPLIT_BITS) - 1
+    parts = ", ".join(f"sum(m{i} >> {b}), sum(m{i} & {low})" for i in range(4))
     sql = (
-        "SELECT kind, count(*), sum(m0), sum(m1), sum(m2), sum(m3) FROM ("
+        f"SELECT kind, count(*), {parts} FROM ("
         " SELECT kind, m0, m1, m2, m3 FROM entries WHERE signer = ? AND ts >= ? AND ts < ?"
         + (" AND kind = ?" if kind else "")
         + " GROUP BY event_id) GROUP BY kind ORDER BY kind"
     )
     args: list = [signer, since_ms, until_ms] + ([kind] if kind else [])
-    return conn.execute(sql, args).fetchall()
+    return [(k, count, *(((hi or 0) << b) + (lo or 0) for hi, lo in zip(sums[::2], sums[1::2])))
+            for k, count, *sums in conn.execute(sql, args).fetchall()]
 
 
 def usage_events(

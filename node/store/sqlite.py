@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
+from ledger.errors import NotReady
 from node.store import schema
 
 T = TypeVar("T")
@@ -30,8 +31,14 @@ T = TypeVar("T")
 Connection = sqlite3.Connection
 
 
-class StorageError(Exception):
-    """SQLite failed (disk full, I/O error, locked): the operation's transaction rolled back."""
+class StorageError(NotReady):
+    """SQLite failed (disk full, I/O error, locked): the operation's transaction rolled back.
+
+    A 503 `storage_error` to whoever asked (node/api/errors.py renders it like any LedgerError).
+    """
+
+    def __init__(self, message: str):
+        super().__init__("storage_error", message)
 
 
 def connect(path: str, *, readonly: bool = False, synchronous: str = "full") -> sqlite3.Connection:
@@ -74,6 +81,8 @@ def _wrapped(fn: Callable[..., T], conn: sqlite3.Connection | None, args: tuple)
         return fn(conn, *args)
     except sqlite3.Error as e:
         raise StorageError(f"{type(e).__name__}: {e}") from e
+    except OverflowError as e:  # a Python int past SQLite's int64: the statement never ran
+        raise StorageError(f"value out of SQLite's integer range: {e}") from e
 
 
 class Database:

@@ -28,12 +28,15 @@ NOT_REACHABLE_OVER_HTTP = {
     "malformed_note": "checkpoint parsing is client-side (ats audit), not an API input",
     "malformed_checkpoint": "checkpoint parsing is client-side (ats audit), not an API input",
     "unknown_key": "checkpoint parsing is client-side (ats audit), not an API input",
+    "cbor_too_many_items": "only a peer's entries page is bounded in items below its byte count, and a peer's"
+                           " bad page is a peer protocol fault, never an API answer",
     "insufficient_rights": "escrow.transfer records are written by the giving node itself, for at most what it"
                            " can spare (an ask is answered with less, or nothing); the check guards the writer",
 }
 # Codes that need state (a spent budget, an open run): walked by the named test.
 WALKED_ELSEWHERE = {
     "read_only": "test_ingest.test_tampered_log_makes_node_read_only",
+    "storage_error": "test_hostile_input.test_a_storage_error_fails_one_batch_and_the_writer_goes_on",
     "unknown_agent": "test_budgets.test_unregistered_agents_get_the_default_plan_or_are_refused",
     "budget_exceeded": "test_budgets.test_reserve_then_hard_limit_rejects_with_retry_after_and_suspends_until_lifted",
     "suspended": "test_budgets.test_reserve_then_hard_limit_rejects_with_retry_after_and_suspends_until_lifted",
@@ -89,7 +92,10 @@ def cases():
     yield "not_found", 404, ("GET", "/v1/nothing-here", None, None)
     yield "method_not_allowed", 405, ("DELETE", "/v1/events", None, None)
     yield "stale_timestamp", 409, ("POST", "/v1/events", event_with(ts=1), "application/cbor")
-    yield "future_timestamp", 409, ("POST", "/v1/events", event_with(ts=2**62), "application/cbor")
+    yield "future_timestamp", 409, ("POST", "/v1/events", event_with(ts=int(time.time() * 1000) + 3_600_000), "application/cbor")
+    # amounts and instants past the documented bounds (docs/protocol.md), refused before anything is stored
+    yield "amount_out_of_range", 422, ("POST", "/v1/events", event_with(ts=2**62), "application/cbor")
+    yield "amount_out_of_range", 422, ("POST", "/v1/events", event_with(body={"op": "a", "cost": 2**63}), "application/cbor")
     yield "body_too_large", 413, ("POST", "/v1/events", b"\x00" * (5 * 1024 * 1024), "application/cbor")
     yield "batch_too_large", 413, ("POST", "/v1/events/batch", b"\x99\x03\xe9" + good * 1001, "application/cbor")
     yield "batch_too_large", 413, ("POST", "/v1/events/batch", json.dumps({"events": [{}] * 1001}).encode(), "application/json")
@@ -117,6 +123,10 @@ def cases():
     yield "proposal_not_found", 404, ("POST", "/v1/events", AUTHORITY.envelope("gov.vote", vote), "application/cbor")
     charge = {"run": bytes(16), "cost": 1, "tokens": 1}
     yield "unknown_run", 422, ("POST", "/v1/events", AGENT.envelope("run.charge", charge), "application/cbor")
+    # untrusted CBOR is bounded in what it expands to (PROTOCOL.md §2): tags and depth
+    yield "cbor_tag", 400, ("POST", "/v1/events", b"\xd8\x1c\x81\xd8\x1d\x00", "application/cbor")
+    yield "cbor_too_deep", 400, ("POST", "/v1/events", b"\x81" * 6 + b"\x00", "application/cbor")
+    yield "bad_content_encoding", 400, ("POST", "/v1/events", b"not gzip", "application/json", {"Content-Encoding": "gzip"})
     # peer endpoints: unsigned or badly signed peer requests
     yield "bad_signature", 401, ("GET", "/v1/peer/frontier", None, None)
 
@@ -138,8 +148,8 @@ def error_node(tmp_path_factory):
 @pytest.mark.parametrize("code, status, req", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_error_path_has_stable_code_and_contract_shape(error_node, code, status, req):
     node = error_node
-    method, path, body, ctype = req
-    reply = request(node.url, method, path, body, ctype)
+    method, path, body, ctype, *headers = req
+    reply = request(node.url, method, path, body, ctype, *headers)
     assert reply.status == status, reply.body[:300]
     doc = reply.json()
     assert set(doc) == {"error"} and set(doc["error"]) == {"code", "message"}

@@ -155,7 +155,7 @@ def test_failed_commit_takes_its_checkpoint_back_from_the_superblock(tmp_path):
         _sql(data, "CREATE TRIGGER refuse BEFORE INSERT ON checkpoints WHEN NEW.size = 2"
                    " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
         reply = post_cbor(node.url, "/v1/events", agent.envelope())
-        assert reply.status == 503 and reply.code == "not_ready"
+        assert reply.status == 503 and reply.code == "storage_error"
         assert read(path)[0].size == 1  # taken back: the database holds size 1
         _sql(data, "DROP TRIGGER refuse")
         assert post_cbor(node.url, "/v1/events", agent.envelope()).status == 201

@@ -62,12 +62,18 @@ def test_non_canonical_bytes_are_rejected(hex_, why):
 
 
 @pytest.mark.parametrize(
-    "hex_", ["fb3ff0000000000000", "f93c00", "c11a514b67b0", "f7", "ff", "", "5a00000010"]
+    "hex_", ["fb3ff0000000000000", "f93c00", "f7", "ff", "", "5a00000010"]
 )
-def test_floats_tags_and_garbage_are_malformed(hex_):
+def test_floats_and_garbage_are_malformed(hex_):
     with pytest.raises(Malformed) as e:
         decode_canonical(bytes.fromhex(hex_))
     assert e.value.code == "malformed_cbor"
+
+
+def test_tags_are_refused_with_their_own_code():
+    with pytest.raises(Malformed) as e:
+        decode_canonical(bytes.fromhex("c11a514b67b0"))
+    assert e.value.code == "cbor_tag"
 
 
 def test_deep_nesting_is_rejected_not_crashing():
