@@ -35,7 +35,7 @@ from node.replication import Replicator
 from node.clock import SystemClock
 from node.config import Config
 from node.ingest import Committer, Ingestor, OwnLog
-from node.keys import load_or_create
+from node.keys import node_seed
 from node.metrics import NodeMetrics
 from node.queries import Queries
 from node.store.sqlite import Database
@@ -49,9 +49,7 @@ def build_app(config: Config, clock: SystemClock | None = None) -> web.Applicati
     app[CONFIG_KEY] = config
     app[CLOCK_KEY] = clock or SystemClock()
     os.makedirs(config.data_dir, exist_ok=True)
-    seed, created = load_or_create(config.key_path)
-    if created:
-        logger.info("created node key %s", config.key_path)
+    seed, _source = node_seed(config.node_key, config.node_key_file, config.key_path)
     own = OwnLog(seed)
     app[OWN_LOG_KEY] = own
     app[METRICS_KEY] = NodeMetrics(lambda: own.size, lambda: own.checkpoint_size)

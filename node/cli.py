@@ -109,7 +109,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("submit", help="sign an event with a key file and send it to a node")
     s.add_argument("kind", help="act, dat, cpt or trt")
-    s.add_argument("--key", required=True, help="agent key file (from `ats keygen`)")
+    s.add_argument("--key", help="signing key file: from `ats keygen`, a PKCS#8 PEM or an OpenSSH ed25519 key "
+                   "(default: the key in $ATS_KEY, else the file $ATS_KEY_FILE)")
     s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
     s.add_argument("--body", required=True, help='event body as JSON, e.g. \'{"op": "llm.call", "cost": 3200}\'; bytes as hex')
     s.add_argument("--ts", type=int, help="timestamp in ms (default: now)")

@@ -75,10 +75,17 @@ def _warn_tofu(auditor: Auditor) -> None:
 
 def submit(args: argparse.Namespace) -> int:
     """`ats submit KIND --key FILE --body JSON`: sign, send, print the receipt."""
-    from node.keys import KeyFileError, read_key
+    from node.keys import KeyFileError, key_from_text, read_key
 
     try:
-        seed = read_key(args.key)
+        if args.key:
+            seed = read_key(args.key)
+        elif os.environ.get("ATS_KEY"):
+            seed = key_from_text(os.environ["ATS_KEY"], "ATS_KEY")
+        elif os.environ.get("ATS_KEY_FILE"):
+            seed = read_key(os.environ["ATS_KEY_FILE"])
+        else:
+            return fail("no key: pass --key FILE, or set ATS_KEY (the key) or ATS_KEY_FILE (its file)", EXIT_USAGE)
     except KeyFileError as e:
         return fail(str(e), EXIT_USAGE)
     return _run(lambda a: _submit(a, seed), args)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 
@@ -25,6 +25,8 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "ats-data", "path", "folder holding the SQLite ledger and the node key"),
+    Setting("node_key", "", "secret", "the node's private key as text: 64 hex digits, or a whole key file (ATS JSON, PKCS#8 PEM, OpenSSH); set it from the environment, not a file others read (empty: node_key_file)"),
+    Setting("node_key_file", "", "path", "the node's key file (ATS JSON, PKCS#8 PEM or OpenSSH; must exist; any mode but world-writable) (empty: data_dir/node.key, created on first start)"),
     Setting("listen_host", "127.0.0.1", "address", "HTTP listen address (loopback by default)"),
     Setting("listen_port", 8470, "port", "HTTP listen port"),
     Setting("skew_ms", 300_000, "ms", "accept events whose ts is within this much of the node's clock"),
@@ -78,11 +80,16 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+# A secret setting X without its own X_file setting may also be read from a file named by
+# X_file in TOML or ATS_X_FILE in the environment (the Docker and systemd credentials habit).
+_SECRET_FILES = {f"{s.name}_file": s.name for s in SETTINGS if s.unit == "secret" and f"{s.name}_file" not in _BY_NAME}
 
 
 @dataclass(frozen=True)
 class Config:
     data_dir: str = "ats-data"
+    node_key: str = field(default="", repr=False)
+    node_key_file: str = ""
     listen_host: str = "127.0.0.1"
     listen_port: int = 8470
     skew_ms: int = 300_000
@@ -122,7 +129,7 @@ class Config:
     strict_retry_ms: int = 100
     strict_wait_ms: int = 2000
     dashboard_auth: str = "auto"
-    dashboard_token: str = ""
+    dashboard_token: str = field(default="", repr=False)
     anomaly_detection: bool = True
     anomaly_threshold_milli: int = 3500
     anomaly_warmup_events: int = 32
@@ -167,6 +174,17 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
     return str(value)
 
 
+def _secret_file(path: str, source: str, problems: list[str]) -> str:
+    """The stripped text of a secret file named by source; a problem (not an exception) when unreadable."""
+    from node.keys import KeyFileError, read_secret_file
+
+    try:
+        return read_secret_file(path, f"{source} file").strip()
+    except KeyFileError as e:
+        problems.append(str(e))
+        return ""
+
+
 def load(
     file: str | None = None,
     env: Mapping[str, str] | None = None,
@@ -185,7 +203,9 @@ def load(
         for key, value in section.items():
             if isinstance(value, dict):
                 continue  # other sections belong to later features
-            if key not in _BY_NAME:
+            if key in _SECRET_FILES:
+                values[_SECRET_FILES[key]] = _secret_file(str(value), key, problems)
+            elif key not in _BY_NAME:
                 problems.append(f"{file}: unknown setting {key!r}")
             else:
                 values[key] = _coerce(key, value, problems)
@@ -194,6 +214,8 @@ def load(
             name = key[4:].lower()
             if name in _BY_NAME:
                 values[name] = _coerce(name, value, problems)
+            elif name in _SECRET_FILES and f"ATS_{_SECRET_FILES[name].upper()}" not in env:
+                values[_SECRET_FILES[name]] = _secret_file(value, key, problems)
     for key, value in (flags or {}).items():
         if value is not None:
             values[key] = _coerce(key, value, problems)
