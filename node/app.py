@@ -16,6 +16,7 @@ from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
+from node import datadir
 from node.api import dashboard, events, info, log, peer
 from node.api.errors import error_middleware
 from node.alerts import AlertSender
@@ -144,6 +145,17 @@ def add_routes(app: web.Application) -> None:
 
 async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the node until SIGINT or SIGTERM; prints one ready line with the bound URL."""
+    try:
+        lock_fd = datadir.hold(config.data_dir)
+    except datadir.DataDirInUse as e:
+        raise SystemExit(f"ats node: {e}") from None
+    try:
+        await _serve(config, on_ready)
+    finally:
+        os.close(lock_fd)
+
+
+async def _serve(config: Config, on_ready: Callable[[str], None] | None) -> None:
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -71,6 +71,25 @@ def cmd_node(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command("backup")
+def cmd_backup(args: argparse.Namespace) -> int:
+    from node.backup import backup
+
+    return backup(args)
+
+
+@command("restore")
+def cmd_restore(args: argparse.Namespace) -> int:
+    from node.backup import restore
+    from node.config import ConfigError, load
+
+    try:
+        config = load(args.config, os.environ, {"data_dir": args.data_dir})
+    except ConfigError as e:
+        return fail(str(e), EXIT_USAGE)
+    return restore(args, config)
+
+
 @command("verify-db")
 def cmd_verify_db(args: argparse.Namespace) -> int:
     from node.verifydb import verify_data_dir
@@ -106,6 +125,21 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify-db", help="recheck a data folder's whole log against its last checkpoint")
     s.add_argument("data_dir", nargs="?", default="ats-data")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("backup", help="copy a node's ledger while it runs (SQLite online backup), verified")
+    s.add_argument("dest", help="backup file to write (or a folder: DEST/ledger.sqlite)")
+    s.add_argument("--data-dir", default="ats-data", help="the node's data folder (default: ./ats-data)")
+    s.add_argument("--force", action="store_true", help="replace an existing backup file")
+
+    s = sub.add_parser("restore", help="put a backup back into a stopped node's data folder, refusing to fork its log")
+    s.add_argument("src", help="backup file (from `ats backup`)")
+    s.add_argument("--data-dir", help="the node's data folder (default: data_dir setting, ./ats-data)")
+    s.add_argument("--config", help="the node's TOML config file (for its peers and key settings)")
+    s.add_argument("--peer", action="append", default=[], help="a peer to ask for this node's log (repeatable; "
+                   "added to the peers setting)")
+    s.add_argument("--new-key", action="store_true", help="run the restored ledger under a new node key (the old "
+                   "key is kept aside)")
+    s.add_argument("--allow-unreachable", action="store_true", help="do not refuse when a peer cannot be asked")
 
     s = sub.add_parser("submit", help="sign an event with a key file and send it to a node")
     s.add_argument("kind", help="act, dat, cpt or trt")

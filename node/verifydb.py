@@ -94,6 +94,11 @@ def verify_data_dir(data_dir: str, *, quiet: bool = False) -> int:
     if not os.path.exists(path):
         print(f"ats: no ledger at {path}", file=sys.stderr)
         return 2
+    return verify_ledger(path, quiet=quiet)
+
+
+def verify_ledger(path: str, *, quiet: bool = False) -> int:
+    """verify_data_dir for one ledger file (a data folder's, or a backup)."""
     conn = connect(path, readonly=True)
     show = not quiet and sys.stderr.isatty()
     try:

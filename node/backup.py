@@ -1,0 +1,269 @@
+"""`ats backup` and `ats restore`: whole-ledger copies that never fork the node's log.
+
+Backup: SQLite's online backup API from a read connection (node/store/backup.py) into a
+temporary file beside the destination, checked with the verify-db logic, fsynced, then
+renamed into place; a failed or unverifiable copy leaves nothing behind.
+
+Restore: the danger is not the copy but the key. A node signs checkpoints of its own log;
+if an old copy comes back under the same key while peers (or auditors) already hold a
+larger checkpoint of that log, the node's next event makes a second, different log at the
+same sizes: a fork, the evidence of which makes every peer stop trusting the key. So
+before anything is changed the restore asks every peer for its checkpoint of this node's
+origin, and refuses when any peer holds more of the log than the copy, or a different
+history. The safe ways out are a new key (`--new-key`: the old log stays, replicated, as
+another origin) or a newer copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+from typing import Any
+
+import aiohttp
+
+from ledger.checkpoint import open_checkpoint
+from ledger.errors import LedgerError
+from ledger.signing import public_key_from_seed
+from node import datadir
+from node.clock import SystemClock
+from node.keys import KeyFileError, new_seed, node_seed, write_key
+from node.store import backup as backup_store
+from node.verifydb import verify_ledger
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+LEDGER_FILE = "ledger.sqlite"
+PEER_TIMEOUT_S = 10
+NOTE_BYTES_MAX = 65_536
+
+
+def _say(message: str) -> None:
+    print(f"ats: {message}", file=sys.stderr, flush=True)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: str) -> None:
+    for p in (path, path + "-journal", path + "-wal", path + "-shm"):
+        if os.path.exists(p):
+            os.unlink(p)
+
+
+# -- backup ---------------------------------------------------------------------
+
+
+def backup(args: argparse.Namespace) -> int:
+    """`ats backup DEST [--data-dir DIR] [--force]`: a verified online copy of the node's ledger."""
+    clock = SystemClock()
+    src = os.path.join(args.data_dir, LEDGER_FILE)
+    if not os.path.exists(src):
+        _say(f"no ledger at {src} (pass --data-dir)")
+        return EXIT_USAGE
+    problem = backup_store.ledger_problem(src)
+    if problem:
+        _say(problem)
+        return EXIT_USAGE
+    dest = os.path.join(args.dest, LEDGER_FILE) if os.path.isdir(args.dest) else args.dest
+    if os.path.abspath(dest) == os.path.abspath(src):
+        _say("the backup destination is the ledger itself")
+        return EXIT_USAGE
+    if os.path.exists(dest) and not args.force:
+        _say(f"{dest} exists; pass --force to replace it")
+        return EXIT_USAGE
+    directory = os.path.dirname(os.path.abspath(dest))
+    tmp = os.path.join(directory, f".{os.path.basename(dest)}.tmp.{os.getpid()}")
+    try:
+        open(tmp, "xb").close()
+    except OSError as e:
+        _say(f"cannot write the backup to {directory}: {e.strerror}")
+        return EXIT_USAGE
+    started = clock.monotonic_s()
+    try:
+        try:
+            size = backup_store.backup_file(src, tmp)
+        except Exception as e:  # sqlite3.Error or OSError: disk full, I/O, permissions
+            _say(f"backup failed, nothing written: {e}")
+            return EXIT_FAILED
+        copied = clock.monotonic_s()
+        if verify_ledger(tmp, quiet=True) != 0:
+            _say("the copy does not verify (see above); nothing written")
+            return EXIT_FAILED
+        _fsync_file(tmp)
+        os.replace(tmp, dest)
+        _fsync_dir(directory)
+    finally:
+        _remove(tmp)
+    done = clock.monotonic_s()
+    print(f"backup {dest}: {size} bytes, copied in {copied - started:.2f} s, verified in {done - copied:.2f} s")
+    print("the node key is not in the backup: keep it with your other secrets", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- restore --------------------------------------------------------------------
+
+
+async def _peer_note(session: aiohttp.ClientSession, peer: str, origin_hex: str) -> str | None:
+    """The peer's latest checkpoint note of origin, None if it holds none; raises on failure."""
+    url = f"{peer.rstrip('/')}/v1/log/checkpoint"
+    async with session.get(url, params={"origin": origin_hex}) as resp:
+        if resp.status == 404:
+            return None
+        body = await resp.content.read(NOTE_BYTES_MAX + 1)
+        if resp.status != 200 or len(body) > NOTE_BYTES_MAX:
+            raise OSError(f"HTTP {resp.status}")
+        return body.decode("utf-8", "replace")
+
+
+async def _ask_peers(peers: list[str], origin: bytes, ssl: Any) -> list[tuple[str, int, bytes] | tuple[str, str]]:
+    """Per peer: (peer, size, root) of its verified checkpoint of origin, (peer, "none") or (peer, error)."""
+    out: list[Any] = []
+    timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl)) as session:
+        for peer in peers:
+            try:
+                note = await _peer_note(session, peer, origin.hex())
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+                out.append((peer, f"unreachable: {e or type(e).__name__}"))
+                continue
+            if note is None:
+                out.append((peer, "none"))
+                continue
+            try:
+                cp, _ = open_checkpoint(note, origin)
+            except LedgerError as e:
+                out.append((peer, f"its checkpoint does not verify: {e.message}"))
+                continue
+            out.append((peer, cp.size, cp.root))
+    return out
+
+
+def _fork_risks(src: str, origin: bytes, ours: int, answers: list[Any], allow_unreachable: bool) -> list[str]:
+    """Why restoring src under origin would fork its log, one sentence per peer; empty when safe."""
+    risks = []
+    for answer in answers:
+        if len(answer) == 2:
+            peer, what = answer
+            if what != "none" and not (allow_unreachable and what.startswith("unreachable")):
+                risks.append(f"{peer}: {what} (cannot tell whether it holds more of this log)")
+            continue
+        peer, size, root = answer
+        if size > ours:
+            risks.append(f"{peer} holds {size} events of this node's log; the copy holds {ours}")
+        elif backup_store.root_at(src, origin, size) != root:
+            risks.append(f"{peer} holds a different history of this node's log at size {size}")
+    return risks
+
+
+def _key_for_restore(args: argparse.Namespace, config: Any, clock: SystemClock) -> tuple[bytes | None, str]:
+    """(seed, description) of the key the node will run under; seed None with --new-key (made later)."""
+    default_path = config.key_path
+    if args.new_key:
+        if config.node_key or config.node_key_file:
+            raise KeyFileError("--new-key makes data_dir/node.key: unset ATS_NODE_KEY / node_key_file, "
+                               "or give the node a new key there yourself")
+        return None, f"a new key in {default_path}"
+    if not (config.node_key or config.node_key_file or os.path.exists(default_path)):
+        raise KeyFileError(f"no node key ({default_path}, ATS_NODE_KEY or node_key_file): put the node's key back "
+                           "first, or pass --new-key to run the copy under a new identity")
+    seed, source = node_seed(config.node_key, config.node_key_file, default_path)
+    return seed, source
+
+
+def restore(args: argparse.Namespace, config: Any, ssl: Any = None) -> int:
+    """`ats restore SRC [--data-dir DIR] [--peer URL]... [--new-key]`: put a backup back, never forking."""
+    clock = SystemClock()
+    src, data_dir = args.src, config.data_dir
+    problem = backup_store.ledger_problem(src) if os.path.exists(src) else f"{src} does not exist"
+    if problem:
+        _say(problem)
+        return EXIT_USAGE
+    holder = datadir.in_use(data_dir)
+    if holder:
+        _say(f"data folder {data_dir} is in use ({holder}): stop the node first; nothing changed")
+        return EXIT_FAILED
+    if verify_ledger(src, quiet=True) != 0:
+        _say(f"{src} does not verify (see above); nothing changed")
+        return EXIT_FAILED
+    try:
+        seed, key_source = _key_for_restore(args, config, clock)
+    except KeyFileError as e:
+        _say(str(e))
+        return EXIT_USAGE
+    if seed is not None:
+        origin = public_key_from_seed(seed)
+        head = backup_store.own_head(src, origin)
+        ours = head[0] if head else 0
+        peers = list(dict.fromkeys([*config.peers, *args.peer]))
+        if not peers:
+            _say("no peers to ask (peers setting or --peer): make sure no other node, witness or auditor holds a "
+                 "newer checkpoint of this node's log")
+        answers = asyncio.run(_ask_peers(peers, origin, ssl))
+        risks = _fork_risks(src, origin, ours, answers, args.allow_unreachable)
+        if risks:
+            _say("refusing to restore: the cluster has moved on past this copy of the node's own log "
+                 f"(origin {origin.hex()}, {ours} events in the copy):")
+            for risk in risks:
+                print(f"  {risk}", file=sys.stderr)
+            print("Restoring it under the same key would make the node sign a second, different log (a fork),\n"
+                  "and peers would stop trusting the key. Safe paths:\n"
+                  "  - restore under a new key: ats restore SRC --new-key (the old log stays, as another origin);\n"
+                  "  - or restore a copy at least as new as what the peers hold (take a fresh `ats backup`, or\n"
+                  "    copy a peer's data folder's ledger and restore that).\n"
+                  "Nothing was changed.", file=sys.stderr)
+            return EXIT_FAILED
+    return _place(src, data_dir, seed is None, clock, key_source)
+
+
+def _place(src: str, data_dir: str, new_key: bool, clock: SystemClock, key_source: str) -> int:
+    """Copy src into data_dir/ledger.sqlite; the previous file (and key, with a new one) kept aside."""
+    try:
+        lock_fd = datadir.hold(data_dir, "restore")
+    except datadir.DataDirInUse as e:
+        _say(f"{e}; nothing changed")
+        return EXIT_FAILED
+    try:
+        target = os.path.join(data_dir, LEDGER_FILE)
+        tmp = os.path.join(data_dir, f".{LEDGER_FILE}.restore.{os.getpid()}")
+        try:
+            backup_store.backup_file(src, tmp)
+            _fsync_file(tmp)
+        except Exception as e:
+            _remove(tmp)
+            _say(f"cannot copy {src} into {data_dir}: {e}; nothing changed")
+            return EXIT_FAILED
+        suffix = f".before-restore-{clock.now_ms()}"
+        if os.path.exists(target):
+            for ext in ("", "-wal", "-shm"):
+                if os.path.exists(target + ext):
+                    os.replace(target + ext, target + suffix + ext)
+            print(f"the previous ledger is kept as {target + suffix}", file=sys.stderr)
+        os.replace(tmp, target)
+        if new_key:
+            key_path = os.path.join(data_dir, "node.key")
+            if os.path.exists(key_path):
+                shutil.move(key_path, key_path + suffix)
+                print(f"the previous node key is kept as {key_path + suffix}", file=sys.stderr)
+            write_key(key_path, new_seed())
+            key_source = key_path
+        _fsync_dir(data_dir)
+    finally:
+        os.close(lock_fd)
+    print(f"restored {src} into {target} (node key: {key_source}); start the node")
+    return EXIT_OK
