@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from contextlib import closing
 import os
 import sqlite3
 import subprocess
@@ -186,3 +187,47 @@ def test_restore_of_an_old_copy_is_refused_while_a_peer_holds_more_then_allowed_
 
 def held_by_origin(node: NodeProcess, origin: str) -> str:
     return origin if held_by(node, origin) else ""
+
+
+def test_litestream_continuous_backup_to_s3_restores_a_node_lost_to_sigkill(tmp_path, nodes):
+    from tests.integration import litestreamkit
+
+    node = NodeProcess(str(tmp_path / "a"), env=OPEN).start()
+    nodes.append(node)
+    db = os.path.join(node.data_dir, "ledger.sqlite")
+    config = str(tmp_path / "litestream.yml")
+    agent = TestAgent()
+    submit(node, agent, 100)
+    with litestreamkit.s3_server() as endpoint:
+        with open(config, "w") as f:
+            f.write(litestreamkit.config_text(db, endpoint))
+        with litestreamkit.replicating(config, str(tmp_path / "litestream.log")):
+            for _ in range(5):
+                submit(node, agent, 100)
+            out = str(tmp_path / "restored.sqlite")
+
+            def replicated() -> bool:
+                for p in (out, out + "-wal", out + "-shm"):
+                    if os.path.exists(p):
+                        os.remove(p)
+                if litestreamkit.restore(config, db, out).returncode != 0:
+                    return False
+                with closing(sqlite3.connect(out)) as conn:
+                    return conn.execute("SELECT max(size) FROM origins").fetchone()[0] == 600
+
+            wait_for(replicated, "litestream to hold all 600 events")
+        node.kill()  # the machine is lost: only the bucket and the key remain
+        os.remove(out)
+        t0 = time.monotonic()
+        got = litestreamkit.restore(config, db, out)
+        restore_s = time.monotonic() - t0
+        assert got.returncode == 0, got.stderr
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    os.replace(os.path.join(node.data_dir, "node.key"), fresh / "node.key")
+    put = ats("restore", out, "--data-dir", str(fresh))
+    assert put.returncode == 0, put.stderr
+    back = NodeProcess(str(fresh), env=OPEN).start()
+    nodes.append(back)
+    assert back.origin == node.origin and size_of(back) == 600
+    print(f"litestream restore of 600 events from S3 (moto on loopback): {restore_s:.2f} s")
