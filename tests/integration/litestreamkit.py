@@ -27,8 +27,12 @@ def litestream_env() -> dict[str, str]:
 @contextmanager
 def s3_server() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 (a free port) with BUCKET created; yields its endpoint URL."""
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per S3 request
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
