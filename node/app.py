@@ -8,6 +8,7 @@ the last one, in reverse order.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -40,6 +41,7 @@ from node.keys import node_seed
 from node.metrics import NodeMetrics
 from node.queries import Queries
 from node.store.sqlite import Database
+from node.tls import client_ssl, server_context
 
 logger = logging.getLogger("ats.node")
 
@@ -72,6 +74,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         db, own, book, clock, static_peers=config.peers, open_membership=config.open_membership,
         interval_ms=config.replication_interval_ms, entries_max=config.replication_entries_max,
         peer_count_max=config.peer_count_max, witness_quorum=config.witness_quorum, anchor_sink=config.anchor_sink,
+        ssl=client_ssl(config.tls_ca, config.tls_pins),
     )
     app[REPLICATOR_KEY] = replicator
     anomalies = AnomalyWatch(
@@ -143,6 +146,20 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/dashboard/budgets", dashboard.budgets)
 
 
+def plain_http_warning(config: Config) -> str | None:
+    """The start-up warning for a node listening off loopback without TLS, or None."""
+    if config.tls_cert:
+        return None
+    try:
+        loopback = ipaddress.ip_address(config.listen_host).is_loopback
+    except ValueError:
+        loopback = config.listen_host == "localhost"
+    if loopback:
+        return None
+    return (f"listening on {config.listen_host} without TLS: agents' events, dashboard tokens and peer traffic "
+            "travel in clear text; set tls_cert and tls_key (docs/operations.md#tls)")
+
+
 async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the node until SIGINT or SIGTERM; prints one ready line with the bound URL."""
     try:
@@ -156,10 +173,16 @@ async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -
 
 
 async def _serve(config: Config, on_ready: Callable[[str], None] | None) -> None:
+    ssl_context = server_context(config.tls_cert, config.tls_key) if config.tls_cert else None  # before any write
+    client_ssl(config.tls_ca, config.tls_pins)  # a bad CA bundle stops the node now, not at the first sync
+    warning = plain_http_warning(config)
+    if warning:
+        logger.warning("%s", warning)
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, shutdown_timeout=config.shutdown_timeout_ms / 1000)
+    site = web.TCPSite(runner, config.listen_host, config.listen_port, shutdown_timeout=config.shutdown_timeout_ms / 1000,
+                       ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as e:
@@ -170,7 +193,7 @@ async def _serve(config: Config, on_ready: Callable[[str], None] | None) -> None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     host, port = runner.addresses[0][:2]
-    url = f"http://{host}:{port}"
+    url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
     own = app[OWN_LOG_KEY]
     if config.advertise_url:
         app[REPLICATOR_KEY].own_url = config.advertise_url.rstrip("/")

@@ -28,7 +28,7 @@ import aiohttp
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import LedgerError
 from ledger.signing import public_key_from_seed
-from node import datadir
+from node import datadir, tls
 from node.clock import SystemClock
 from node.keys import KeyFileError, new_seed, node_seed, write_key
 from node.store import backup as backup_store
@@ -135,7 +135,7 @@ async def _ask_peers(peers: list[str], origin: bytes, ssl: Any) -> list[tuple[st
     """Per peer: (peer, size, root) of its verified checkpoint of origin, (peer, "none") or (peer, error)."""
     out: list[Any] = []
     timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl)) as session:
+    async with aiohttp.ClientSession(timeout=timeout, connector=tls.connector(ssl)) as session:
         for peer in peers:
             try:
                 note = await _peer_note(session, peer, origin.hex())

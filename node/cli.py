@@ -52,6 +52,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     from node.app import serve
     from node.config import ConfigError, load
     from node.keys import KeyFileError
+    from node.tls import TlsError
 
     flags = {
         "data_dir": args.data_dir,
@@ -66,7 +67,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     diagnostics.setup(config.log_level)
     try:
         asyncio.run(serve(config))
-    except KeyFileError as e:
+    except (KeyFileError, TlsError) as e:
         return fail(str(e), EXIT_USAGE)
     return EXIT_OK
 
@@ -87,7 +88,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         config = load(args.config, os.environ, {"data_dir": args.data_dir})
     except ConfigError as e:
         return fail(str(e), EXIT_USAGE)
-    return restore(args, config)
+    from node.tls import TlsError, client_ssl
+
+    try:
+        ssl = client_ssl(config.tls_ca, config.tls_pins)
+    except TlsError as e:
+        return fail(str(e), EXIT_USAGE)
+    return restore(args, config, ssl)
 
 
 @command("verify-db")

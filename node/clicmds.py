@@ -19,6 +19,7 @@ from ledger.checkpoint import Checkpoint, parse_verifier_key
 from ledger import events
 from ledger.errors import LedgerError
 from node.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
+from node.tls import TlsError
 from node.sdk import AgentClient, AtsError, AtsUnreachable, Auditor, AuditFailed
 
 NOTE_FILE_BYTES_MAX = 65_536  # ledger.checkpoint.NOTE_BYTES_MAX: a saved note is bounded before reading (P6)
@@ -50,11 +51,17 @@ def _check_vkey(vkey: str | None) -> None:
             raise UsageError(f"--vkey: {e.message}") from None
 
 
+def tls_env() -> dict[str, Any]:
+    """How the client commands verify an https node: ATS_TLS_CA (CA bundle) or ATS_TLS_PINS (fingerprints)."""
+    pins = tuple(p.strip() for p in os.environ.get("ATS_TLS_PINS", "").split(",") if p.strip())
+    return {"tls_ca": os.environ.get("ATS_TLS_CA", ""), "tls_pins": pins}
+
+
 def _run(coro_fn: Any, args: argparse.Namespace) -> int:
     """Run one command coroutine and map the SDK's exceptions to exit codes."""
     try:
         return asyncio.run(coro_fn(args))
-    except UsageError as e:
+    except (UsageError, TlsError) as e:
         return fail(str(e), EXIT_USAGE)
     except AtsUnreachable as e:
         return fail(f"cannot reach the node: {e.message}", EXIT_UNREACHABLE)
@@ -93,7 +100,7 @@ def submit(args: argparse.Namespace) -> int:
 
 async def _submit(args: argparse.Namespace, seed: bytes) -> int:
     body = body_from_json(args.kind, args.body)
-    async with AgentClient(args.url, seed) as agent:
+    async with AgentClient(args.url, seed, **tls_env()) as agent:
         receipt = await agent.submit(args.kind, body, args.ts)
     print(json.dumps(receipt, indent=2))
     return EXIT_OK
@@ -113,7 +120,7 @@ def checkpoint(args: argparse.Namespace) -> int:
 
 async def _checkpoint(args: argparse.Namespace) -> int:
     _check_vkey(args.vkey)
-    async with Auditor(args.url, args.vkey) as auditor:
+    async with Auditor(args.url, args.vkey, **tls_env()) as auditor:
         try:
             cp, note = await auditor.checkpoint(args.origin)
         except AuditFailed as e:
@@ -167,7 +174,7 @@ async def _audit(args: argparse.Namespace) -> int:
         failures += 1
         print(f"FAIL {what}: {reason}", flush=True)
 
-    async with Auditor(args.url, args.vkey) as auditor:
+    async with Auditor(args.url, args.vkey, **tls_env()) as auditor:
         try:
             cp, note = await auditor.checkpoint(args.origin)
         except AuditFailed as e:
@@ -214,7 +221,7 @@ def balance(args: argparse.Namespace) -> int:
 
 
 async def _balance(args: argparse.Namespace) -> int:
-    async with AgentClient(args.url, bytes(32)) as client:
+    async with AgentClient(args.url, bytes(32), **tls_env()) as client:
         doc = await client.balance(args.agent)
     print(json.dumps(doc, indent=2))
     return EXIT_OK
@@ -234,7 +241,7 @@ async def _peers(args: argparse.Namespace) -> int:
 
     clock = SystemClock()
 
-    async with AgentClient(args.url, bytes(32)) as client:
+    async with AgentClient(args.url, bytes(32), **tls_env()) as client:
         doc = await client.http.json("GET", "/v1/peers")
         for p in doc["peers"]:
             node = (p["node"] or "?")[:16]
@@ -275,7 +282,7 @@ async def _report(args: argparse.Namespace) -> int:
 
     params = {"period": args.period, **({"at": str(args.at)} if args.at is not None else {})}
     path = f"/v1/reports/{quote(args.scope, safe='')}/{quote(args.id, safe='')}"
-    async with AgentClient(args.url, bytes(32)) as client:
+    async with AgentClient(args.url, bytes(32), **tls_env()) as client:
         if args.csv:
             sys.stdout.write(await client.http.text(path, params={**params, "format": "csv"}))
             return EXIT_OK

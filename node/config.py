@@ -29,6 +29,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("node_key_file", "", "path", "the node's key file (ATS JSON, PKCS#8 PEM or OpenSSH; must exist; any mode but world-writable) (empty: data_dir/node.key, created on first start)"),
     Setting("listen_host", "127.0.0.1", "address", "HTTP listen address (loopback by default)"),
     Setting("listen_port", 8470, "port", "HTTP listen port"),
+    # TLS (docs/operations.md#tls): HTTPS on the same port, and how this node verifies its peers.
+    Setting("tls_cert", "", "path", "PEM certificate chain: with tls_key, the node serves HTTPS (agents, dashboard, peers) on listen_port (empty: plain HTTP)"),
+    Setting("tls_key", "", "path", "PEM private key of tls_cert"),
+    Setting("tls_ca", "", "path", "PEM CA bundle that peers' certificates must chain to (empty: the system's trust store)"),
+    Setting("tls_pins", (), "SHA-256 fingerprints", "pinned peer certificates: a peer's leaf certificate must have one of these SHA-256 fingerprints (hex, colons allowed); replaces tls_ca"),
     Setting("skew_ms", 300_000, "ms", "accept events whose ts is within this much of the node's clock"),
     Setting("body_bytes_max", 4 * 1024 * 1024, "bytes", "largest HTTP request body"),
     Setting("batch_events_max", 1000, "events", "most envelopes in one POST /v1/events/batch"),
@@ -92,6 +97,10 @@ class Config:
     node_key_file: str = ""
     listen_host: str = "127.0.0.1"
     listen_port: int = 8470
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_pins: tuple[str, ...] = ()
     skew_ms: int = 300_000
     body_bytes_max: int = 4 * 1024 * 1024
     batch_events_max: int = 1000
@@ -282,12 +291,24 @@ def validate(config: Config) -> list[str]:
     if config.alert_retry_max < 1:
         problems.append("alert_retry_max must be at least 1")
     problems.extend(_discovery_problems(config))
+    problems.extend(_tls_problems(config))
     problems.extend(_strict_problems(config))
     if config.dashboard_auth not in ("auto", "token"):
         problems.append("dashboard_auth must be auto or token")
     if config.dashboard_token and (len(config.dashboard_token) < 16 or not config.dashboard_token.isprintable()
                                    or " " in config.dashboard_token):
         problems.append("dashboard_token must be at least 16 printable characters without spaces")
+    return problems
+
+
+def _tls_problems(config: Config) -> list[str]:
+    problems = []
+    if bool(config.tls_cert) != bool(config.tls_key):
+        problems.append("tls_cert and tls_key go together: set both (HTTPS) or neither (HTTP)")
+    for pin in config.tls_pins:
+        digits = pin.replace(":", "").lower()
+        if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+            problems.append(f"tls_pins: {pin!r} is not a SHA-256 fingerprint (64 hex digits, colons allowed)")
     return problems
 
 
