@@ -259,7 +259,10 @@ async def _peers(args: argparse.Namespace) -> int:
                 bar = bars.setdefault(o["origin"], Progress(o["seen"], f"origin {o['origin'][:12]}", enabled=True))
                 bar.total = max(bar.total, o["seen"])
                 bar.advance(o["held"] - bar.done)
-            if all(o["held"] >= o["seen"] for o in doc["origins"]) or clock.monotonic_s() > deadline:
+            # Caught up: every peer asked at least once (a node just started has not yet seen
+            # what its peers hold), and every origin they showed held here.
+            asked = all(p["last_contact_ms"] is not None or p["failures"] > 0 for p in doc["peers"])
+            if (asked and all(o["held"] >= o["seen"] for o in doc["origins"])) or clock.monotonic_s() > deadline:
                 break
             await asyncio.sleep(0.5)
             doc = await client.http.json("GET", "/v1/peers")
