@@ -44,15 +44,8 @@ def _say(message: str) -> None:
     print(f"ats: {message}", file=sys.stderr, flush=True)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str) -> None:
+def _fsync(path: str) -> None:
+    """fsync a file, or a folder (so a rename in it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -102,12 +95,12 @@ def backup(args: argparse.Namespace) -> int:
             _say(f"backup failed, nothing written: {e}")
             return EXIT_FAILED
         copied = clock.monotonic_s()
-        if verify_ledger(tmp, quiet=True) != 0:
+        if verify_ledger(tmp, quiet=True, quick=args.quick) != 0:
             _say("the copy does not verify (see above); nothing written")
             return EXIT_FAILED
-        _fsync_file(tmp)
+        _fsync(tmp)
         os.replace(tmp, dest)
-        _fsync_dir(directory)
+        _fsync(directory)
     finally:
         _remove(tmp)
     done = clock.monotonic_s()
@@ -198,7 +191,7 @@ def restore(args: argparse.Namespace, config: Any, ssl: Any = None) -> int:
     if holder:
         _say(f"data folder {data_dir} is in use ({holder}): stop the node first; nothing changed")
         return EXIT_FAILED
-    if verify_ledger(src, quiet=True) != 0:
+    if verify_ledger(src, quiet=True, quick=args.quick) != 0:
         _say(f"{src} does not verify (see above); nothing changed")
         return EXIT_FAILED
     try:
@@ -243,7 +236,7 @@ def _place(src: str, data_dir: str, new_key: bool, clock: SystemClock, key_sourc
         tmp = os.path.join(data_dir, f".{LEDGER_FILE}.restore.{os.getpid()}")
         try:
             backup_store.backup_file(src, tmp)
-            _fsync_file(tmp)
+            _fsync(tmp)
         except Exception as e:
             _remove(tmp)
             _say(f"cannot copy {src} into {data_dir}: {e}; nothing changed")
@@ -262,7 +255,7 @@ def _place(src: str, data_dir: str, new_key: bool, clock: SystemClock, key_sourc
                 print(f"the previous node key is kept as {key_path + suffix}", file=sys.stderr)
             write_key(key_path, new_seed())
             key_source = key_path
-        _fsync_dir(data_dir)
+        _fsync(data_dir)
     finally:
         os.close(lock_fd)
     print(f"restored {src} into {target} (node key: {key_source}); start the node")

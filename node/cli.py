@@ -137,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("dest", help="backup file to write (or a folder: DEST/ledger.sqlite)")
     s.add_argument("--data-dir", default="ats-data", help="the node's data folder (default: ./ats-data)")
     s.add_argument("--force", action="store_true", help="replace an existing backup file")
+    s.add_argument("--quick", action="store_true", help="check the copy's leaves and roots, not every signature "
+                   "(much faster on large ledgers)")
 
     s = sub.add_parser("restore", help="put a backup back into a stopped node's data folder, refusing to fork its log")
     s.add_argument("src", help="backup file (from `ats backup`)")
@@ -147,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--new-key", action="store_true", help="run the restored ledger under a new node key (the old "
                    "key is kept aside)")
     s.add_argument("--allow-unreachable", action="store_true", help="do not refuse when a peer cannot be asked")
+    s.add_argument("--quick", action="store_true", help="check the backup's leaves and roots, not every signature")
 
     s = sub.add_parser("submit", help="sign an event with a key file and send it to a node")
     s.add_argument("kind", help="act, dat, cpt or trt")

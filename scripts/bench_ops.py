@@ -48,11 +48,7 @@ def ats(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
 
 
 def size_of(data: str) -> int:
-    conn = sqlite3.connect(f"file:{os.path.join(data, 'ledger.sqlite')}?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT max(size) FROM origins").fetchone()[0] or 0
-    finally:
-        conn.close()
+    return size_of_file(os.path.join(data, "ledger.sqlite"))
 
 
 def start(data: str) -> tuple[NodeProcess, float]:

@@ -65,13 +65,6 @@ def digest_of(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-@pytest.fixture
-def nodes():
-    made: list[NodeProcess] = []
-    yield made
-    for n in made:
-        n.kill()
-
 
 def test_backup_of_a_node_under_load_is_consistent_and_verifies(tmp_path, nodes):
     node = NodeProcess(str(tmp_path / "a"), env=OPEN).start()
@@ -231,3 +224,25 @@ def test_litestream_continuous_backup_to_s3_restores_a_node_lost_to_sigkill(tmp_
     nodes.append(back)
     assert back.origin == node.origin and size_of(back) == 600
     print(f"litestream restore of 600 events from S3 (moto on loopback): {restore_s:.2f} s")
+
+
+def test_quick_check_still_finds_a_changed_entry_and_restore_refuses_it(tmp_path, nodes):
+    node = NodeProcess(str(tmp_path / "a"), env=OPEN).start()
+    nodes.append(node)
+    submit(node, TestAgent(), 30)
+    copy = str(tmp_path / "b.sqlite")
+    made = ats("backup", copy, "--quick", "--data-dir", node.data_dir)
+    assert made.returncode == 0, made.stderr
+    assert node.stop() == 0
+    with closing(sqlite3.connect(copy)) as conn:
+        (envelope,) = conn.execute("SELECT envelope FROM entries WHERE idx = 17").fetchone()
+        tampered = envelope[:-1] + bytes([envelope[-1] ^ 1])  # one bit of the signature
+        conn.execute("UPDATE entries SET envelope = ? WHERE idx = 17", (tampered,))
+        conn.commit()
+    ledger = os.path.join(node.data_dir, "ledger.sqlite")
+    before = digest_of(ledger)
+    for flags in (["--quick"], []):
+        refused = ats("restore", copy, "--data-dir", node.data_dir, *flags)
+        assert refused.returncode == 1 and "does not verify" in refused.stderr, (flags, refused.stderr)
+    assert "tree root differs" in refused.stderr or "entry 17" in refused.stderr
+    assert digest_of(ledger) == before

@@ -71,13 +71,6 @@ def ats(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           env={**os.environ, "ATS_DISCOVERY": "off", **(env or {})})
 
 
-@pytest.fixture
-def nodes():
-    made: list[NodeProcess] = []
-    yield made
-    for n in made:
-        n.kill()
-
 
 async def held(url: str, origin: str, ca: str) -> int:
     async with AgentClient(url, bytes(32), tls_ca=ca, retries=0) as client:

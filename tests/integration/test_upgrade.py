@@ -70,13 +70,6 @@ def checkpoint_root(node: NodeProcess, origin: str) -> tuple[int, str]:
     return cp.size, cp.root.hex()
 
 
-@pytest.fixture
-def nodes():
-    made: list[NodeProcess] = []
-    yield made
-    for n in made:
-        n.kill()
-
 
 def test_previous_release_data_folder_opens_migrates_and_keeps_its_logs_and_policy(tmp_path, nodes):
     m = manifest()
