@@ -10,8 +10,9 @@ larger checkpoint of that log, the node's next event makes a second, different l
 same sizes: a fork, the evidence of which makes every peer stop trusting the key. So
 before anything is changed the restore asks every peer for its checkpoint of this node's
 origin, and refuses when any peer holds more of the log than the copy, or a different
-history. The safe ways out are a new key (`--new-key`: the old log stays, replicated, as
-another origin) or a newer copy.
+history. The safe ways out are a copy at least as new as the cluster's (a peer's ledger holds
+this node's log as far as the cluster has seen it: back it up there and restore it here) or a
+new key (`--new-key`: the old log stays, replicated, as another origin).
 """
 
 from __future__ import annotations
@@ -216,9 +217,10 @@ def restore(args: argparse.Namespace, config: Any, ssl: Any = None) -> int:
                 print(f"  {risk}", file=sys.stderr)
             print("Restoring it under the same key would make the node sign a second, different log (a fork),\n"
                   "and peers would stop trusting the key. Safe paths:\n"
-                  "  - restore under a new key: ats restore SRC --new-key (the old log stays, as another origin);\n"
-                  "  - or restore a copy at least as new as what the peers hold (take a fresh `ats backup`, or\n"
-                  "    copy a peer's data folder's ledger and restore that).\n"
+                  "  - catch up from a peer first: on the peer that holds the most of this node's log, run\n"
+                  "    `ats backup peer-copy.sqlite`, then here `ats restore peer-copy.sqlite` (the peer's\n"
+                  "    ledger holds this node's log, signed by this key, as far as the cluster has seen it);\n"
+                  "  - or restore under a new key: ats restore SRC --new-key (the old log stays, as another origin).\n"
                   "Nothing was changed.", file=sys.stderr)
             return EXIT_FAILED
     return _place(src, data_dir, seed is None, clock, key_source)

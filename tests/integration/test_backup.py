@@ -168,6 +168,18 @@ def test_restore_of_an_old_copy_is_refused_while_a_peer_holds_more_then_allowed_
     assert digest_of(ledger) == before
     unreachable = ats("restore", old, "--data-dir", a.data_dir, "--peer", "http://127.0.0.1:9")
     assert unreachable.returncode == 1 and "unreachable" in unreachable.stderr
+    # the first safe path: catch up from the peer: its ledger holds all 25 events of a's log
+    from_peer = str(tmp_path / "from-b.sqlite")
+    assert ats("backup", from_peer, "--quick", "--data-dir", b.data_dir).returncode == 0
+    caught_up = ats("restore", from_peer, "--data-dir", a.data_dir, "--peer", b.url, "--quick")
+    assert caught_up.returncode == 0, caught_up.stderr
+    a.start()
+    assert size_of(a) == 25
+    submit(a, agent, 1)
+    wait_for(lambda: held_by(b, a.origin) == 26, "b to take a's next event: no fork")
+    assert get(b.url, "/v1/forks").json()["forks"] == []
+    assert a.stop() == 0
+    # the second safe path: a new key
     fresh = ats("restore", old, "--data-dir", a.data_dir, "--peer", b.url, "--new-key")
     assert fresh.returncode == 0, fresh.stderr
     old_origin = a.origin
@@ -175,6 +187,7 @@ def test_restore_of_an_old_copy_is_refused_while_a_peer_holds_more_then_allowed_
     assert a.origin != old_origin and size_of(a) == 0
     origins = {o["origin"]: o["size"] for o in get(a.url, "/v1/cluster/digest").json()["origins"]}
     assert origins[old_origin] == 20, "the old log stays, as another origin"
+    wait_for(lambda: held_by(a, old_origin) == 26, "the new node to fetch the rest of the old log from b")
     assert any(name.startswith("node.key.before-restore-") for name in os.listdir(a.data_dir))
 
 
