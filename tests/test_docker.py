@@ -57,6 +57,9 @@ def test_dockerfile_runs_as_non_root_with_data_volume_healthcheck_and_clean_stop
     assert 'HEALTHCHECK' in text and 'CMD ["ats-healthcheck"]' in text
     assert "STOPSIGNAL SIGTERM" in text and 'ENTRYPOINT ["ats-entrypoint"]' in text
     assert "exec ats" in (DOCKER / "entrypoint.sh").read_text(), "the node must be the process that gets SIGTERM"
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("**") if "**" in ignore else 0] == "**" and "**/*.key" in ignore, \
+        "the build context must exclude everything but the sources, and keys above all"
 
 
 def test_compose_file_validates_against_the_compose_specification_schema():
