@@ -8,6 +8,7 @@ the last one, in reverse order.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
+from node import datadir
 from node.api import dashboard, events, info, log, peer
 from node.api.errors import error_middleware
 from node.alerts import AlertSender
@@ -36,11 +38,12 @@ from node.replication import Replicator
 from node.clock import SystemClock
 from node.config import Config
 from node.ingest import Committer, Ingestor, OwnLog
-from node.keys import load_or_create
+from node.keys import node_seed
 from node.metrics import NodeMetrics
 from node.queries import Queries
 from node.superblock import path_for as superblock_path
 from node.store.sqlite import Database
+from node.tls import client_ssl, server_context
 
 logger = logging.getLogger("ats.node")
 
@@ -51,9 +54,7 @@ def build_app(config: Config, clock: SystemClock | None = None) -> web.Applicati
     app[CONFIG_KEY] = config
     app[CLOCK_KEY] = clock or SystemClock()
     os.makedirs(config.data_dir, exist_ok=True)
-    seed, created = load_or_create(config.key_path)
-    if created:
-        logger.info("created node key %s", config.key_path)
+    seed, _source = node_seed(config.node_key, config.node_key_file, config.key_path)
     own = OwnLog(seed, superblock_path(config.data_dir), config.startup_check_entries)
     app[OWN_LOG_KEY] = own
     app[METRICS_KEY] = NodeMetrics(lambda: own.size, lambda: own.checkpoint_size)
@@ -75,6 +76,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         db, own, book, clock, static_peers=config.peers, open_membership=config.open_membership,
         interval_ms=config.replication_interval_ms, entries_max=config.replication_entries_max,
         peer_count_max=config.peer_count_max, witness_quorum=config.witness_quorum, anchor_sink=config.anchor_sink,
+        ssl=client_ssl(config.tls_ca, config.tls_pins),
     )
     app[REPLICATOR_KEY] = replicator
     anomalies = AnomalyWatch(
@@ -166,12 +168,43 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/dashboard/exports", dashboard.exports)
 
 
+def plain_http_warning(config: Config) -> str | None:
+    """The start-up warning for a node listening off loopback without TLS, or None."""
+    if config.tls_cert:
+        return None
+    try:
+        loopback = ipaddress.ip_address(config.listen_host).is_loopback
+    except ValueError:
+        loopback = config.listen_host == "localhost"
+    if loopback:
+        return None
+    return (f"listening on {config.listen_host} without TLS: agents' events, dashboard tokens and peer traffic "
+            "travel in clear text; set tls_cert and tls_key (docs/operations.md#tls)")
+
+
 async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the node until SIGINT or SIGTERM; prints one ready line with the bound URL."""
+    try:
+        lock_fd = datadir.hold(config.data_dir)
+    except datadir.DataDirInUse as e:
+        raise SystemExit(f"ats node: {e}") from None
+    try:
+        await _serve(config, on_ready)
+    finally:
+        os.close(lock_fd)
+
+
+async def _serve(config: Config, on_ready: Callable[[str], None] | None) -> None:
+    ssl_context = server_context(config.tls_cert, config.tls_key) if config.tls_cert else None  # before any write
+    client_ssl(config.tls_ca, config.tls_pins)  # a bad CA bundle stops the node now, not at the first sync
+    warning = plain_http_warning(config)
+    if warning:
+        logger.warning("%s", warning)
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, shutdown_timeout=config.shutdown_timeout_ms / 1000)
+    site = web.TCPSite(runner, config.listen_host, config.listen_port, shutdown_timeout=config.shutdown_timeout_ms / 1000,
+                       ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as e:
@@ -182,7 +215,7 @@ async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     host, port = runner.addresses[0][:2]
-    url = f"http://{host}:{port}"
+    url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
     own = app[OWN_LOG_KEY]
     if config.advertise_url:
         app[REPLICATOR_KEY].own_url = config.advertise_url.rstrip("/")

@@ -52,6 +52,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     from node.app import serve
     from node.config import ConfigError, load
     from node.keys import KeyFileError
+    from node.tls import TlsError
 
     flags = {
         "data_dir": args.data_dir,
@@ -66,9 +67,34 @@ def cmd_node(args: argparse.Namespace) -> int:
     diagnostics.setup(config.log_level)
     try:
         asyncio.run(serve(config))
-    except KeyFileError as e:
+    except (KeyFileError, TlsError) as e:
         return fail(str(e), EXIT_USAGE)
     return EXIT_OK
+
+
+@command("backup")
+def cmd_backup(args: argparse.Namespace) -> int:
+    from node.backup import backup
+
+    return backup(args)
+
+
+@command("restore")
+def cmd_restore(args: argparse.Namespace) -> int:
+    from node.backup import restore
+    from node.config import ConfigError, load
+
+    try:
+        config = load(args.config, os.environ, {"data_dir": args.data_dir})
+    except ConfigError as e:
+        return fail(str(e), EXIT_USAGE)
+    from node.tls import TlsError, client_ssl
+
+    try:
+        ssl = client_ssl(config.tls_ca, config.tls_pins)
+    except TlsError as e:
+        return fail(str(e), EXIT_USAGE)
+    return restore(args, config, ssl)
 
 
 @command("verify-db")
@@ -109,9 +135,28 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the report as JSON (every differing row)")
     s.add_argument("--config", help="the node's TOML config file (its budget settings replay the counters)")
 
+    s = sub.add_parser("backup", help="copy a node's ledger while it runs (SQLite online backup), verified")
+    s.add_argument("dest", help="backup file to write (or a folder: DEST/ledger.sqlite)")
+    s.add_argument("--data-dir", default="ats-data", help="the node's data folder (default: ./ats-data)")
+    s.add_argument("--force", action="store_true", help="replace an existing backup file")
+    s.add_argument("--quick", action="store_true", help="check the copy's leaves and roots, not every signature "
+                   "(much faster on large ledgers)")
+
+    s = sub.add_parser("restore", help="put a backup back into a stopped node's data folder, refusing to fork its log")
+    s.add_argument("src", help="backup file (from `ats backup`)")
+    s.add_argument("--data-dir", help="the node's data folder (default: data_dir setting, ./ats-data)")
+    s.add_argument("--config", help="the node's TOML config file (for its peers and key settings)")
+    s.add_argument("--peer", action="append", default=[], help="a peer to ask for this node's log (repeatable; "
+                   "added to the peers setting)")
+    s.add_argument("--new-key", action="store_true", help="run the restored ledger under a new node key (the old "
+                   "key is kept aside)")
+    s.add_argument("--allow-unreachable", action="store_true", help="do not refuse when a peer cannot be asked")
+    s.add_argument("--quick", action="store_true", help="check the backup's leaves and roots, not every signature")
+
     s = sub.add_parser("submit", help="sign an event with a key file and send it to a node")
     s.add_argument("kind", help="act, dat, cpt or trt")
-    s.add_argument("--key", required=True, help="agent key file (from `ats keygen`)")
+    s.add_argument("--key", help="signing key file: from `ats keygen`, a PKCS#8 PEM or an OpenSSH ed25519 key "
+                   "(default: the key in $ATS_KEY, else the file $ATS_KEY_FILE)")
     s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
     s.add_argument("--body", required=True, help='event body as JSON, e.g. \'{"op": "llm.call", "cost": 3200}\'; bytes as hex')
     s.add_argument("--ts", type=int, help="timestamp in ms (default: now)")

@@ -19,6 +19,7 @@ from ledger.checkpoint import Checkpoint, parse_verifier_key
 from ledger import events
 from ledger.errors import LedgerError
 from node.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
+from node.tls import TlsError
 from node.sdk import AgentClient, AtsError, AtsUnreachable, Auditor, AuditFailed
 
 NOTE_FILE_BYTES_MAX = 65_536  # ledger.checkpoint.NOTE_BYTES_MAX: a saved note is bounded before reading (P6)
@@ -50,11 +51,17 @@ def _check_vkey(vkey: str | None) -> None:
             raise UsageError(f"--vkey: {e.message}") from None
 
 
+def tls_env() -> dict[str, Any]:
+    """How the client commands verify an https node: ATS_TLS_CA (CA bundle) or ATS_TLS_PINS (fingerprints)."""
+    pins = tuple(p.strip() for p in os.environ.get("ATS_TLS_PINS", "").split(",") if p.strip())
+    return {"tls_ca": os.environ.get("ATS_TLS_CA", ""), "tls_pins": pins}
+
+
 def _run(coro_fn: Any, args: argparse.Namespace) -> int:
     """Run one command coroutine and map the SDK's exceptions to exit codes."""
     try:
         return asyncio.run(coro_fn(args))
-    except UsageError as e:
+    except (UsageError, TlsError) as e:
         return fail(str(e), EXIT_USAGE)
     except AtsUnreachable as e:
         return fail(f"cannot reach the node: {e.message}", EXIT_UNREACHABLE)
@@ -75,10 +82,17 @@ def _warn_tofu(auditor: Auditor) -> None:
 
 def submit(args: argparse.Namespace) -> int:
     """`ats submit KIND --key FILE --body JSON`: sign, send, print the receipt."""
-    from node.keys import KeyFileError, read_key
+    from node.keys import KeyFileError, key_from_text, read_key
 
     try:
-        seed = read_key(args.key)
+        if args.key:
+            seed = read_key(args.key)
+        elif os.environ.get("ATS_KEY"):
+            seed = key_from_text(os.environ["ATS_KEY"], "ATS_KEY")
+        elif os.environ.get("ATS_KEY_FILE"):
+            seed = read_key(os.environ["ATS_KEY_FILE"])
+        else:
+            return fail("no key: pass --key FILE, or set ATS_KEY (the key) or ATS_KEY_FILE (its file)", EXIT_USAGE)
     except KeyFileError as e:
         return fail(str(e), EXIT_USAGE)
     return _run(lambda a: _submit(a, seed), args)
@@ -86,7 +100,7 @@ def submit(args: argparse.Namespace) -> int:
 
 async def _submit(args: argparse.Namespace, seed: bytes) -> int:
     body = body_from_json(args.kind, args.body)
-    async with AgentClient(args.url, seed) as agent:
+    async with AgentClient(args.url, seed, **tls_env()) as agent:
         receipt = await agent.submit(args.kind, body, args.ts)
     print(json.dumps(receipt, indent=2))
     return EXIT_OK
@@ -106,7 +120,7 @@ def checkpoint(args: argparse.Namespace) -> int:
 
 async def _checkpoint(args: argparse.Namespace) -> int:
     _check_vkey(args.vkey)
-    async with Auditor(args.url, args.vkey) as auditor:
+    async with Auditor(args.url, args.vkey, **tls_env()) as auditor:
         try:
             cp, note = await auditor.checkpoint(args.origin)
         except AuditFailed as e:
@@ -160,7 +174,7 @@ async def _audit(args: argparse.Namespace) -> int:
         failures += 1
         print(f"FAIL {what}: {reason}", flush=True)
 
-    async with Auditor(args.url, args.vkey) as auditor:
+    async with Auditor(args.url, args.vkey, **tls_env()) as auditor:
         try:
             cp, note = await auditor.checkpoint(args.origin)
         except AuditFailed as e:
@@ -207,7 +221,7 @@ def balance(args: argparse.Namespace) -> int:
 
 
 async def _balance(args: argparse.Namespace) -> int:
-    async with AgentClient(args.url, bytes(32)) as client:
+    async with AgentClient(args.url, bytes(32), **tls_env()) as client:
         doc = await client.balance(args.agent)
     print(json.dumps(doc, indent=2))
     return EXIT_OK
@@ -227,7 +241,7 @@ async def _peers(args: argparse.Namespace) -> int:
 
     clock = SystemClock()
 
-    async with AgentClient(args.url, bytes(32)) as client:
+    async with AgentClient(args.url, bytes(32), **tls_env()) as client:
         doc = await client.http.json("GET", "/v1/peers")
         for p in doc["peers"]:
             node = (p["node"] or "?")[:16]
@@ -245,7 +259,10 @@ async def _peers(args: argparse.Namespace) -> int:
                 bar = bars.setdefault(o["origin"], Progress(o["seen"], f"origin {o['origin'][:12]}", enabled=True))
                 bar.total = max(bar.total, o["seen"])
                 bar.advance(o["held"] - bar.done)
-            if all(o["held"] >= o["seen"] for o in doc["origins"]) or clock.monotonic_s() > deadline:
+            # Caught up: every peer asked at least once (a node just started has not yet seen
+            # what its peers hold), and every origin they showed held here.
+            asked = all(p["last_contact_ms"] is not None or p["failures"] > 0 for p in doc["peers"])
+            if (asked and all(o["held"] >= o["seen"] for o in doc["origins"])) or clock.monotonic_s() > deadline:
                 break
             await asyncio.sleep(0.5)
             doc = await client.http.json("GET", "/v1/peers")
@@ -268,7 +285,7 @@ async def _report(args: argparse.Namespace) -> int:
 
     params = {"period": args.period, **({"at": str(args.at)} if args.at is not None else {})}
     path = f"/v1/reports/{quote(args.scope, safe='')}/{quote(args.id, safe='')}"
-    async with AgentClient(args.url, bytes(32)) as client:
+    async with AgentClient(args.url, bytes(32), **tls_env()) as client:
         if args.csv:
             sys.stdout.write(await client.http.text(path, params={**params, "format": "csv"}))
             return EXIT_OK

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 
@@ -25,8 +25,15 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "ats-data", "path", "folder holding the SQLite ledger and the node key"),
+    Setting("node_key", "", "secret", "the node's private key as text: 64 hex digits, or a whole key file (ATS JSON, PKCS#8 PEM, OpenSSH); set it from the environment, not a file others read (empty: node_key_file)"),
+    Setting("node_key_file", "", "path", "the node's key file (ATS JSON, PKCS#8 PEM or OpenSSH; must exist; any mode but world-writable) (empty: data_dir/node.key, created on first start)"),
     Setting("listen_host", "127.0.0.1", "address", "HTTP listen address (loopback by default)"),
     Setting("listen_port", 8470, "port", "HTTP listen port"),
+    # TLS (docs/operations.md#tls): HTTPS on the same port, and how this node verifies its peers.
+    Setting("tls_cert", "", "path", "PEM certificate chain: with tls_key, the node serves HTTPS (agents, dashboard, peers) on listen_port (empty: plain HTTP)"),
+    Setting("tls_key", "", "path", "PEM private key of tls_cert"),
+    Setting("tls_ca", "", "path", "PEM CA bundle that peers' certificates must chain to (empty: the system's trust store)"),
+    Setting("tls_pins", (), "SHA-256 fingerprints", "pinned peer certificates: a peer's leaf certificate must have one of these SHA-256 fingerprints (hex, colons allowed); replaces tls_ca"),
     Setting("skew_ms", 300_000, "ms", "accept events whose ts is within this much of the node's clock"),
     Setting("body_bytes_max", 4 * 1024 * 1024, "bytes", "largest HTTP request body"),
     Setting("batch_events_max", 1000, "events", "most envelopes in one POST /v1/events/batch"),
@@ -87,13 +94,22 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+# A secret setting X without its own X_file setting may also be read from a file named by
+# X_file in TOML or ATS_X_FILE in the environment (the Docker and systemd credentials habit).
+_SECRET_FILES = {f"{s.name}_file": s.name for s in SETTINGS if s.unit == "secret" and f"{s.name}_file" not in _BY_NAME}
 
 
 @dataclass(frozen=True)
 class Config:
     data_dir: str = "ats-data"
+    node_key: str = field(default="", repr=False)
+    node_key_file: str = ""
     listen_host: str = "127.0.0.1"
     listen_port: int = 8470
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_pins: tuple[str, ...] = ()
     skew_ms: int = 300_000
     body_bytes_max: int = 4 * 1024 * 1024
     batch_events_max: int = 1000
@@ -132,7 +148,7 @@ class Config:
     strict_retry_ms: int = 100
     strict_wait_ms: int = 2000
     dashboard_auth: str = "auto"
-    dashboard_token: str = ""
+    dashboard_token: str = field(default="", repr=False)
     anomaly_detection: bool = True
     anomaly_threshold_milli: int = 3500
     anomaly_warmup_events: int = 32
@@ -184,6 +200,17 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
     return str(value)
 
 
+def _secret_file(path: str, source: str, problems: list[str]) -> str:
+    """The stripped text of a secret file named by source; a problem (not an exception) when unreadable."""
+    from node.keys import KeyFileError, read_secret_file
+
+    try:
+        return read_secret_file(path, f"{source} file").strip()
+    except KeyFileError as e:
+        problems.append(str(e))
+        return ""
+
+
 def load(
     file: str | None = None,
     env: Mapping[str, str] | None = None,
@@ -202,7 +229,9 @@ def load(
         for key, value in section.items():
             if isinstance(value, dict):
                 continue  # other sections belong to later features
-            if key not in _BY_NAME:
+            if key in _SECRET_FILES:
+                values[_SECRET_FILES[key]] = _secret_file(str(value), key, problems)
+            elif key not in _BY_NAME:
                 problems.append(f"{file}: unknown setting {key!r}")
             else:
                 values[key] = _coerce(key, value, problems)
@@ -211,6 +240,8 @@ def load(
             name = key[4:].lower()
             if name in _BY_NAME:
                 values[name] = _coerce(name, value, problems)
+            elif name in _SECRET_FILES and f"ATS_{_SECRET_FILES[name].upper()}" not in env:
+                values[_SECRET_FILES[name]] = _secret_file(value, key, problems)
     for key, value in (flags or {}).items():
         if value is not None:
             values[key] = _coerce(key, value, problems)
@@ -277,6 +308,7 @@ def validate(config: Config) -> list[str]:
     if config.alert_retry_max < 1:
         problems.append("alert_retry_max must be at least 1")
     problems.extend(_discovery_problems(config))
+    problems.extend(_tls_problems(config))
     problems.extend(_strict_problems(config))
     problems.extend(_export_problems(config))
     if config.dashboard_auth not in ("auto", "token"):
@@ -284,6 +316,17 @@ def validate(config: Config) -> list[str]:
     if config.dashboard_token and (len(config.dashboard_token) < 16 or not config.dashboard_token.isprintable()
                                    or " " in config.dashboard_token):
         problems.append("dashboard_token must be at least 16 printable characters without spaces")
+    return problems
+
+
+def _tls_problems(config: Config) -> list[str]:
+    problems = []
+    if bool(config.tls_cert) != bool(config.tls_key):
+        problems.append("tls_cert and tls_key go together: set both (HTTPS) or neither (HTTP)")
+    for pin in config.tls_pins:
+        digits = pin.replace(":", "").lower()
+        if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+            problems.append(f"tls_pins: {pin!r} is not a SHA-256 fingerprint (64 hex digits, colons allowed)")
     return problems
 
 

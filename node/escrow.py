@@ -31,6 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from consensus.messages import peer_headers
+from node import tls
 from ledger import escrow
 from ledger.budget import Rule, thresholds
 from ledger.constants import NONCE_SIZE
@@ -224,7 +225,8 @@ class EscrowAgent:
         """An aiohttp cleanup context: the asking loop lives between startup and cleanup."""
         self._loop = asyncio.get_running_loop()
         self.escrow.on_want = self._notify_threadsafe
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT_S))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT_S),
+                                              connector=tls.connector(getattr(self._replicator, "ssl", None)))
         task = asyncio.create_task(self._run(), name="ats-escrow")
         try:
             yield

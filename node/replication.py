@@ -52,6 +52,7 @@ from ledger.errors import NotFound
 from ledger.merkle import Frontier, leaf_hash, verify_consistency
 from node.aio import cancel_and_wait, read_bounded
 from node.budgets import BudgetBook
+from node import tls
 from node.clock import SystemClock
 from node.ingest import OwnLog
 from node.store import budgets as budget_store
@@ -122,7 +123,8 @@ class PeerState:
 class Replicator:
     def __init__(self, db: Database, own: OwnLog, book: BudgetBook, clock: SystemClock, *, static_peers: tuple[str, ...],
                  open_membership: bool, interval_ms: int, entries_max: int, peer_count_max: int, witness_quorum: int,
-                 anchor_sink: str, transport: Transport | None = None, rng: random.Random | None = None):
+                 anchor_sink: str, transport: Transport | None = None, rng: random.Random | None = None,
+                 ssl: Any = None):
         self._db, self._own, self._book, self._clock = db, own, book, clock
         self.open_membership = open_membership
         self._interval_ms, self._entries_max, self._peer_count_max = interval_ms, entries_max, peer_count_max
@@ -144,12 +146,14 @@ class Replicator:
         self._verified_notes: dict[tuple[bytes, str], Checkpoint] = {}
         self._push = False
         self.on_store: Callable[[], None] | None = None  # after each page of a peer's entries is stored
+        self.ssl = ssl  # how peers' certificates are verified (node/tls.py client_ssl); None: system CAs
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def context(self) -> Any:
         """An aiohttp cleanup context: the replication loop lives between startup and cleanup."""
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+                                              connector=tls.connector(self.ssl))
         if self._transport is None:
             self._transport = HttpTransport(self._session)
         self.start()

@@ -18,10 +18,18 @@ each of them and names every row that differs (table, key, column, stored, expec
 
 Not derivable, so not checked: a receipt's `budgets` (what the node answered at the time),
 `accepted_ms`, alerts, fork evidence. Reads only: safe on a running node (docs/integrity.md).
+
+A bare ledger file (`ats backup`, `ats restore`: `verify_ledger`) is checked the same way, less
+what needs its data folder: the superblock, and the counters (they depend on the node's settings).
+The quick check (`--quick`) skips the per-event parse and signature check, the costly part: each
+envelope is still hashed into its leaf and the rebuilt tree must give the signed roots, so any
+changed byte of any entry is still found, and each stored event id is checked against the SHA-256
+of the event bytes. It answers "is this copy intact?", not "were these events ever valid?".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -30,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ledger.checkpoint import NoteSignature, open_checkpoint, origin_line, verify_cosignature
+from ledger.encoding import decode
 from ledger.errors import LedgerError
 from ledger.events import Envelope, parse_envelope
 from ledger.merkle import Frontier, leaf_hash, stored_hash_count
@@ -119,6 +128,26 @@ def check_rows(origin_hex: str, rows: list[tuple]) -> tuple[list[bytes], list[Fi
     return leaves, found
 
 
+def check_rows_quick(origin_hex: str, rows: list[tuple]) -> tuple[list[bytes], list[Finding]]:
+    """check_rows without parsing events or checking signatures: leaves, and each stored event id
+    against the SHA-256 of the envelope's event bytes. Thread-safe."""
+    leaves: list[bytes] = []
+    found: list[Finding] = []
+    for idx, envelope, event_id, *_rest in rows:
+        leaves.append(leaf_hash(envelope))
+        try:
+            event = decode(envelope)["event"]
+        except (LedgerError, KeyError, TypeError):
+            event = None
+        if not isinstance(event, bytes):
+            found.append(Finding("entries", (("origin", origin_hex), ("idx", idx)), "envelope", "not a CBOR map with an event",
+                                 "a canonical envelope"))
+        elif hashlib.sha256(event).digest() != event_id:
+            found.append(Finding("entries", (("origin", origin_hex), ("idx", idx)), "event_id", event_id,
+                                 hashlib.sha256(event).digest()))
+    return leaves, found
+
+
 def check_notes(origin_hex: str, public_key: bytes, rows: list[tuple[int, bytes, str, bytes | None]]) -> list[Finding]:
     """Findings of checkpoint rows (size, root column, note, root rebuilt from the entries at that
     size or None if the log is shorter). Thread-safe."""
@@ -146,7 +175,8 @@ class OriginCheck:
     the checkpoints of each chunk's sizes checked against it (memory bounded by the chunks)."""
 
     def __init__(self, conn: Connection, origin_id: int, public_key: bytes, size_column: int,
-                 pool: ThreadPoolExecutor, findings: Findings, progress: Progress, extra_sizes: Iterable[int] = ()):
+                 pool: ThreadPoolExecutor, findings: Findings, progress: Progress, extra_sizes: Iterable[int] = (),
+                 quick: bool = False):
         self.conn, self.origin_id, self.public_key = conn, origin_id, public_key
         self.hex = public_key.hex()
         self.size_column = size_column
@@ -156,6 +186,7 @@ class OriginCheck:
         self.roots: dict[int, bytes] = {}  # rebuilt roots at the extra sizes (the superblock's)
         self.checkpoints = 0
         self._note_futs: list[Future] = []
+        self._check_rows = check_rows_quick if quick else check_rows
 
     def key(self, **more: Any) -> list[tuple[str, Any]]:
         return [("origin", self.hex), *more.items()]
@@ -198,7 +229,7 @@ class OriginCheck:
             gap = next((i for i, r in enumerate(rows) if r[0] != start + i), None)
             if gap is not None:
                 rows = rows[:gap]
-            futures.append(self.pool.submit(check_rows, self.hex, rows))
+            futures.append(self.pool.submit(self._check_rows, self.hex, rows))
             start += len(rows)
             while len(futures) > AHEAD:
                 self._drain(futures.pop(0))
@@ -324,23 +355,29 @@ def _superblock(data_dir: str, findings: Findings) -> superblock.Record | None:
 
 def check_data_dir(data_dir: str, config: Any, *, show: bool) -> dict[str, Any]:
     """Check everything; returns the report (see `verify_data_dir`)."""
+    return check_ledger(os.path.join(data_dir, "ledger.sqlite"), config, show=show, data_dir=data_dir)
+
+
+def check_ledger(path: str, config: Any, *, show: bool, data_dir: str | None = None,
+                 quick: bool = False) -> dict[str, Any]:
+    """Check one ledger file; with its data folder also the superblock, and with a config the
+    usage counters (a bare backup file has neither). Returns the report (`verify_data_dir`)."""
     clock = SystemClock()
     started = clock.monotonic_s()
-    path = os.path.join(data_dir, "ledger.sqlite")
     conn = connect(path, readonly=True)
     findings = Findings()
-    report: dict[str, Any] = {"data_dir": data_dir, "origins": []}
+    report: dict[str, Any] = {"data_dir": data_dir, "ledger": path, "origins": []}
     try:
         conn.execute("BEGIN")  # one read snapshot for the whole check, even on a running node
-        recorded = _superblock(data_dir, findings)
-        own_key = _own_key(data_dir) or (recorded.origin if recorded else None)
+        recorded = _superblock(data_dir, findings) if data_dir is not None else None
+        own_key = (_own_key(data_dir) if data_dir is not None else None) or (recorded.origin if recorded else None)
         own_id = None
         total = 0
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             for origin_id, public_key, size in log_store.list_origins(conn):
                 extra = [recorded.size] if recorded and recorded.origin == public_key else []
                 progress = Progress(size, f"verify {public_key.hex()[:12]}", enabled=show)
-                check = OriginCheck(conn, origin_id, public_key, size, pool, findings, progress, extra)
+                check = OriginCheck(conn, origin_id, public_key, size, pool, findings, progress, extra, quick)
                 before = findings.total
                 held = check.run()
                 progress.finish()
@@ -355,13 +392,15 @@ def check_data_dir(data_dir: str, config: Any, *, show: bool) -> dict[str, Any]:
             if recorded.size:
                 findings.add("superblock", (("origin", recorded.origin.hex()),), "size", recorded.size, "no such log held")
         report["seconds_logs"] = round(clock.monotonic_s() - started, 3)
-        progress = Progress(store.entry_count(conn), "counters", enabled=show)
-        expected = replay_counters(conn, config, own_key, own_id, progress)
-        progress.finish()
-        stored = store.all_counters(conn)
-        compare_counters(stored, expected, findings)
-        report["counters"] = len(set(stored) | set(expected))
-        report["seconds_counters"] = round(clock.monotonic_s() - started - report["seconds_logs"], 3)
+        report["counters"] = 0
+        if config is not None:
+            progress = Progress(store.entry_count(conn), "counters", enabled=show)
+            expected = replay_counters(conn, config, own_key, own_id, progress)
+            progress.finish()
+            stored = store.all_counters(conn)
+            compare_counters(stored, expected, findings)
+            report["counters"] = len(set(stored) | set(expected))
+            report["seconds_counters"] = round(clock.monotonic_s() - started - report["seconds_logs"], 3)
     finally:
         conn.close()
     report.update(entries=total, ok=findings.total == 0, differences=findings.total,
@@ -407,19 +446,31 @@ def verify_data_dir(data_dir: str, *, quiet: bool = False, as_json: bool = False
         print(f"ats: {e}", file=sys.stderr)
         return 2
     report = check_data_dir(data_dir, config, show=not quiet and not as_json and sys.stderr.isatty())
+    return _print_report(report, as_json)
+
+
+def verify_ledger(path: str, *, quiet: bool = False, quick: bool = False) -> int:
+    """verify_data_dir for a bare ledger file (a backup): logs, tree hashes, checkpoints and
+    cosignatures; quick: no per-event signature checks (module docstring). 0 ok, 1 differs."""
+    report = check_ledger(path, None, show=not quiet and sys.stderr.isatty(), quick=quick)
+    return _print_report(report, False, sys.stderr)  # the caller's own output is on stdout
+
+
+def _print_report(report: dict[str, Any], as_json: bool, out: Any = None) -> int:
+    out = out or sys.stdout
     lines = report.pop("_text")
     if as_json:
-        print(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1), file=out)
         return 0 if report["ok"] else 1
     for o in report["origins"]:
         state = "ok  " if not o["differences"] else "FAIL"
-        print(f"{state} origin {o['origin']} size {o['size']} checkpoints {o['checkpoints']}")
+        print(f"{state} origin {o['origin']} size {o['size']} checkpoints {o['checkpoints']}", file=out)
     for line in lines:
-        print(line)
+        print(line, file=out)
     if report["differences"] > len(lines):
-        print(f"... and {report['differences'] - len(lines)} more")
+        print(f"... and {report['differences'] - len(lines)} more", file=out)
     if not report["ok"]:
         print(f"FAIL {report['differences']} stored values differ from the envelopes", file=sys.stderr)
         return 1
-    print(f"verified {report['entries']} entries, {report['counters']} counters in {report['seconds']} s")
+    print(f"verified {report['entries']} entries, {report['counters']} counters in {report['seconds']} s", file=out)
     return 0

@@ -31,6 +31,7 @@ from ledger.events import make_envelope_bytes, make_event_bytes
 from ledger.signing import public_key_from_seed, sign
 from node.aio import read_bounded
 from node.clock import SystemClock
+from node.tls import client_ssl, connector
 from node.sdk.errors import AtsError, AtsUnreachable, parse_retry_after
 
 BATCH_EVENTS_MAX = 1000  # the node's default batch_events_max (node/config.py)
@@ -57,6 +58,8 @@ class HttpTransport:
         backoff_ms: int = 100,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        tls_ca: str = "",
+        tls_pins: tuple[str, ...] = (),
     ):
         if retries < 0 or backoff_ms < 0 or timeout_s <= 0:
             raise ValueError("retries and backoff_ms must be >= 0, timeout_s > 0")
@@ -68,10 +71,13 @@ class HttpTransport:
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
         self.retry_count = 0  # retries made so far, over all requests (for metrics and tests)
+        # https URLs: verified against tls_ca (else the system's CAs), or the pinned certificates
+        self._ssl = client_ssl(tls_ca, tls_pins)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                                  connector=connector(self._ssl))
         return self._session
 
     async def close(self) -> None:
@@ -181,12 +187,15 @@ class AgentClient:
         batch_events_max: int = BATCH_EVENTS_MAX,
         rng: random.Random | None = None,
         clock: SystemClock | None = None,
+        tls_ca: str = "",
+        tls_pins: tuple[str, ...] = (),
     ):
         self._seed = bytes(seed)
         self._public_key = public_key_from_seed(self._seed)
         self._clock = clock or SystemClock()
         self._batch_events_max = max(1, min(batch_events_max, BATCH_EVENTS_MAX))
-        self.http = HttpTransport(url, timeout_s=timeout_s, retries=retries, backoff_ms=backoff_ms, rng=rng)
+        self.http = HttpTransport(url, timeout_s=timeout_s, retries=retries, backoff_ms=backoff_ms, rng=rng,
+                                  tls_ca=tls_ca, tls_pins=tls_pins)
 
     async def __aenter__(self) -> AgentClient:
         return self

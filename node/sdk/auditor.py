@@ -84,8 +84,9 @@ class Auditor:
     """Verify a node's checkpoints, inclusion and consistency proofs against its verifier key."""
 
     def __init__(self, url: str, vkey: str | None = None, *, timeout_s: float = 10, retries: int = 2,
-                 backoff_ms: int = 100):
-        self.http = HttpTransport(url, timeout_s=timeout_s, retries=retries, backoff_ms=backoff_ms)
+                 backoff_ms: int = 100, tls_ca: str = "", tls_pins: tuple[str, ...] = ()):
+        self.http = HttpTransport(url, timeout_s=timeout_s, retries=retries, backoff_ms=backoff_ms,
+                                  tls_ca=tls_ca, tls_pins=tls_pins)
         self.vkey = vkey
         self.trust_on_first_use = False
         self._public_key: bytes | None = None

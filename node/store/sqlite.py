@@ -124,7 +124,15 @@ class Database:
         return await loop.run_in_executor(self._reader_pool, lambda: _wrapped(fn, self._reader(), args))
 
     async def close(self) -> None:
+        """Close the readers, then the writer: the last connection to close (a writable one)
+        checkpoints the WAL into the database and removes it, so a stopped node's ledger is one
+        self-contained file (read-only connections cannot do that)."""
         loop = asyncio.get_running_loop()
+        self._reader_pool.shutdown(wait=True)
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
 
         def close_writer() -> None:
             if self._writer is not None:
@@ -133,11 +141,6 @@ class Database:
 
         await loop.run_in_executor(self._writer_pool, close_writer)
         self._writer_pool.shutdown(wait=True)
-        self._reader_pool.shutdown(wait=True)
-        with self._readers_lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
 
 
 class InlineDatabase(Database):

@@ -26,3 +26,12 @@ def make_node(tmp_path):
     yield make
     for proc in made:
         proc.kill()
+
+
+@pytest.fixture
+def nodes():
+    """A list for the test to append the node processes it starts; every one is killed after."""
+    made: list[NodeProcess] = []
+    yield made
+    for proc in made:
+        proc.kill()

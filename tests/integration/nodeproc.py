@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-READY_RE = re.compile(r"ats node ready: (http://\S+) origin=([0-9a-f]{64}) size=(\d+)")
+READY_RE = re.compile(r"ats node ready: (https?://\S+) origin=([0-9a-f]{64}) size=(\d+)")
 START_TIMEOUT_S = 20
 
 

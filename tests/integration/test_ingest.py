@@ -152,14 +152,18 @@ def test_node_key_is_created_private_and_reused(tmp_path):
         assert node.origin == first
 
 
-def test_node_refuses_a_key_file_readable_by_others(tmp_path):
+def test_node_warns_about_a_key_file_readable_by_others_and_refuses_a_world_writable_one(tmp_path):
     data = str(tmp_path / "n")
-    with NodeProcess(data):
-        pass
-    os.chmod(os.path.join(data, "node.key"), 0o644)
+    with NodeProcess(data) as first:
+        origin = first.origin
+    os.chmod(os.path.join(data, "node.key"), 0o644)  # e.g. a secret mounted read-only: the operator's choice
+    with NodeProcess(data) as node:
+        assert node.origin == origin
+    assert "readable by others" in node.stderr() and "chmod 600" in node.stderr()
+    os.chmod(os.path.join(data, "node.key"), 0o666)
     out = subprocess.run([sys.executable, "-m", "node", "node", "--data-dir", data, "--port", "0"],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "chmod 600" in out.stderr
+    assert out.returncode == 2 and "anyone may replace it" in out.stderr
 
 
 def test_tampered_log_makes_node_read_only(tmp_path):
