@@ -164,4 +164,11 @@ CODES: dict[str, str] = {
     "not_member": "Forbidden",
     "insufficient_rights": "Conflict",
     "not_strict": "Invalid",
+    # gateway credentials (ledger/credentials.py, PROTOCOL.md §6.1): all 401; no token at all is token_required
+    "invalid_token": "BadSignature",
+    "token_signature": "BadSignature",
+    "token_audience": "BadSignature",
+    "token_expired": "BadSignature",
+    "token_not_yet_valid": "BadSignature",
+    "token_lifetime": "BadSignature",
 }

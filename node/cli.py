@@ -46,6 +46,34 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_duration_s(text: str) -> int:
+    """'30d', '12h', '15m', '90s' or plain seconds -> seconds; raises ValueError."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+    text = text.strip().lower()
+    scale = units.get(text[-1:], None)
+    value = int(text[:-1] if scale else text) * (scale or 1)
+    if value <= 0:
+        raise ValueError("a duration must be positive")
+    return value
+
+
+@command("token")
+def cmd_token(args: argparse.Namespace) -> int:
+    from ledger.credentials import mint
+    from node.clock import SystemClock
+    from node.keys import KeyFileError, read_key
+
+    try:
+        seed = read_key(args.key)
+        ttl_s = parse_duration_s(args.ttl)
+    except KeyFileError as e:
+        return fail(str(e), EXIT_USAGE)
+    except ValueError:
+        return fail(f"--ttl {args.ttl!r} is not a duration like 30d, 12h, 15m or 3600", EXIT_USAGE)
+    print(mint(seed, now_s=SystemClock().now_ms() // 1000, ttl_s=ttl_s, jti=args.jti))
+    return EXIT_OK
+
+
 @command("node")
 def cmd_node(args: argparse.Namespace) -> int:
     from node import diagnostics
@@ -95,6 +123,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("keygen", help="create an Ed25519 key file (mode 0600) and print its public key")
     s.add_argument("path", help="key file to create")
     s.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    s = sub.add_parser("token", help="mint a bearer token for a node's LLM gateway from an agent key (offline; docs/gateway.md)")
+    s.add_argument("--key", required=True, help="agent key file (from `ats keygen`)")
+    s.add_argument("--ttl", default="30d", help="lifetime: 30d, 12h, 15m or seconds (default 30d; nodes refuse more than llm_token_lifetime_s_max)")
+    s.add_argument("--jti", help="a token id to put in the jti claim")
 
     s = sub.add_parser("node", help="start the node daemon")
     s.add_argument("--data-dir", help="ledger folder (default: ./ats-data)")

@@ -217,6 +217,12 @@ class AgentClient:
             raise AtsError(e.code, e.message, None) from None
         return make_envelope_bytes(event, sign(event, self._seed))
 
+    def gateway_token(self, ttl_s: int = 30 * 86_400, jti: str | None = None) -> str:
+        """A bearer token for the node's LLM gateway (PROTOCOL.md §6.1), minted offline with this key."""
+        from ledger.credentials import mint
+
+        return mint(self._seed, now_s=self._clock.now_ms() // 1000, ttl_s=ttl_s, jti=jti)
+
     # -- submitting ------------------------------------------------------------
 
     async def submit(self, kind: str, body: dict[str, Any], ts: int | None = None) -> dict[str, Any]:
