@@ -7,11 +7,41 @@ policy's `prices` (ledger/governance.py), milli-T per unit.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 TOKEN_PRICE = "llm.call.token"
 DAT_PRICE = "dat.byte_per_kb"
 CPT_PRICE = "cpt.unit"
+LLM_CALL_PRICE = "llm.call"  # a flat price per LLM call, before its tokens (default: none)
+MODEL_IN_PREFIX = "llm.in."  # + model key: milli-T per 1,000 input (prompt) tokens
+MODEL_OUT_PREFIX = "llm.out."  # + model key: milli-T per 1,000 output (completion) tokens
+PRICE_NAME_CHARS_MAX = 64
+_MODEL_KEY_BAD = re.compile(r"[^a-z0-9._-]")
+
+
+def model_key(model: str) -> str:
+    """A model's name as it appears in price names: lowercase, other characters than a-z0-9._- as '-',
+    cut so that `llm.out.` + key fits the 64 characters of a price name ("meta-llama/Llama-3" ->
+    "meta-llama-llama-3")."""
+    return _MODEL_KEY_BAD.sub("-", model.lower())[: PRICE_NAME_CHARS_MAX - len(MODEL_OUT_PREFIX)]
+
+
+def llm_cost_milli(prices: Mapping[str, int], model: str, tokens_in: int, tokens_out: int) -> int:
+    """One LLM call's cost in milli-T: the flat `llm.call` price, plus input and output tokens at
+    the model's per-1,000-token prices, rounded up to whole milli-T; a model with no price of its
+    own pays `llm.call.token` per token (prompt and completion alike)."""
+    key = model_key(model)
+    per_token_k = prices.get(TOKEN_PRICE, 0) * 1000
+    price_in = prices.get(MODEL_IN_PREFIX + key, per_token_k)
+    price_out = prices.get(MODEL_OUT_PREFIX + key, per_token_k)
+    return prices.get(LLM_CALL_PRICE, 0) + -(-(tokens_in * price_in + tokens_out * price_out) // 1000)
+
+
+def model_priced(prices: Mapping[str, int], model: str) -> bool:
+    """True when the table has an input or output price of its own for this model."""
+    key = model_key(model)
+    return MODEL_IN_PREFIX + key in prices or MODEL_OUT_PREFIX + key in prices
 
 
 def estimate_milli(prices: Mapping[str, int], op: str, tokens: int) -> int:

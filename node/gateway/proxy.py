@@ -1,0 +1,328 @@
+"""The OpenAI-compatible LLM gateway (PROTOCOL.md §6.2, docs/gateway.md): reserve, call, charge.
+
+Theory of operation. A call under /llm/v1 is authenticated by the agent's own EdDSA token
+(ledger/credentials.py), bounded and parsed, routed to its model's upstream, and then:
+
+1. its worst case is reserved (node/meter.py): prompt tokens bounded by the bytes of the
+   request body (no tokenizer makes more than one token of a byte), plus the output it may
+   ask for (max_tokens, or a default, capped). A refusal is the OpenAI 429 and the upstream
+   never sees the call;
+2. the upstream is called with the node's provider key; its bytes go back to the client as
+   sent (a stream event by event), except the usage chunk the node asked for and the client
+   did not;
+3. what the upstream reports is charged as a node-signed metered event (the reservation is
+   settled in the same transaction). An upstream error releases the reservation and passes
+   its status and body through; an unreachable upstream is 502 and charges nothing; a
+   timeout, a garbled answer or a stream that ends without usage are charged at the
+   reservation, because the upstream may have done the work.
+
+Each call runs in its own task, shielded from the request handler: a client that goes away
+never cancels the metering. A stream whose client left is read on (at most `llm_drains_max`
+at once, each for at most `llm_drain_ms`) to learn its usage; beyond those bounds it is cut
+and charged at its reservation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from ledger.credentials import verify_token
+from ledger.errors import BadSignature, LedgerError, Malformed, NotFound, TooLarge, UpstreamError
+from ledger.pricing import format_t
+from node.clock import SystemClock
+from node.config import Config
+from node.gateway.errors import from_ledger_error, openai_error
+from node.gateway.sse import SseSplitter, Usage, stream_usage, usage_from
+from node.meter import Meter, remaining
+from node.store.meter import OpenCall
+
+logger = logging.getLogger("ats.gateway")
+
+SSE_EVENT_BYTES_MAX = 1_048_576
+_PASS_HEADERS = ("Content-Type",)
+
+
+def _pairs(items: tuple[str, ...]) -> dict[str, str]:
+    return {k.strip(): v.strip() for k, _, v in (i.partition("=") for i in items)}
+
+
+class Gateway:
+    """Routes, meters and proxies the calls of one node's /llm/v1 paths."""
+
+    def __init__(self, config: Config, meter: Meter | None, clock: SystemClock):
+        self._config, self._clock = config, clock
+        self.meter = meter  # set by the composition root once storage is open
+        self._routes = {m: u.rstrip("/") for m, u in _pairs(config.llm_routes).items()}
+        self._keys = _pairs(config.llm_route_keys)
+        self._models = frozenset(config.llm_models)
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._drains = 0
+        self.upstream_calls = 0  # calls that reached an upstream (for /metrics and tests)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def context(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: the upstream session; open calls are cut at shutdown (and
+        charged at their reservation on the next start, since their rows stay)."""
+        timeout = aiohttp.ClientTimeout(total=self._config.llm_timeout_ms / 1000,
+                                        sock_connect=self._config.llm_connect_timeout_ms / 1000)
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=256),
+                                              auto_decompress=False)
+        try:
+            yield
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._session.close()
+
+    @property
+    def _m(self) -> Meter:
+        assert self.meter is not None, "the gateway serves only once storage is open"
+        return self.meter
+
+    def _upstream(self, model: str) -> tuple[str, str]:
+        """(base URL, provider key) of a model; raises NotFound(unknown_model)."""
+        if self._models and model not in self._models and model not in self._routes:
+            raise NotFound("unknown_model", f"model {model[:128]!r} is not served by this gateway")
+        base = self._routes.get(model) or self._config.llm_upstream.rstrip("/")
+        if not base:
+            raise NotFound("unknown_model", f"model {model[:128]!r} has no upstream here")
+        return base, self._keys.get(model, self._config.llm_upstream_key)
+
+    def _headers(self, key: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _agent(self, request: web.Request) -> bytes:
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            raise BadSignature("token_required", "send Authorization: Bearer <token> (mint one with `ats token`)")
+        claims = verify_token(auth[7:].strip(), now_s=self._clock.now_ms() // 1000,
+                              lifetime_s_max=self._config.llm_token_lifetime_s_max)
+        return claims.agent
+
+    async def _body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
+        limit = self._config.llm_body_bytes_max
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge("prompt_too_large", f"request body is over {limit} bytes")
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            raise TooLarge("prompt_too_large", f"request body is over {limit} bytes")
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise Malformed("invalid_request", "the request body is not JSON") from None
+        if type(doc) is not dict:
+            raise Malformed("invalid_request", "the request body must be a JSON object")
+        if type(doc.get("model")) is not str or not doc["model"]:
+            raise Malformed("invalid_request", "model must be a non-empty string")
+        return raw, doc
+
+    def _out_bound(self, doc: dict[str, Any]) -> int:
+        asked = doc.get("max_completion_tokens", doc.get("max_tokens"))
+        if asked is None:
+            asked = self._config.llm_max_tokens_default
+        if type(asked) is not int or asked < 0:
+            raise Malformed("invalid_request", "max_tokens must be a non-negative integer")
+        n = doc.get("n", 1)
+        if type(n) is not int or not 1 <= n <= 128:
+            raise Malformed("invalid_request", "n must be an integer 1..128")
+        return min(asked, self._config.llm_output_tokens_max) * n
+
+    async def handle(self, request: web.Request, path: str) -> web.StreamResponse:
+        """POST /llm/v1/{chat/completions,embeddings}: the whole metered call, or its OpenAI error."""
+        try:
+            agent = self._agent(request)
+            raw, doc = await self._body(request)
+            model = doc["model"]
+            base, key = self._upstream(model)
+            prompt_bound = len(raw)
+            if prompt_bound > self._config.llm_context_tokens_max:
+                raise TooLarge("prompt_too_large", f"prompt may be {prompt_bound} tokens, over {self._config.llm_context_tokens_max}")
+            stream = doc.get("stream") is True and path == "chat/completions"
+            out_bound = self._out_bound(doc) if path == "chat/completions" else 0
+            call, budgets = await self._m.reserve(agent, "llm", model, prompt_bound, out_bound)
+        except LedgerError as e:
+            return from_ledger_error(e)
+        task = asyncio.create_task(self._call(request, call, budgets, base, key, path, doc, raw, stream))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(task)
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        """GET /llm/v1/models: the default upstream's list, as it sent it."""
+        try:
+            self._agent(request)
+            base = self._config.llm_upstream.rstrip("/") or next(iter(self._routes.values()), "")
+            assert self._session is not None
+            async with self._session.get(f"{base}/models", headers=self._headers(self._config.llm_upstream_key)) as resp:
+                body = await resp.content.read(self._config.llm_response_bytes_max)
+                return web.Response(status=resp.status, body=body,
+                                    content_type=resp.content_type or "application/json")
+        except LedgerError as e:
+            return from_ledger_error(e)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+            return from_ledger_error(UpstreamError("upstream_unreachable", f"upstream {base} did not answer: {type(e).__name__}"))
+
+    # -- the call ------------------------------------------------------------------------------
+
+    async def _call(self, request: web.Request, call: OpenCall, budgets: list[dict[str, Any]], base: str, key: str,
+                    path: str, doc: dict[str, Any], raw: bytes, stream: bool) -> web.StreamResponse:
+        client_wants_usage = False
+        if stream:
+            options = doc.get("stream_options")
+            client_wants_usage = type(options) is dict and options.get("include_usage") is True
+            if not client_wants_usage:
+                doc = {**doc, "stream_options": {**(options if type(options) is dict else {}), "include_usage": True}}
+                raw = json.dumps(doc, separators=(",", ":")).encode()
+        assert self._session is not None
+        self.upstream_calls += 1
+        try:
+            resp = await self._session.post(f"{base}/{path}", data=raw, headers=self._headers(key))
+        except asyncio.TimeoutError:
+            return await self._fail_charged(call, "upstream_timeout", f"upstream {base} did not answer in time")
+        except (aiohttp.ClientError, OSError) as e:
+            await self._m.release(call)
+            return from_ledger_error(UpstreamError("upstream_unreachable", f"upstream {base} is unreachable: {type(e).__name__}"))
+        try:
+            if resp.status >= 300:
+                return await self._passthrough_error(call, resp)
+            if stream:
+                return await self._stream(request, call, budgets, resp, client_wants_usage)
+            return await self._whole(call, resp)
+        finally:
+            resp.release()
+
+    async def _passthrough_error(self, call: OpenCall, resp: aiohttp.ClientResponse) -> web.Response:
+        """The upstream refused: nothing was generated, so nothing is charged; its answer goes back as sent."""
+        try:
+            body = await resp.content.read(self._config.llm_response_bytes_max)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            body = b""
+        await self._m.release(call)
+        return web.Response(status=resp.status, body=body, headers={"Content-Type": resp.headers.get("Content-Type", "application/json")})
+
+    async def _fail_charged(self, call: OpenCall, code: str, message: str) -> web.Response:
+        """The upstream may have done the work but we cannot know how much: charge the reservation."""
+        headers: dict[str, str] = {}
+        try:
+            outcome, cost = await self._m.charge_reserved(call)
+            headers = self._cost_headers(cost, outcome.receipt or {})
+        except LedgerError as e:
+            logger.error("call %s not charged now (charged at restart): %s", call.call.hex(), e.message)
+        response = from_ledger_error(UpstreamError(code, f"{message}; charged at the reservation ({format_t(call.cost)} T)"))
+        response.headers.update(headers)
+        return response
+
+    def _cost_headers(self, cost: int, receipt: dict[str, Any]) -> dict[str, str]:
+        headers = {"x-ats-cost-milli": str(cost), "x-ats-cost": format_t(cost)}
+        left = remaining(receipt.get("budgets") or [])
+        if left is not None:
+            headers["x-ats-remaining-milli"] = str(left)
+        if receipt.get("id"):
+            headers["x-ats-event"] = receipt["id"]
+        return headers
+
+    async def _charge(self, call: OpenCall, usage: Usage) -> dict[str, str]:
+        try:
+            outcome, cost = await self._m.charge_llm(call, call.model, usage.tokens_in, usage.tokens_out)
+        except LedgerError as e:
+            logger.error("call %s not charged now (charged at restart): %s", call.call.hex(), e.message)
+            return {}
+        return self._cost_headers(cost, outcome.receipt or {})
+
+    async def _whole(self, call: OpenCall, resp: aiohttp.ClientResponse) -> web.Response:
+        limit = self._config.llm_response_bytes_max
+        try:
+            body = await resp.content.read(limit + 1)
+            if len(body) > limit:
+                return await self._fail_charged(call, "upstream_bad_response", f"upstream answer is over {limit} bytes")
+        except asyncio.TimeoutError:
+            return await self._fail_charged(call, "upstream_timeout", "upstream answer did not complete in time")
+        except (aiohttp.ClientError, OSError) as e:
+            return await self._fail_charged(call, "upstream_bad_response", f"upstream answer broke off: {type(e).__name__}")
+        try:
+            usage = usage_from(json.loads(body))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            usage = None
+        if usage is None:
+            return await self._fail_charged(call, "upstream_bad_response", "upstream answer is not an OpenAI response with usage")
+        headers = await self._charge(call, usage)
+        headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
+        return web.Response(status=resp.status, body=body, headers=headers)
+
+    async def _stream(self, request: web.Request, call: OpenCall, budgets: list[dict[str, Any]],
+                      resp: aiohttp.ClientResponse, client_wants_usage: bool) -> web.StreamResponse:
+        out = web.StreamResponse(status=resp.status, headers={
+            "Content-Type": resp.headers.get("Content-Type", "text/event-stream"),
+            "Cache-Control": "no-cache",
+            "x-ats-reserved-milli": str(call.cost),
+            **({"x-ats-remaining-milli": str(remaining(budgets))} if remaining(budgets) is not None else {}),
+        })
+        splitter = SseSplitter(SSE_EVENT_BYTES_MAX)
+        usage: Usage | None = None
+        client = True
+        draining = False
+        deadline = None
+        try:
+            await out.prepare(request)
+        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            client = False
+        try:
+            async for chunk in resp.content.iter_any():
+                for event in splitter.feed(chunk):
+                    found, usage_only = stream_usage(event)
+                    if found is not None:
+                        usage = found
+                    if client and not (usage_only and not client_wants_usage):
+                        try:
+                            await out.write(event)
+                        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                            client = False
+                if not client and not draining:
+                    if self._drains >= self._config.llm_drains_max:
+                        break  # too many abandoned streams read at once: cut, charged at reservation
+                    draining = True
+                    self._drains += 1
+                    deadline = self._clock.monotonic_s() + self._config.llm_drain_ms / 1000
+                if draining and (usage is not None or self._clock.monotonic_s() > deadline):
+                    break
+            rest = splitter.rest()
+            if rest and client:
+                found, _ = stream_usage(rest)
+                usage = usage or found
+                await out.write(rest)
+        except asyncio.TimeoutError:
+            pass  # the upstream hung mid-stream: charged below from what it reported, or at reservation
+        except (aiohttp.ClientError, OSError, ConnectionError):
+            pass
+        finally:
+            if draining:
+                self._drains -= 1
+        if usage is None:
+            logger.warning("stream of call %s ended without usage: charged at its reservation", call.call.hex())
+            try:
+                await self._m.charge_reserved(call)
+            except LedgerError as e:
+                logger.error("call %s not charged now (charged at restart): %s", call.call.hex(), e.message)
+        else:
+            await self._charge(call, usage)
+        if client:
+            try:
+                await out.write_eof()
+            except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                pass
+        return out

@@ -1,0 +1,159 @@
+"""The meter in the path: reserve a call's worst case, then charge what it really used (PROTOCOL.md §6).
+
+Theory of operation. A metered call (an LLM call through the gateway, a task run by
+`ats exec`) goes through three steps, each on the single writer:
+
+1. `reserve`: the book (node/budgets.py `reserve_call`) admits the call's worst case against
+   every budget of the agent and its scopes, counting every other open call's hold, and
+   persists the reservation (node/store/meter.py) before the call goes out. A refusal raises.
+2. the work happens (no writer involved);
+3. `charge_*`: the node signs a metered event naming the agent (its nonce is the call id) and
+   commits it like any event; the same transaction deletes the reservation. Or `release`,
+   when nothing was done (the upstream refused, or could not be reached).
+
+A node killed between 1 and 3 finds the reservation at restart: `recover` charges it at its
+worst case and raises a `call_recovered` alert, so no call goes unrecorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from ledger.errors import LedgerError, NotReady
+from node.budgets import BudgetBook
+from node.clock import SystemClock
+from node.ingest import Committer, Outcome, OwnRecord
+from node.store import budgets as budget_store
+from node.store.meter import OpenCall
+from node.store.sqlite import Database
+
+logger = logging.getLogger("ats.meter")
+CALL_ID_SIZE = 16
+
+
+class Meter:
+    """Reservations and charges of metered calls, for the gateway and the task meter."""
+
+    def __init__(self, db: Database, book: BudgetBook, committer: Committer, clock: SystemClock, own: Any,
+                 on_alerts: Any = None):
+        self._db, self._book, self._committer, self._clock, self._own = db, book, committer, clock, own
+        self._on_alerts = on_alerts
+
+    @property
+    def node_name(self) -> str:
+        return "ats-" + self._own.public_key.hex()[:16]
+
+    def writable(self) -> None:
+        """Raise NotReady(read_only) on a read-only node: it never lets a call through unmetered."""
+        if self._own.read_only_reason:
+            raise NotReady("read_only", f"node is read-only: {self._own.read_only_reason}")
+
+    async def reserve(self, agent: bytes, kind: str, model: str, tokens_in: int, tokens_out: int,
+                      cost: int | None = None) -> tuple[OpenCall, list[dict[str, Any]]]:
+        """Hold the worst case (an LLM call priced from the table now, or `cost` milli-T for a task);
+        returns the call and the budgets it touched; raises the refusal (OverBudget, Invalid)."""
+        self.writable()
+        now_ms = self._clock.now_ms()
+        call_id = os.urandom(CALL_ID_SIZE)
+
+        def step(conn: Any) -> tuple[OpenCall, list[dict[str, Any]]]:
+            price = cost if cost is not None else self._book.llm_price(model, tokens_in, tokens_out, now_ms)
+            call = OpenCall(call_id, agent, kind, model, price, tokens_in, tokens_out, now_ms)
+            out, refusal = self._book.reserve_call(conn, call, now_ms)
+            if refusal is not None:
+                raise refusal
+            return call, out.budgets
+
+        return await self._db.write(step)
+
+    async def release(self, call: OpenCall) -> None:
+        """Forget a reservation: the call did no work (upstream refused it or was unreachable)."""
+        await self._db.write(self._book.release_call, call.call)
+
+    async def charge_llm(self, call: OpenCall, model: str, tokens_in: int, tokens_out: int) -> tuple[Outcome, int]:
+        """Record an LLM call as the node's metered act event, priced at its ts; settles the reservation.
+        Returns the outcome and the cost charged (milli-T)."""
+        agent = call.agent
+        name = "".join(c for c in model[:128] if c.isprintable()) or "unknown"
+        charged = [0]
+
+        def body(book: BudgetBook, ts_ms: int) -> dict[str, Any]:
+            charged[0] = book.llm_price(name, tokens_in, tokens_out, ts_ms)
+            return {"op": "llm.call", "agent": agent, "model": name, "tokens_in": tokens_in,
+                    "tokens_out": tokens_out, "units": tokens_in + tokens_out, "cost": charged[0]}
+
+        outcome = await self._record([OwnRecord("act", body, call.call)])
+        return outcome, charged[0]
+
+    async def charge_reserved(self, call: OpenCall) -> tuple[Outcome, int]:
+        """Charge a call whose usage is unknown at its reservation (its worst case)."""
+        if call.kind == "llm":
+            return await self.charge_llm(call, call.model, call.tokens_in, call.tokens_out)
+        return await self.charge_task(call, cost=call.cost, cpt=None, dat=None), call.cost
+
+    async def charge_task(self, call: OpenCall, *, cost: int, cpt: dict[str, int] | None,
+                          dat: dict[str, int] | None) -> Outcome:
+        """Record a task: an act `task.run` of its cost (settles the reservation), and its CPT and DAT events."""
+        agent = call.agent
+        records = [OwnRecord("act", lambda _b, _t: {"op": "task.run", "agent": agent, "cost": cost}, call.call)]
+        if cpt is not None:
+            records.append(OwnRecord("cpt", lambda _b, _t: {"node": self.node_name, "agent": agent, **cpt}, os.urandom(16)))
+        if dat is not None:
+            me = self._own.public_key
+            records.append(OwnRecord("dat", lambda _b, _t: {"src": agent, "dst": me, "agent": agent, **dat}, os.urandom(16)))
+        outcomes = await self._committer.record(records)
+        for o in outcomes[1:]:
+            if o.error is not None:
+                logger.error("task event of %s not recorded: %s", agent.hex()[:16], o.error.message)
+        return self._first(outcomes)
+
+    async def _record(self, records: list[OwnRecord]) -> Outcome:
+        return self._first(await self._committer.record(records))
+
+    @staticmethod
+    def _first(outcomes: list[Outcome]) -> Outcome:
+        outcome = outcomes[0]
+        if outcome.error is not None:
+            # the reservation stays: it is charged at restart rather than lost
+            logger.error("metered event not recorded: %s %s", outcome.error.code, outcome.error.message)
+            raise outcome.error
+        return outcome
+
+    async def recover(self) -> int:
+        """At start-up: charge every reservation a killed node left open, at its worst case, with an alert."""
+        orphans = [call for call, _chain in list(self._book.calls.values())]
+        for call in orphans:
+            try:
+                outcome, _cost = await self.charge_reserved(call)
+            except LedgerError as e:
+                logger.error("open call %s of agent %s not charged: %s", call.call.hex(), call.agent.hex()[:16], e.message)
+                continue
+            alert = {"ts_ms": self._clock.now_ms(), "type": "call_recovered", "scope": "agent",
+                     "scope_id": call.agent.hex(), "metric": "act.cost",
+                     "detail": json.dumps({"call": call.call.hex(), "kind": call.kind, "model": call.model,
+                                           "charged": call.cost, "event": (outcome.receipt or {}).get("id"),
+                                           "reason": "the node stopped during the call; charged at its reservation"},
+                                          sort_keys=True)}
+            ids = await self._db.write(lambda conn: _insert_alerts(conn, [alert]))
+            logger.warning("charged call %s of agent %s at its reservation (%d milli-T): the node stopped during it",
+                           call.call.hex(), call.agent.hex()[:16], call.cost)
+            if self._on_alerts:
+                self._on_alerts([{**alert, "id": ids[0]}])
+        return len(orphans)
+
+
+def _insert_alerts(conn: Any, alerts: list[dict[str, Any]]) -> list[int]:
+    from node.store.sqlite import transaction
+
+    with transaction(conn):
+        return budget_store.insert_alerts(conn, alerts)
+
+
+def remaining(budgets: list[dict[str, Any]], metric: str = "act.cost") -> int | None:
+    """The least remaining amount of metric over a receipt's budgets (None: no limit touched)."""
+    values = [b["remaining"] for b in budgets if b.get("metric") == metric and b.get("remaining") is not None]
+    return min(values) if values else None
+
