@@ -170,6 +170,7 @@ def test_concurrent_calls_against_a_nearly_spent_budget_never_pass_it(node, upst
 @pytest.mark.parametrize("case, code", [
     ("none", "token_required"), ("garbage", "invalid_token"), ("expired", "token_expired"),
     ("audience", "token_audience"), ("lifetime", "token_lifetime"), ("signature", "token_signature"),
+    ("future", "token_not_yet_valid"),
 ])
 def test_bad_credentials_get_401_with_their_code_and_reach_nothing(node, upstream, case, code):
     seed, now = os.urandom(32), int(time.time())
@@ -179,6 +180,7 @@ def test_bad_credentials_get_401_with_their_code_and_reach_nothing(node, upstrea
         "audience": mint(seed, now_s=now, ttl_s=3600, audience="someone-else"),
         "lifetime": mint(seed, now_s=now, ttl_s=400 * 86_400),
         "signature": mint(seed, now_s=now, ttl_s=3600)[:-4] + "AAAA",
+        "future": mint(seed, now_s=now + 7200, ttl_s=3600),
     }[case]
     before = upstream.total()
     status, doc, _ = _raw_post(node, "/llm/v1/chat/completions", b'{"model": "test-model", "messages": []}', token)
