@@ -186,4 +186,5 @@ CODES: dict[str, str] = {
     "upstream_unreachable": "UpstreamError",
     "upstream_timeout": "UpstreamError",
     "upstream_bad_response": "UpstreamError",
+    "task_not_found": "NotFound",
 }

@@ -38,6 +38,12 @@ def llm_cost_milli(prices: Mapping[str, int], model: str, tokens_in: int, tokens
     return prices.get(LLM_CALL_PRICE, 0) + -(-(tokens_in * price_in + tokens_out * price_out) // 1000)
 
 
+def task_cost_milli(prices: Mapping[str, int], cpu_ms: int, read: int, written: int) -> int:
+    """A metered task's cost (ats exec): its CPU time in whole seconds (one `cpt.unit` each, rounded
+    up) plus the KiB it read and wrote (`dat.byte_per_kb` each, rounded up)."""
+    return -(-cpu_ms // 1000) * prices.get(CPT_PRICE, 0) + -(-(read + written) // 1024) * prices.get(DAT_PRICE, 0)
+
+
 def model_priced(prices: Mapping[str, int], model: str) -> bool:
     """True when the table has an input or output price of its own for this model."""
     key = model_key(model)

@@ -16,7 +16,7 @@ from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
-from node.api import dashboard, events, info, log, peer
+from node.api import dashboard, events, info, log, peer, tasks
 from node.api.errors import error_middleware
 from node.alerts import AlertSender
 from node.anomaly import AnomalyWatch
@@ -155,6 +155,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/static/{name}", dashboard.static)
     app.router.add_get("/v1/dashboard/agents", dashboard.agents)
     app.router.add_get("/v1/dashboard/budgets", dashboard.budgets)
+    app.router.add_post("/v1/tasks", tasks.reserve)
+    app.router.add_post("/v1/tasks/{task}", tasks.settle)
 
 
 def add_gateway_routes(app: web.Application, gateway: Gateway) -> None:

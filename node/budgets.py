@@ -117,10 +117,9 @@ class Admitted:
 
 def call_amounts(call: OpenCall) -> dict[str, int]:
     """What an open call holds against each metric until it is settled: its worst case."""
-    amounts = {"act.cost": call.cost, "events": 1}
     if call.kind == "llm":
-        amounts["act.llm_tokens"] = call.tokens
-    return amounts
+        return {"act.cost": call.cost, "act.llm_tokens": call.tokens, "events": 1}
+    return {"act.cost": call.cost, "act.runs": 1, "events": 3}  # a task: one run; its act, cpt and dat
 
 
 class BudgetBook:
@@ -589,16 +588,30 @@ class BudgetBook:
         open call's hold counted (so concurrent calls are never admitted beyond budget + reserve);
         admitted, the hold is persisted (meter_calls) before the call goes out. Writer thread only.
         """
-        body: dict[str, Any] = {"op": "llm.call" if call.kind == "llm" else "task.run", "cost": call.cost}
+        body: dict[str, Any] = {"op": "llm.call" if call.kind == "llm" else "agent.run", "cost": call.cost}
         if call.kind == "llm":
             body["units"] = call.tokens
+        else:
+            reg = self.registrations.get(call.agent)
+            if reg is not None and reg.max_cost_per_run is not None and call.cost > reg.max_cost_per_run:
+                raise Invalid("run_limit_exceeded", f"estimated cost {call.cost} is over max_cost_per_run {reg.max_cost_per_run}")
         probe = unsigned_event("act", call.agent, now_ms, body)
         out, refusal = self.admit(conn, probe, now_ms, dry_run=True)
         if refusal is not None:
             return out, refusal
+
         meter_store.insert_call(conn, call)
         self._hold_call(call)
         return out, None
+
+    def max_cost_per_run(self, agent: bytes) -> int | None:
+        """The agent's registered max_cost_per_run (milli-T), if any."""
+        reg = self.registrations.get(agent)
+        return reg.max_cost_per_run if reg is not None else None
+
+    def prices_at(self, at_ms: int) -> dict[str, int]:
+        """The governed price table in force at at_ms (milli-T per unit)."""
+        return dict(self.governance.policy_at(at_ms).prices)
 
     def release_call(self, conn: Connection, call_id: bytes) -> None:
         """Forget a call that charges nothing (refused or failed upstream before any work)."""

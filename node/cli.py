@@ -74,6 +74,46 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command("exec")
+def cmd_exec(args: argparse.Namespace) -> int:
+    import json
+
+    from node.keys import KeyFileError, read_key
+    from node.sdk.errors import AtsError, AtsUnreachable
+    from node.sdk.task import TaskMeter
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        return fail("exec needs a command after --", EXIT_USAGE)
+    try:
+        seed = read_key(args.key)
+    except KeyFileError as e:
+        return fail(str(e), EXIT_USAGE)
+    meter = TaskMeter(args.url, seed, argv, estimate=args.estimate, interval_ms=args.interval_ms,
+                      timeout_ms=None if args.timeout_s is None else int(args.timeout_s * 1000))
+    try:
+        asyncio.run(meter.reserve())
+    except AtsUnreachable as e:
+        return fail(str(e), EXIT_UNREACHABLE)
+    except AtsError as e:
+        return fail(f"the node refused the task, not started: {e.code}: {e.message}")
+    try:
+        usage = meter.run()
+    except OSError as e:
+        return fail(f"cannot run {argv[0]}: {e.strerror}", 127)
+    summary = {"task": meter.task, "reserved": meter.reservation.get("reserved"), **vars(usage)}
+    try:
+        settled = asyncio.run(meter.settle())
+        summary.update(cost=settled["cost"], events=settled["events"])
+    except (AtsError, AtsUnreachable) as e:
+        summary["settle_error"] = str(e)  # the reservation stays: charged when it expires
+    if usage.killed_for_cost:
+        print(f"ats exec: killed: the task's cost passed max_cost_per_run {meter.reservation.get('max_cost_per_run')}",
+              file=sys.stderr)
+    print("ats exec: " + json.dumps(summary, sort_keys=True), file=sys.stderr)
+    return usage.exit_code
+
+
 @command("node")
 def cmd_node(args: argparse.Namespace) -> int:
     from node import diagnostics
@@ -128,6 +168,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--key", required=True, help="agent key file (from `ats keygen`)")
     s.add_argument("--ttl", default="30d", help="lifetime: 30d, 12h, 15m or seconds (default 30d; nodes refuse more than llm_token_lifetime_s_max)")
     s.add_argument("--jti", help="a token id to put in the jti claim")
+
+    s = sub.add_parser("exec", help="run a command as a metered task of an agent: reserve, run, measure, record (docs/gateway.md)")
+    s.add_argument("--key", required=True, help="agent key file (from `ats keygen`)")
+    s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
+    s.add_argument("--estimate", type=int, help="milli-T to reserve before the command starts (default: the price of agent.run)")
+    s.add_argument("--timeout-s", type=float, help="how long the reservation lasts (default 3600); a task not settled by then is charged at it")
+    s.add_argument("--interval-ms", type=int, default=100, help="how often the task's cost is checked against max_cost_per_run")
+    s.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command and its arguments")
 
     s = sub.add_parser("node", help="start the node daemon")
     s.add_argument("--data-dir", help="ledger folder (default: ./ats-data)")

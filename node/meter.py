@@ -27,6 +27,7 @@ from node.budgets import BudgetBook
 from node.clock import SystemClock
 from node.ingest import Committer, Outcome, OwnRecord
 from node.store import budgets as budget_store
+from ledger.pricing import task_cost_milli
 from node.store.meter import OpenCall
 from node.store.sqlite import Database
 
@@ -52,7 +53,7 @@ class Meter:
             raise NotReady("read_only", f"node is read-only: {self._own.read_only_reason}")
 
     async def reserve(self, agent: bytes, kind: str, model: str, tokens_in: int, tokens_out: int,
-                      cost: int | None = None) -> tuple[OpenCall, list[dict[str, Any]]]:
+                      cost: int | None = None, timeout_ms: int = 0) -> tuple[OpenCall, list[dict[str, Any]]]:
         """Hold the worst case (an LLM call priced from the table now, or `cost` milli-T for a task);
         returns the call and the budgets it touched; raises the refusal (OverBudget, Invalid)."""
         self.writable()
@@ -61,7 +62,8 @@ class Meter:
 
         def step(conn: Any) -> tuple[OpenCall, list[dict[str, Any]]]:
             price = cost if cost is not None else self._book.llm_price(model, tokens_in, tokens_out, now_ms)
-            call = OpenCall(call_id, agent, kind, model, price, tokens_in, tokens_out, now_ms)
+            call = OpenCall(call_id, agent, kind, model, price, tokens_in, tokens_out, now_ms,
+                            now_ms + timeout_ms if timeout_ms else 0)
             out, refusal = self._book.reserve_call(conn, call, now_ms)
             if refusal is not None:
                 raise refusal
@@ -92,23 +94,52 @@ class Meter:
         """Charge a call whose usage is unknown at its reservation (its worst case)."""
         if call.kind == "llm":
             return await self.charge_llm(call, call.model, call.tokens_in, call.tokens_out)
-        return await self.charge_task(call, cost=call.cost, cpt=None, dat=None), call.cost
+        agent, cost = call.agent, call.cost
+        outcome = await self._record([OwnRecord("act", lambda _b, _t: {"op": "agent.run", "agent": agent, "cost": cost},
+                                                call.call)])
+        return outcome, cost
 
-    async def charge_task(self, call: OpenCall, *, cost: int, cpt: dict[str, int] | None,
-                          dat: dict[str, int] | None) -> Outcome:
-        """Record a task: an act `task.run` of its cost (settles the reservation), and its CPT and DAT events."""
-        agent = call.agent
-        records = [OwnRecord("act", lambda _b, _t: {"op": "task.run", "agent": agent, "cost": cost}, call.call)]
-        if cpt is not None:
-            records.append(OwnRecord("cpt", lambda _b, _t: {"node": self.node_name, "agent": agent, **cpt}, os.urandom(16)))
-        if dat is not None:
-            me = self._own.public_key
-            records.append(OwnRecord("dat", lambda _b, _t: {"src": agent, "dst": me, "agent": agent, **dat}, os.urandom(16)))
+    async def charge_task(self, call: OpenCall, *, cpu_ms: int, mem_mb: int, jobs: int, read: int, written: int,
+                          dur_ms: int) -> tuple[list[Outcome], int]:
+        """Record a task (ats exec): an `agent.run` act of its cost (settles the reservation), a `cpt`
+        and a `dat` of what it used, all naming the agent. Returns the outcomes and the cost (milli-T)."""
+        agent, host, me = call.agent, call.model, self._own.public_key
+        charged = [0]
+
+        def act(book: BudgetBook, ts_ms: int) -> dict[str, Any]:
+            charged[0] = task_cost_milli(book.prices_at(ts_ms), cpu_ms, read, written)
+            return {"op": "agent.run", "agent": agent, "cost": charged[0]}
+
+        records = [
+            OwnRecord("act", act, call.call),
+            OwnRecord("cpt", lambda _b, _t: {"node": host, "agent": agent, "cpu": -(-cpu_ms // 1000), "gpu": 0,
+                                             "mem": mem_mb, "jobs": jobs}, os.urandom(CALL_ID_SIZE)),
+            OwnRecord("dat", lambda _b, _t: {"src": agent, "dst": me, "agent": agent, "read": read,
+                                             "written": written, "dur": dur_ms}, os.urandom(CALL_ID_SIZE)),
+        ]
         outcomes = await self._committer.record(records)
-        for o in outcomes[1:]:
-            if o.error is not None:
-                logger.error("task event of %s not recorded: %s", agent.hex()[:16], o.error.message)
-        return self._first(outcomes)
+        self._first(outcomes)
+        return outcomes, charged[0]
+
+    async def expired_tasks(self) -> list[OpenCall]:
+        """Tasks whose settlement never came before they expired (the exec side died)."""
+        now_ms = self._clock.now_ms()
+
+        def scan(_conn: Any) -> list[OpenCall]:
+            return [c for c, _chain in self._book.calls.values() if c.expires_ms and c.expires_ms <= now_ms]
+
+        return await self._db.write(scan)
+
+    async def prices(self, at_ms: int) -> dict[str, int]:
+        """The governed price table in force at at_ms (read on the writer, which owns the book)."""
+        return await self._db.write(lambda _conn: self._book.prices_at(at_ms))
+
+    async def max_cost_per_run(self, agent: bytes) -> int | None:
+        return await self._db.write(lambda _conn: self._book.max_cost_per_run(agent))
+
+    def open_call(self, call_id: bytes) -> OpenCall | None:
+        entry = self._book.calls.get(call_id)
+        return entry[0] if entry else None
 
     async def _record(self, records: list[OwnRecord]) -> Outcome:
         return self._first(await self._committer.record(records))
@@ -122,9 +153,12 @@ class Meter:
             raise outcome.error
         return outcome
 
-    async def recover(self) -> int:
-        """At start-up: charge every reservation a killed node left open, at its worst case, with an alert."""
-        orphans = [call for call, _chain in list(self._book.calls.values())]
+    async def recover(self, orphans: list[OpenCall] | None = None,
+                      reason: str = "the node stopped during the call; charged at its reservation") -> int:
+        """Charge open reservations at their worst case, with a `call_recovered` alert: at start-up every
+        one a killed node left open, later the tasks whose settlement never came."""
+        if orphans is None:
+            orphans = [call for call, _chain in list(self._book.calls.values())]
         for call in orphans:
             try:
                 outcome, _cost = await self.charge_reserved(call)
@@ -135,7 +169,7 @@ class Meter:
                      "scope_id": call.agent.hex(), "metric": "act.cost",
                      "detail": json.dumps({"call": call.call.hex(), "kind": call.kind, "model": call.model,
                                            "charged": call.cost, "event": (outcome.receipt or {}).get("id"),
-                                           "reason": "the node stopped during the call; charged at its reservation"},
+                                           "reason": reason},
                                           sort_keys=True)}
             ids = await self._db.write(lambda conn: _insert_alerts(conn, [alert]))
             logger.warning("charged call %s of agent %s at its reservation (%d milli-T): the node stopped during it",

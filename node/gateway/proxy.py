@@ -32,11 +32,11 @@ from typing import Any, AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from ledger.credentials import verify_token
-from ledger.errors import BadSignature, LedgerError, Malformed, NotFound, TooLarge, UpstreamError
+from ledger.errors import LedgerError, Malformed, NotFound, TooLarge, UpstreamError
 from ledger.pricing import format_t
 from node.clock import SystemClock
 from node.config import Config
+from node.gateway.auth import bearer_agent
 from node.gateway.errors import from_ledger_error, openai_error
 from node.gateway.sse import SseSplitter, Usage, stream_usage, usage_from
 from node.meter import Meter, remaining
@@ -107,12 +107,8 @@ class Gateway:
     # -- requests ----------------------------------------------------------------------------
 
     def _agent(self, request: web.Request) -> bytes:
-        auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer ") or not auth[7:].strip():
-            raise BadSignature("token_required", "send Authorization: Bearer <token> (mint one with `ats token`)")
-        claims = verify_token(auth[7:].strip(), now_s=self._clock.now_ms() // 1000,
-                              lifetime_s_max=self._config.llm_token_lifetime_s_max)
-        return claims.agent
+        return bearer_agent(request.headers, now_s=self._clock.now_ms() // 1000,
+                            lifetime_s_max=self._config.llm_token_lifetime_s_max)
 
     async def _body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
         limit = self._config.llm_body_bytes_max

@@ -95,12 +95,13 @@ class HttpTransport:
         params: Mapping[str, str] | None = None,
         data: bytes | None = None,
         content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
         """(status, body, headers) of the first real answer; raises AtsUnreachable after all retries.
 
         A 503 is retried; if it persists, it is returned like any other answer.
         """
-        headers = {"Content-Type": content_type} if content_type else None
+        headers = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})} or None
         last = ""
         for attempt in range(self.retries + 1):
             retry_after_s = None

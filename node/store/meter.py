@@ -24,11 +24,12 @@ class OpenCall:
     call: bytes  # 16 bytes; the nonce of the event that settles it
     agent: bytes
     kind: str  # "llm" (a gateway call) or "task" (ats exec)
-    model: str
+    model: str  # an LLM call's model; a task's host
     cost: int
     tokens_in: int
     tokens_out: int
     created_ms: int
+    expires_ms: int = 0  # a task not settled by then is charged at its reservation; 0: never (LLM calls)
 
     @property
     def tokens(self) -> int:
@@ -44,7 +45,8 @@ CREATE TABLE IF NOT EXISTS meter_calls (
     cost INTEGER NOT NULL,
     tokens_in INTEGER NOT NULL,
     tokens_out INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
 ) WITHOUT ROWID
 """
 
@@ -57,7 +59,8 @@ def open_calls(conn: sqlite3.Connection) -> list[OpenCall]:
     """Every reservation not yet settled, oldest first."""
     ensure_table(conn)
     rows = conn.execute(
-        "SELECT call, agent, kind, model, cost, tokens_in, tokens_out, created_ms FROM meter_calls ORDER BY created_ms, call"
+        "SELECT call, agent, kind, model, cost, tokens_in, tokens_out, created_ms, expires_ms FROM meter_calls"
+        " ORDER BY created_ms, call"
     ).fetchall()
     return [OpenCall(*row) for row in rows]
 
@@ -66,9 +69,10 @@ def insert_call(conn: sqlite3.Connection, call: OpenCall) -> None:
     """Persist a reservation (its own small transaction: durable before the call goes out)."""
     with transaction(conn):
         conn.execute(
-            "INSERT INTO meter_calls (call, agent, kind, model, cost, tokens_in, tokens_out, created_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (call.call, call.agent, call.kind, call.model, call.cost, call.tokens_in, call.tokens_out, call.created_ms),
+            "INSERT INTO meter_calls (call, agent, kind, model, cost, tokens_in, tokens_out, created_ms, expires_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (call.call, call.agent, call.kind, call.model, call.cost, call.tokens_in, call.tokens_out, call.created_ms,
+             call.expires_ms),
         )
 
 
