@@ -62,6 +62,7 @@ WALKED_ELSEWHERE = {
     "upstream_unreachable": "test_gateway.test_unreachable_upstream_is_502_and_charges_nothing",
     "upstream_bad_response": "test_gateway.test_upstream_garbage_or_hang_is_charged_at_the_reservation",
     "upstream_timeout": "test_gateway.test_upstream_garbage_or_hang_is_charged_at_the_reservation",
+    "task_not_found": "test_exec.test_only_the_agent_that_reserved_a_task_settles_it",
 }
 
 

@@ -44,7 +44,7 @@ open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_max
 """
 WRITER = """
 import subprocess, sys
-subprocess.run(["sh", "-c", "head -c 4000000 /dev/zero > " + sys.argv[2]], check=True)
+subprocess.run(["sh", "-c", "head -c 4000000 /dev/zero > " + sys.argv[2] + "; sleep 0.3"], check=True)
 with open(sys.argv[2] + ".2", "wb") as f:
     f.write(b"y" * 1000000)
 io = dict(line.split(":") for line in open("/proc/self/io").read().splitlines())
@@ -144,3 +144,30 @@ def test_exit_codes_and_signals_pass_through(node, tmp_path, script, expect):
     _agent_, key = _agent(tmp_path, node)
     code, s, _err = _exec(node, key, "sh", "-c", script)
     assert code == expect == s["exit_code"]
+
+
+def test_only_the_agent_that_reserved_a_task_settles_it(node, tmp_path):
+    import time
+    import urllib.error
+    import urllib.request
+
+    from ledger.credentials import mint
+
+    def post(path: str, seed: bytes, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        token = mint(seed, now_s=int(time.time()), ttl_s=600)
+        req = urllib.request.Request(node.url + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    owner, other = TestAgent(), TestAgent()
+    status, task = post("/v1/tasks", owner.seed, {"estimate": 100})
+    assert status == 201
+    assert post(f"/v1/tasks/{task['task']}", other.seed, {"cpu_ms": 1})[1]["error"]["code"] == "task_not_found"
+    assert post(f"/v1/tasks/{'00' * 16}", owner.seed, {})[1]["error"]["code"] == "task_not_found"
+    status, settled = post(f"/v1/tasks/{task['task']}", owner.seed, {"cpu_ms": 1500, "written": 2048})
+    assert status == 200 and settled["cost"] == 2 * 1000 + 2
+    assert post(f"/v1/tasks/{task['task']}", owner.seed, {})[0] == 404  # settled once
