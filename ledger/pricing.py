@@ -56,20 +56,17 @@ def estimate_milli(prices: Mapping[str, int], op: str, tokens: int) -> int:
 
 
 def event_cost_milli(prices: Mapping[str, int], kind: str, op: str | None, charged: Mapping[str, int]) -> int:
-    """An admitted event's cost: its kind's amounts (ledger.budget.charges) at these prices.
+    """An admitted event's cost in milli-T: exactly what it adds to `act.cost`, the one cost that
+    budgets, receipts, balances, reports, the dashboard and metrics all show (docs/gateway.md).
 
-    ACT: the op's price plus its LLM tokens (as an estimate would price it); a run's charge
-    and post: the milli-T they spent; DAT: per KiB read or written; CPT: per CPU or GPU time
-    slice; TRT and reservations cost nothing (a reservation only holds).
+    ACT: its `cost` (an agent's declared cost, or the node's price of what it metered); a run's
+    charge and post: the milli-T they spent. DAT and CPT are counted in their own units (bytes,
+    time slices) against their own budgets and cost nothing here: a metered task prices them
+    into its `agent.run` act. TRT and reservations cost nothing (a reservation only holds).
+    `prices` and `op` are kept for callers; the cost is fixed by the event itself.
     """
-    if kind == "act":
-        return estimate_milli(prices, op or "", charged.get("act.llm_tokens", 0))
-    if kind in ("run.charge", "run.post"):
+    if kind in ("act", "run.charge", "run.post"):
         return charged.get("act.cost", 0)
-    if kind == "dat":
-        return charged.get("dat.bytes", 0) * prices.get(DAT_PRICE, 0) // 1024
-    if kind == "cpt":
-        return charged.get("cpt.units", 0) * prices.get(CPT_PRICE, 0)
     return 0
 
 

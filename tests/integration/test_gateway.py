@@ -270,3 +270,12 @@ def test_sigkill_mid_call_is_charged_at_the_reservation_on_restart(upstream, tmp
         assert agent.budget("act.llm_tokens")["held"] == 0
     finally:
         node.kill()
+
+
+def test_one_cost_in_headers_balance_usage_and_report(node, upstream):
+    agent = Agent(node)
+    costs = [int(_chat(agent, max_tokens=n).headers["x-ats-cost-milli"]) for n in (3, 6)]
+    report = agent.get(f"/v1/reports/agent/{agent.hex}?period=day")
+    assert report["cost_mT"] == sum(costs) == agent.budget("act.cost")["consumed"]
+    assert report["by_agent"] == [{"agent": agent.hex, "events": 2, "cost_mT": sum(costs)}]
+    assert sum(e["body"]["cost"] for e in agent.events()) == sum(costs)

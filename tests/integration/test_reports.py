@@ -74,9 +74,10 @@ def test_agent_report_totals_cost_breakdowns_and_series(spiked):
     act = doc["totals"]["ACT"]
     assert act["events"] == STEADY_EVENTS + SPIKE_EVENTS
     assert act["act.llm_tokens"] == 100 * sum(1 for i in range(STEADY_EVENTS + SPIKE_EVENTS) if i % 3)
-    # priced from the governed table: llm.call tokens at 10 mT, a browser call at 5000 mT
-    browser = sum(1 for i in range(STEADY_EVENTS + SPIKE_EVENTS) if i % 3 == 0)
-    assert doc["cost_mT"] == act["act.llm_tokens"] * 10 + browser * 5000
+    # one cost: what the events added to act.cost (the costs they declared), as the budget shows it
+    assert doc["cost_mT"] == act["act.cost"]
+    budget = next(b for b in doc["budgets"] if b["metric"] == "act.cost" and b["scope"] == "agent")
+    assert budget["consumed"] == doc["cost_mT"]
     assert doc["cost_T"] == f"{doc['cost_mT'] // 1000}.{doc['cost_mT'] % 1000:03d}"
     assert doc["by_agent"] == [{"agent": agent.public_key.hex(), "events": act["events"], "cost_mT": doc["cost_mT"]}]
     assert {r["op"] for r in doc["by_operation"]} == {"llm.call", "tool.browser"}
