@@ -37,6 +37,7 @@ class Claims:
     agent: bytes
     exp: int
     jti: str | None = None
+    nbf: int | None = None
 
 
 def _b64url(data: bytes) -> str:
@@ -88,6 +89,22 @@ def verify_token(token: str, *, now_s: int, lifetime_s_max: int, audience: str =
     token_audience (aud is not ours), token_expired (exp passed), token_not_yet_valid (nbf ahead),
     token_lifetime (exp further ahead than lifetime_s_max).
     """
+    return check_times(verify_signature(token, audience=audience), now_s=now_s, lifetime_s_max=lifetime_s_max)
+
+
+def check_times(claims: Claims, *, now_s: int, lifetime_s_max: int) -> Claims:
+    """The time claims of a verified token at now_s (a cached verification is checked again here)."""
+    if claims.exp + LEEWAY_S <= now_s:
+        raise BadSignature("token_expired", f"token expired at {claims.exp} (now {now_s})")
+    if claims.nbf is not None and claims.nbf > now_s + LEEWAY_S:
+        raise BadSignature("token_not_yet_valid", f"token is not valid before {claims.nbf} (now {now_s})")
+    if claims.exp - now_s > lifetime_s_max:
+        raise BadSignature("token_lifetime", f"token expires more than {lifetime_s_max} s from now; mint a shorter one")
+    return claims
+
+
+def verify_signature(token: str, *, audience: str = AUDIENCE) -> Claims:
+    """A token's claims once its shape, signature and audience check out (times not checked)."""
     if type(token) is not str or len(token) > TOKEN_CHARS_MAX:
         raise BadSignature("invalid_token", f"a token is text of at most {TOKEN_CHARS_MAX} characters")
     parts = token.split(".")
@@ -109,11 +126,5 @@ def verify_token(token: str, *, now_s: int, lifetime_s_max: int, audience: str =
     exp = _seconds(claims, "exp", True) or 0
     nbf = _seconds(claims, "nbf", False)
     _seconds(claims, "iat", False)
-    if exp + LEEWAY_S <= now_s:
-        raise BadSignature("token_expired", f"token expired at {exp} (now {now_s})")
-    if nbf is not None and nbf > now_s + LEEWAY_S:
-        raise BadSignature("token_not_yet_valid", f"token is not valid before {nbf} (now {now_s})")
-    if exp - now_s > lifetime_s_max:
-        raise BadSignature("token_lifetime", f"token expires more than {lifetime_s_max} s from now; mint a shorter one")
     jti = claims.get("jti")
-    return Claims(agent=bytes.fromhex(sub), exp=exp, jti=jti if type(jti) is str else None)
+    return Claims(agent=bytes.fromhex(sub), exp=exp, jti=jti if type(jti) is str else None, nbf=nbf)

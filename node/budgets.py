@@ -581,12 +581,14 @@ class BudgetBook:
                     self.call_holds.pop(key, None)
         out.settled_calls.append(call_id)
 
-    def reserve_call(self, conn: Connection, call: OpenCall, now_ms: int) -> tuple[Admitted, LedgerError | None]:
+    def reserve_call(self, conn: Connection, call: OpenCall, now_ms: int,
+                     persist: bool = True) -> tuple[Admitted, LedgerError | None]:
         """Hold a call's worst case against every budget of its agent and scopes, or say why not.
 
         The decision is the admission of an event charging that worst case, with every other
         open call's hold counted (so concurrent calls are never admitted beyond budget + reserve);
-        admitted, the hold is persisted (meter_calls) before the call goes out. Writer thread only.
+        admitted, the hold is persisted (meter_calls) before the call goes out, here or (persist
+        False) by the caller, which then owns releasing the hold if it cannot. Writer thread only.
         """
         body: dict[str, Any] = {"op": "llm.call" if call.kind == "llm" else "agent.run", "cost": call.cost}
         if call.kind == "llm":
@@ -599,10 +601,16 @@ class BudgetBook:
         out, refusal = self.admit(conn, probe, now_ms, dry_run=True)
         if refusal is not None:
             return out, refusal
-
-        meter_store.insert_call(conn, call)
+        if persist:
+            meter_store.insert_calls(conn, [call])
         self._hold_call(call)
         return out, None
+
+    def drop_holds(self, calls: list[OpenCall]) -> None:
+        """Forget holds whose reservations could not be persisted (the batch rolled back)."""
+        out = Admitted()
+        for call in calls:
+            self._settle_call(call.call, out)
 
     def max_cost_per_run(self, agent: bytes) -> int | None:
         """The agent's registered max_cost_per_run (milli-T), if any."""

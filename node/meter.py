@@ -17,9 +17,12 @@ worst case and raises a `call_recovered` alert, so no call goes unrecorded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ledger.errors import LedgerError, NotReady
@@ -28,11 +31,28 @@ from node.clock import SystemClock
 from node.ingest import Committer, Outcome, OwnRecord
 from node.store import budgets as budget_store
 from ledger.pricing import task_cost_milli
+from node.store import meter as meter_store
 from node.store.meter import OpenCall
 from node.store.sqlite import Database
 
 logger = logging.getLogger("ats.meter")
 CALL_ID_SIZE = 16
+RESERVE_BATCH_MAX = 256
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A call admitted at its worst case: the budgets it touched (with its hold), and the price
+    table it was priced at (immutable: safe to read off the writer)."""
+
+    call: OpenCall
+    budgets: list[dict[str, Any]]
+    prices: Mapping[str, int]
+
+    def remaining_after(self, cost: int) -> int | None:
+        """The least act.cost remaining once this call costs `cost` instead of its hold (as of its admission)."""
+        left = remaining(self.budgets)
+        return None if left is None else left + self.call.cost - cost
 
 
 class Meter:
@@ -42,6 +62,8 @@ class Meter:
                  on_alerts: Any = None):
         self._db, self._book, self._committer, self._clock, self._own = db, book, committer, clock, own
         self._on_alerts = on_alerts
+        self._pending: list[tuple[dict[str, Any], asyncio.Future]] = []  # reservations waiting for the writer
+        self._flusher: asyncio.Task | None = None
 
     @property
     def node_name(self) -> str:
@@ -53,23 +75,63 @@ class Meter:
             raise NotReady("read_only", f"node is read-only: {self._own.read_only_reason}")
 
     async def reserve(self, agent: bytes, kind: str, model: str, tokens_in: int, tokens_out: int,
-                      cost: int | None = None, timeout_ms: int = 0) -> tuple[OpenCall, list[dict[str, Any]]]:
+                      cost: int | None = None, timeout_ms: int = 0) -> Reservation:
         """Hold the worst case (an LLM call priced from the table now, or `cost` milli-T for a task);
-        returns the call and the budgets it touched; raises the refusal (OverBudget, Invalid)."""
+        returns the call, the budgets it touched and the prices it was priced at; raises the refusal
+        (OverBudget, Invalid)."""
         self.writable()
-        now_ms = self._clock.now_ms()
-        call_id = os.urandom(CALL_ID_SIZE)
+        ask = dict(agent=agent, kind=kind, model=model, tokens_in=tokens_in, tokens_out=tokens_out, cost=cost,
+                   timeout_ms=timeout_ms, call=os.urandom(CALL_ID_SIZE))
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((ask, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="ats-meter-reserve")
+        return await future
 
-        def step(conn: Any) -> tuple[OpenCall, list[dict[str, Any]]]:
-            price = cost if cost is not None else self._book.llm_price(model, tokens_in, tokens_out, now_ms)
-            call = OpenCall(call_id, agent, kind, model, price, tokens_in, tokens_out, now_ms,
-                            now_ms + timeout_ms if timeout_ms else 0)
-            out, refusal = self._book.reserve_call(conn, call, now_ms)
+    async def _flush(self) -> None:
+        """Group commit of reservations: every one waiting is decided in turn, then all admitted ones
+        are persisted in one transaction (one fsync), as the committer does for events."""
+        while self._pending:
+            batch, self._pending = self._pending[:RESERVE_BATCH_MAX], self._pending[RESERVE_BATCH_MAX:]
+            try:
+                results = await self._db.write(self._reserve_batch, [ask for ask, _f in batch], self._clock.now_ms())
+            except LedgerError as e:
+                results = [e] * len(batch)
+            except Exception as e:  # noqa: BLE001 - a storage error: nothing was persisted, every hold dropped
+                results = [NotReady("not_ready", f"reservation not written: {e}")] * len(batch)
+            for (_ask, future), result in zip(batch, results):
+                if future.done():
+                    continue
+                if isinstance(result, LedgerError):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    def _reserve_batch(self, conn: Any, asks: list[dict[str, Any]], now_ms: int) -> list[Any]:
+        """Writer thread: decide each reservation in order (each sees the holds of those before it)."""
+        book, results, admitted = self._book, [], []
+        prices = book.governance.policy_at(now_ms).prices
+        for a in asks:
+            price = a["cost"] if a["cost"] is not None else book.llm_price(a["model"], a["tokens_in"], a["tokens_out"], now_ms)
+            call = OpenCall(a["call"], a["agent"], a["kind"], a["model"], price, a["tokens_in"], a["tokens_out"], now_ms,
+                            now_ms + a["timeout_ms"] if a["timeout_ms"] else 0)
+            try:
+                out, refusal = book.reserve_call(conn, call, now_ms, persist=False)
+            except LedgerError as e:
+                results.append(e)
+                continue
             if refusal is not None:
-                raise refusal
-            return call, out.budgets
-
-        return await self._db.write(step)
+                results.append(refusal)
+                continue
+            admitted.append(call)
+            results.append(Reservation(call, out.budgets, prices))
+        if admitted:
+            try:
+                meter_store.insert_calls(conn, admitted)
+            except BaseException:
+                book.drop_holds(admitted)
+                raise
+        return results
 
     async def release(self, call: OpenCall) -> None:
         """Forget a reservation: the call did no work (upstream refused it or was unreachable)."""

@@ -70,7 +70,8 @@ async def reserve(request: web.Request) -> web.Response:
         raise Invalid("invalid_body", f"host must be 1..{HOST_CHARS_MAX} printable characters")
     for call in await meter.expired_tasks():  # the exec side of these died: charge them now
         await meter.recover([call], "the task was not settled before it expired; charged at its reservation")
-    call, budgets = await meter.reserve(agent, "task", host, 0, 0, cost=estimate, timeout_ms=timeout_ms)
+    reservation = await meter.reserve(agent, "task", host, 0, 0, cost=estimate, timeout_ms=timeout_ms)
+    call, budgets = reservation.call, reservation.budgets
     return web.json_response({
         "task": call.call.hex(), "reserved": call.cost, "expires": call.expires_ms,
         "max_cost_per_run": await meter.max_cost_per_run(agent),

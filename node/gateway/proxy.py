@@ -33,13 +33,13 @@ import aiohttp
 from aiohttp import web
 
 from ledger.errors import LedgerError, Malformed, NotFound, TooLarge, UpstreamError
-from ledger.pricing import format_t
+from ledger.pricing import format_t, llm_cost_milli
 from node.clock import SystemClock
 from node.config import Config
 from node.gateway.auth import bearer_agent
 from node.gateway.errors import from_ledger_error, openai_error
 from node.gateway.sse import SseSplitter, Usage, stream_usage, usage_from
-from node.meter import Meter, remaining
+from node.meter import Meter, Reservation, remaining
 from node.store.meter import OpenCall
 
 logger = logging.getLogger("ats.gateway")
@@ -62,7 +62,8 @@ class Gateway:
         self._keys = _pairs(config.llm_route_keys)
         self._models = frozenset(config.llm_models)
         self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # calls in flight
+        self._charges: set[asyncio.Task] = set()  # charges of answered calls, committing
         self._drains = 0
         self.upstream_calls = 0  # calls that reached an upstream (for /metrics and tests)
 
@@ -82,6 +83,8 @@ class Gateway:
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._charges:  # answered calls: let their charges commit (else: charged at restart)
+                await asyncio.wait(list(self._charges), timeout=self._config.shutdown_timeout_ms / 1000)
             await self._session.close()
 
     @property
@@ -150,10 +153,10 @@ class Gateway:
                 raise TooLarge("prompt_too_large", f"prompt may be {prompt_bound} tokens, over {self._config.llm_context_tokens_max}")
             stream = doc.get("stream") is True and path == "chat/completions"
             out_bound = self._out_bound(doc) if path == "chat/completions" else 0
-            call, budgets = await self._m.reserve(agent, "llm", model, prompt_bound, out_bound)
+            reservation = await self._m.reserve(agent, "llm", model, prompt_bound, out_bound)
         except LedgerError as e:
             return from_ledger_error(e)
-        task = asyncio.create_task(self._call(request, call, budgets, base, key, path, doc, raw, stream))
+        task = asyncio.create_task(self._call(request, reservation, base, key, path, doc, raw, stream))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(task)
@@ -175,8 +178,9 @@ class Gateway:
 
     # -- the call ------------------------------------------------------------------------------
 
-    async def _call(self, request: web.Request, call: OpenCall, budgets: list[dict[str, Any]], base: str, key: str,
+    async def _call(self, request: web.Request, reservation: Reservation, base: str, key: str,
                     path: str, doc: dict[str, Any], raw: bytes, stream: bool) -> web.StreamResponse:
+        call = reservation.call
         client_wants_usage = False
         if stream:
             options = doc.get("stream_options")
@@ -197,8 +201,8 @@ class Gateway:
             if resp.status >= 300:
                 return await self._passthrough_error(call, resp)
             if stream:
-                return await self._stream(request, call, budgets, resp, client_wants_usage)
-            return await self._whole(call, resp)
+                return await self._stream(request, reservation, resp, client_wants_usage)
+            return await self._whole(reservation, resp)
         finally:
             resp.release()
 
@@ -228,19 +232,35 @@ class Gateway:
         left = remaining(receipt.get("budgets") or [])
         if left is not None:
             headers["x-ats-remaining-milli"] = str(left)
-        if receipt.get("id"):
-            headers["x-ats-event"] = receipt["id"]
         return headers
 
-    async def _charge(self, call: OpenCall, usage: Usage) -> dict[str, str]:
+    def _charge(self, reservation: Reservation, usage: Usage) -> dict[str, str]:
+        """Charge the call in the background (its commit is not on the response's path) and return the
+        headers: its cost at the prices it was admitted at, and what remains, as of its admission.
+
+        The response may leave before the charge is committed: the reservation stays held (and in
+        SQLite) until then, so concurrent calls still count it, and a node that dies in between
+        charges the call at its reservation when it starts again.
+        """
+        call = reservation.call
+        cost = llm_cost_milli(reservation.prices, call.model, usage.tokens_in, usage.tokens_out)
+        task = asyncio.create_task(self._charge_now(call, usage))
+        self._charges.add(task)
+        task.add_done_callback(self._charges.discard)
+        headers = {"x-ats-cost-milli": str(cost), "x-ats-cost": format_t(cost), "x-ats-call": call.call.hex()}
+        left = reservation.remaining_after(cost)
+        if left is not None:
+            headers["x-ats-remaining-milli"] = str(max(0, left))
+        return headers
+
+    async def _charge_now(self, call: OpenCall, usage: Usage) -> None:
         try:
-            outcome, cost = await self._m.charge_llm(call, call.model, usage.tokens_in, usage.tokens_out)
+            await self._m.charge_llm(call, call.model, usage.tokens_in, usage.tokens_out)
         except LedgerError as e:
             logger.error("call %s not charged now (charged at restart): %s", call.call.hex(), e.message)
-            return {}
-        return self._cost_headers(cost, outcome.receipt or {})
 
-    async def _whole(self, call: OpenCall, resp: aiohttp.ClientResponse) -> web.Response:
+    async def _whole(self, reservation: Reservation, resp: aiohttp.ClientResponse) -> web.Response:
+        call = reservation.call
         limit = self._config.llm_response_bytes_max
         try:
             body = await resp.content.read(limit + 1)
@@ -256,16 +276,18 @@ class Gateway:
             usage = None
         if usage is None:
             return await self._fail_charged(call, "upstream_bad_response", "upstream answer is not an OpenAI response with usage")
-        headers = await self._charge(call, usage)
+        headers = self._charge(reservation, usage)
         headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
         return web.Response(status=resp.status, body=body, headers=headers)
 
-    async def _stream(self, request: web.Request, call: OpenCall, budgets: list[dict[str, Any]],
+    async def _stream(self, request: web.Request, reservation: Reservation,
                       resp: aiohttp.ClientResponse, client_wants_usage: bool) -> web.StreamResponse:
+        call, budgets = reservation.call, reservation.budgets
         out = web.StreamResponse(status=resp.status, headers={
             "Content-Type": resp.headers.get("Content-Type", "text/event-stream"),
             "Cache-Control": "no-cache",
             "x-ats-reserved-milli": str(call.cost),
+            "x-ats-call": call.call.hex(),
             **({"x-ats-remaining-milli": str(remaining(budgets))} if remaining(budgets) is not None else {}),
         })
         splitter = SseSplitter(SSE_EVENT_BYTES_MAX)
@@ -308,6 +330,11 @@ class Gateway:
         finally:
             if draining:
                 self._drains -= 1
+        if client:
+            try:
+                await out.write_eof()
+            except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                pass
         if usage is None:
             logger.warning("stream of call %s ended without usage: charged at its reservation", call.call.hex())
             try:
@@ -315,10 +342,5 @@ class Gateway:
             except LedgerError as e:
                 logger.error("call %s not charged now (charged at restart): %s", call.call.hex(), e.message)
         else:
-            await self._charge(call, usage)
-        if client:
-            try:
-                await out.write_eof()
-            except (ConnectionError, aiohttp.ClientError, RuntimeError):
-                pass
+            self._charge(reservation, usage)
         return out

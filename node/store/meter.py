@@ -65,14 +65,14 @@ def open_calls(conn: sqlite3.Connection) -> list[OpenCall]:
     return [OpenCall(*row) for row in rows]
 
 
-def insert_call(conn: sqlite3.Connection, call: OpenCall) -> None:
-    """Persist a reservation (its own small transaction: durable before the call goes out)."""
+def insert_calls(conn: sqlite3.Connection, calls: list[OpenCall]) -> None:
+    """Persist reservations in one transaction of their own (durable before the calls go out)."""
     with transaction(conn):
-        conn.execute(
+        conn.executemany(
             "INSERT INTO meter_calls (call, agent, kind, model, cost, tokens_in, tokens_out, created_ms, expires_ms)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (call.call, call.agent, call.kind, call.model, call.cost, call.tokens_in, call.tokens_out, call.created_ms,
-             call.expires_ms),
+            [(c.call, c.agent, c.kind, c.model, c.cost, c.tokens_in, c.tokens_out, c.created_ms, c.expires_ms)
+             for c in calls],
         )
 
 

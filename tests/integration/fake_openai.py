@@ -28,6 +28,7 @@ ERROR_BODY = {"error": {"message": "this model refuses", "type": "invalid_reques
 class FakeOpenAI:
     def __init__(self, slow_ms: int = 50):
         self.calls: dict[str, int] = {}
+        self.produced = 0  # tokens this upstream would bill: prompt tokens, and each completion token sent
         self.slow_ms = slow_ms
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -65,6 +66,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/_stats", self.stats)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -78,6 +80,10 @@ class FakeOpenAI:
     def count(self, key: str) -> None:
         with self._lock:
             self.calls[key] = self.calls.get(key, 0) + 1
+
+    def produce(self, tokens: int) -> None:
+        with self._lock:
+            self.produced += tokens
 
     def total(self) -> int:
         with self._lock:
@@ -108,6 +114,7 @@ class FakeOpenAI:
         if not doc.get("stream"):
             if model == "garbage-model":
                 return web.Response(text="<html>not json</html>", content_type="application/json")
+            self.produce(tokens_in + tokens_out)
             return web.json_response({
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "tok " * tokens_out},
@@ -118,6 +125,7 @@ class FakeOpenAI:
         await resp.prepare(request)
         include = (doc.get("stream_options") or {}).get("include_usage") is True
         chunks = 40 if model == "slow-model" else tokens_out
+        self.produce(tokens_in)
         try:
             for i in range(chunks):
                 chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model,
@@ -126,6 +134,7 @@ class FakeOpenAI:
                 if include and model != "garbage-model":
                     chunk["usage"] = None
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                self.produce(1)
                 if model == "slow-model":
                     await asyncio.sleep(self.slow_ms / 1000)
             if include and model != "garbage-model":
@@ -144,11 +153,17 @@ class FakeOpenAI:
         inputs = doc.get("input")
         inputs = inputs if isinstance(inputs, list) else [inputs]
         tokens = sum(len(str(x)) // 4 + 1 for x in inputs)
+        self.produce(tokens)
         return web.json_response({
             "object": "list", "model": doc.get("model"),
             "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         })
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """Not OpenAI: what this upstream served (for benchmarks running it in another process)."""
+        with self._lock:
+            return web.json_response({"produced": self.produced, "calls": dict(self.calls)})
 
     async def models(self, request: web.Request) -> web.Response:
         self.count("models")

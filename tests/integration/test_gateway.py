@@ -102,9 +102,9 @@ def test_chat_completion_is_charged_by_a_node_signed_event_naming_the_agent(node
     tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
     assert int(raw.headers["x-ats-cost-milli"]) == tokens * TOKEN_PRICE
     assert raw.headers["x-ats-cost"] == f"{tokens * TOKEN_PRICE // 1000}.{tokens * TOKEN_PRICE % 1000:03d}"
-    [event] = agent.events()
+    [event] = agent.wait_events(1)  # the charge commits after the answer left
     body = event["body"]
-    assert event["signer"] == node.origin and body["agent"] == agent.hex and event["id"] == raw.headers["x-ats-event"]
+    assert event["signer"] == node.origin and body["agent"] == agent.hex and event["nonce"] == raw.headers["x-ats-call"]
     assert (body["model"], body["tokens_in"], body["tokens_out"]) == ("test-model", reply.usage.prompt_tokens, 5)
     assert body["units"] == tokens and body["cost"] == tokens * TOKEN_PRICE
     llm = agent.budget("act.llm_tokens")
@@ -129,7 +129,7 @@ def test_embeddings_and_models_go_through(node, upstream):
     agent = Agent(node)
     reply = agent.client.embeddings.create(model="test-embed", input=["alpha", "beta gamma"])
     assert len(reply.data) == 2
-    [event] = agent.events()
+    [event] = agent.wait_events(1)
     assert event["body"]["tokens_in"] == reply.usage.prompt_tokens and event["body"]["tokens_out"] == 0
     assert [m.id for m in agent.client.models.list()] == ["test-model", "test-embed"]
 
@@ -137,6 +137,7 @@ def test_embeddings_and_models_go_through(node, upstream):
 def test_call_over_budget_is_refused_with_429_and_never_reaches_the_upstream(node, upstream):
     agent = Agent(node)
     _chat(agent, max_tokens=1, user=f"usage={TOKENS_PER_DAY - 1000},0")  # the day's tokens nearly spent
+    agent.wait_events(1)
     before = upstream.total()
     with pytest.raises(openai.RateLimitError) as e:
         _chat(agent, max_tokens=2000)
@@ -149,6 +150,7 @@ def test_call_over_budget_is_refused_with_429_and_never_reaches_the_upstream(nod
 def test_concurrent_calls_against_a_nearly_spent_budget_never_pass_it(node, upstream):
     agent = Agent(node)
     _chat(agent, max_tokens=1, user=f"usage={TOKENS_PER_DAY - 5000},0")
+    agent.wait_events(1)  # this fake upstream reports far more than was reserved: let it land first
     before = upstream.total()
 
     def one(_i: int) -> bool:
@@ -275,6 +277,7 @@ def test_sigkill_mid_call_is_charged_at_the_reservation_on_restart(upstream, tmp
 def test_one_cost_in_headers_balance_usage_and_report(node, upstream):
     agent = Agent(node)
     costs = [int(_chat(agent, max_tokens=n).headers["x-ats-cost-milli"]) for n in (3, 6)]
+    agent.wait_events(2)
     report = agent.get(f"/v1/reports/agent/{agent.hex}?period=day")
     assert report["cost_mT"] == sum(costs) == agent.budget("act.cost")["consumed"]
     assert report["by_agent"] == [{"agent": agent.hex, "events": 2, "cost_mT": sum(costs)}]
