@@ -8,7 +8,7 @@ directly and through the gateway, interleaved (direct, gateway, direct, ...), no
 (max_tokens 8): the added latency is the gateway's percentile minus the direct one, one call at
 a time (p50, p99) and with 8 threads at once (p50). Then:
 
-- 100 streams whose client leaves after the first event (10 at a time), and
+- 100 streams whose client leaves after the first event (10 at once, then the next ten), and
 - a call in flight when the node is killed with SIGKILL (then restarted),
 
 after which the tokens the upstream produced (its prompt tokens, and every completion token it
@@ -67,6 +67,13 @@ def post_cbor(url: str, body: bytes) -> int:
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+def cpu_ms(pid: int) -> float:
+    """utime + stime of a process, in ms (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def timed(client: openai.OpenAI) -> float:
@@ -140,7 +147,9 @@ def main() -> None:
         direct = openai.OpenAI(base_url=upstream, api_key="sk-direct", max_retries=0)
         gateway = openai.OpenAI(base_url=node.url + "/llm/v1", api_key=token, max_retries=0)
         interleaved(direct, gateway, 20)  # warm-up: connections, caches
+        cpu0 = cpu_ms(node.proc.pid)
         d, g = interleaved(direct, gateway, args.calls)
+        node_cpu = (cpu_ms(node.proc.pid) - cpu0) / args.calls
         print(f"node sqlite_synchronous={args.synchronous}")
         print(f"one at a time, {args.calls} calls per path (ms): direct p50 {pct(d, 50):.2f} p99 {pct(d, 99):.2f};"
               f" gateway p50 {pct(g, 50):.2f} p99 {pct(g, 99):.2f}")
@@ -150,6 +159,7 @@ def main() -> None:
             parts = list(pool.map(lambda _i: interleaved(direct, gateway, args.concurrent_calls), range(8)))
         d8 = [x for p in parts for x in p[0]]
         g8 = [x for p in parts for x in p[1]]
+        print(f"node CPU time per gateway call (user + system, its charge included): {node_cpu:.2f} ms")
         print(f"8 at a time, {len(d8)} calls per path (ms): direct p50 {pct(d8, 50):.2f}, gateway p50 {pct(g8, 50):.2f};"
               f" added p50 {pct(g8, 50) - pct(d8, 50):.2f} ms")
         calls = 20 + args.calls + 8 * args.concurrent_calls
@@ -157,11 +167,12 @@ def main() -> None:
         produced0 = get(upstream + "/_stats")["produced"]  # the direct calls produced tokens too
         recorded0 = recorded_tokens(node, agent.hex())
 
-        for start in range(0, args.disconnects, 10):
+        for start in range(0, args.disconnects, 10):  # 10 at a time, each ten read on before the next
+            n = min(10, args.disconnects - start)
             with concurrent.futures.ThreadPoolExecutor(10) as pool:
-                list(pool.map(lambda _i: abandon_stream(node, token), range(min(10, args.disconnects - start))))
-        calls += args.disconnects
-        wait_recorded(node, agent.hex(), calls)
+                list(pool.map(lambda _i: abandon_stream(node, token), range(n)))
+            calls += n
+            wait_recorded(node, agent.hex(), calls)
         produced = get(upstream + "/_stats")["produced"] - produced0
         recorded = recorded_tokens(node, agent.hex()) - recorded0
         print(f"after {args.disconnects} client disconnects mid-stream: upstream produced {produced} tokens, ledger"
@@ -189,6 +200,8 @@ def main() -> None:
               f" unrecorded {max(0, produced - recorded)}; call_recovered alerts {len(alerts)}")
     finally:
         node.kill()
+        if os.environ.get("BENCH_DEBUG"):
+            print(node.stderr()[-3000:])
         upstream_proc.stdin.close()
         upstream_proc.wait(timeout=10)
         subprocess.run(["rm", "-rf", tmp], check=False)
