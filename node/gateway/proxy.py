@@ -32,7 +32,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from ledger.errors import LedgerError, Malformed, NotFound, TooLarge, UpstreamError
+from ledger.errors import LedgerError, check, Malformed, NotFound, TooLarge, UpstreamError
 from ledger.pricing import format_t, llm_cost_milli
 from node.clock import SystemClock
 from node.config import Config
@@ -45,6 +45,8 @@ from node.store.meter import OpenCall
 logger = logging.getLogger("ats.gateway")
 
 SSE_EVENT_BYTES_MAX = 1_048_576
+# aiohttp >= 3.10 tells a connect timeout apart from a read timeout
+_CONNECT_TIMEOUT: Any = getattr(aiohttp, "ConnectionTimeoutError", ())
 _PASS_HEADERS = ("Content-Type",)
 
 
@@ -65,7 +67,6 @@ class Gateway:
         self._tasks: set[asyncio.Task] = set()  # calls in flight
         self._charges: set[asyncio.Task] = set()  # charges of answered calls, committing
         self._drains = 0
-        self.upstream_calls = 0  # calls that reached an upstream (for /metrics and tests)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -89,8 +90,13 @@ class Gateway:
 
     @property
     def _m(self) -> Meter:
-        assert self.meter is not None, "the gateway serves only once storage is open"
-        return self.meter
+        check(self.meter is not None, "the gateway serves only once storage is open")
+        return self.meter  # type: ignore[return-value]
+
+    @property
+    def _client(self) -> aiohttp.ClientSession:
+        check(self._session is not None, "the gateway's upstream session is open while it serves")
+        return self._session  # type: ignore[return-value]
 
     def _upstream(self, model: str) -> tuple[str, str]:
         """(base URL, provider key) of a model; raises NotFound(unknown_model)."""
@@ -166,8 +172,7 @@ class Gateway:
         try:
             self._agent(request)
             base = self._config.llm_upstream.rstrip("/") or next(iter(self._routes.values()), "")
-            assert self._session is not None
-            async with self._session.get(f"{base}/models", headers=self._headers(self._config.llm_upstream_key)) as resp:
+            async with self._client.get(f"{base}/models", headers=self._headers(self._config.llm_upstream_key)) as resp:
                 body = await resp.content.read(self._config.llm_response_bytes_max)
                 return web.Response(status=resp.status, body=body,
                                     content_type=resp.content_type or "application/json")
@@ -188,19 +193,19 @@ class Gateway:
             if not client_wants_usage:
                 doc = {**doc, "stream_options": {**(options if type(options) is dict else {}), "include_usage": True}}
                 raw = json.dumps(doc, separators=(",", ":")).encode()
-        assert self._session is not None
-        self.upstream_calls += 1
         try:
-            resp = await self._session.post(f"{base}/{path}", data=raw, headers=self._headers(key))
-        except asyncio.TimeoutError:
-            return await self._fail_charged(call, "upstream_timeout", f"upstream {base} did not answer in time")
-        except (aiohttp.ClientError, OSError) as e:
+            resp = await self._client.post(f"{base}/{path}", data=raw, headers=self._headers(key))
+        except (aiohttp.ClientConnectorError, _CONNECT_TIMEOUT) as e:  # never connected: the upstream saw nothing
             await self._m.release(call)
             return from_ledger_error(UpstreamError("upstream_unreachable", f"upstream {base} is unreachable: {type(e).__name__}"))
+        except asyncio.TimeoutError:
+            return await self._fail_charged(call, "upstream_timeout", f"upstream {base} did not answer in time")
+        except (aiohttp.ClientError, OSError) as e:  # the request went out, the answer broke off: it may have worked
+            return await self._fail_charged(call, "upstream_bad_response", f"upstream {base} broke off: {type(e).__name__}")
         try:
             if resp.status >= 300:
                 return await self._passthrough_error(call, resp)
-            if stream:
+            if stream and not resp.content_type.endswith("json"):  # an upstream that ignored "stream" answers whole
                 return await self._stream(request, reservation, resp, client_wants_usage)
             return await self._whole(reservation, resp)
         finally:

@@ -27,7 +27,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -129,7 +128,7 @@ class _Cgroup:
         if self.procs():  # orphans the command left behind: they were part of the task
             self.kill()
         while self.procs() and clock.monotonic_s() < deadline:
-            time.sleep(0.01)
+            clock.sleep_s(0.01)
         try:
             os.rmdir(self.path)
         except OSError:
@@ -287,7 +286,7 @@ class TaskMeter:
                         cg.kill()
                     else:
                         os.killpg(pid, signal.SIGKILL)
-            time.sleep(self.interval_ms / 1000)
+            self._clock.sleep_s(self.interval_ms / 1000)
 
 
 def run_metered(url: str, seed: bytes, argv: Sequence[str], **kw: Any) -> tuple[TaskUsage, dict[str, Any]]:
