@@ -282,3 +282,12 @@ def test_one_cost_in_headers_balance_usage_and_report(node, upstream):
     assert report["cost_mT"] == sum(costs) == agent.budget("act.cost")["consumed"]
     assert report["by_agent"] == [{"agent": agent.hex, "events": 2, "cost_mT": sum(costs)}]
     assert sum(e["body"]["cost"] for e in agent.events()) == sum(costs)
+
+
+def test_stream_that_ends_without_usage_is_charged_at_the_reservation(node, upstream):
+    agent = Agent(node)
+    chunks = list(agent.client.chat.completions.create(model="garbage-model", messages=[{"role": "user", "content": "x"}],
+                                                       max_tokens=5, stream=True))
+    assert len(chunks) == 5  # the client got what the upstream sent
+    [event] = agent.wait_events(1)
+    assert event["body"]["tokens_out"] == 5 and event["body"]["tokens_in"] > 0  # the reserved bound, not a guess
