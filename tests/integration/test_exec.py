@@ -171,3 +171,12 @@ def test_only_the_agent_that_reserved_a_task_settles_it(node, tmp_path):
     status, settled = post(f"/v1/tasks/{task['task']}", owner.seed, {"cpu_ms": 1500, "written": 2048})
     assert status == 200 and settled["cost"] == 2 * 1000 + 2
     assert post(f"/v1/tasks/{task['task']}", owner.seed, {})[0] == 404  # settled once
+
+
+def test_sdk_runs_a_metered_task_for_a_scheduler(node, tmp_path):
+    from node.sdk.task import run_metered
+
+    agent = TestAgent()
+    usage, settled = run_metered(node.url, agent.seed, ["sh", "-c", "exit 3"], estimate=500)
+    assert usage.exit_code == 3 and settled["reserved"] == 500 and len(settled["events"]) == 3
+    assert _events(node, agent)["act"]["body"]["cost"] == settled["cost"]

@@ -291,3 +291,24 @@ def test_stream_that_ends_without_usage_is_charged_at_the_reservation(node, upst
     assert len(chunks) == 5  # the client got what the upstream sent
     [event] = agent.wait_events(1)
     assert event["body"]["tokens_out"] == 5 and event["body"]["tokens_in"] > 0  # the reserved bound, not a guess
+
+
+def test_read_only_node_refuses_calls_and_never_reaches_the_upstream(upstream, tmp_path):
+    import sqlite3
+
+    data = str(tmp_path / "node")
+    with NodeProcess(data, env=_env(upstream)) as node:
+        agent = Agent(node)
+        _chat(agent, max_tokens=1)
+        agent.wait_events(1)
+    conn = sqlite3.connect(os.path.join(data, "ledger.sqlite"))
+    conn.execute("UPDATE tree_hashes SET hash = zeroblob(32)")  # the startup check fails: read-only
+    conn.commit()
+    conn.close()
+    with NodeProcess(data, env=_env(upstream)) as node:
+        agent.node = node
+        agent.client = openai.OpenAI(base_url=node.url + "/llm/v1", api_key=agent.token, max_retries=0, timeout=30)
+        before = upstream.total()
+        with pytest.raises(openai.APIStatusError) as e:
+            _chat(agent, max_tokens=1)
+        assert (e.value.status_code, e.value.code) == (503, "read_only") and upstream.total() == before
