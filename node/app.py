@@ -60,7 +60,7 @@ def build_app(config: Config, clock: SystemClock | None = None) -> web.Applicati
     app.cleanup_ctx.append(_storage)
     add_routes(app)
     if config.llm_gateway:
-        gateway = Gateway(config, None, app[CLOCK_KEY])
+        gateway = Gateway(config, None, app[CLOCK_KEY], app[METRICS_KEY])
         app[GATEWAY_KEY] = gateway
         app.cleanup_ctx.append(gateway.context)
         add_gateway_routes(app, gateway)

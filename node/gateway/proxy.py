@@ -40,6 +40,7 @@ from node.gateway.auth import bearer_agent
 from node.gateway.errors import from_ledger_error, openai_error
 from node.gateway.sse import SseSplitter, Usage, stream_usage, usage_from
 from node.meter import Meter, Reservation, remaining
+from node.metrics import NodeMetrics
 from node.store.meter import OpenCall
 
 logger = logging.getLogger("ats.gateway")
@@ -57,8 +58,9 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 class Gateway:
     """Routes, meters and proxies the calls of one node's /llm/v1 paths."""
 
-    def __init__(self, config: Config, meter: Meter | None, clock: SystemClock):
+    def __init__(self, config: Config, meter: Meter | None, clock: SystemClock, metrics: NodeMetrics | None = None):
         self._config, self._clock = config, clock
+        self._metrics = metrics or NodeMetrics(lambda: 0, lambda: 0)
         self.meter = meter  # set by the composition root once storage is open
         self._routes = {m: u.rstrip("/") for m, u in _pairs(config.llm_routes).items()}
         self._keys = _pairs(config.llm_route_keys)
@@ -161,6 +163,7 @@ class Gateway:
             out_bound = self._out_bound(doc) if path == "chat/completions" else 0
             reservation = await self._m.reserve(agent, "llm", model, prompt_bound, out_bound)
         except LedgerError as e:
+            self._metrics.gateway_calls.inc(1, e.code)
             return from_ledger_error(e)
         task = asyncio.create_task(self._call(request, reservation, base, key, path, doc, raw, stream))
         self._tasks.add(task)
@@ -196,7 +199,7 @@ class Gateway:
         try:
             resp = await self._client.post(f"{base}/{path}", data=raw, headers=self._headers(key))
         except (aiohttp.ClientConnectorError, _CONNECT_TIMEOUT) as e:  # never connected: the upstream saw nothing
-            await self._m.release(call)
+            await self._release(call)
             return from_ledger_error(UpstreamError("upstream_unreachable", f"upstream {base} is unreachable: {type(e).__name__}"))
         except asyncio.TimeoutError:
             return await self._fail_charged(call, "upstream_timeout", f"upstream {base} did not answer in time")
@@ -217,14 +220,23 @@ class Gateway:
             body = await resp.content.read(self._config.llm_response_bytes_max)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
             body = b""
-        await self._m.release(call)
+        await self._release(call)
         return web.Response(status=resp.status, body=body, headers={"Content-Type": resp.headers.get("Content-Type", "application/json")})
+
+    async def _release(self, call: OpenCall) -> None:
+        self._metrics.gateway_calls.inc(1, "released")
+        await self._m.release(call)
+
+    async def _charge_reserved(self, call: OpenCall) -> tuple[Any, int]:
+        self._metrics.gateway_calls.inc(1, "reservation")
+        self._metrics.gateway_cost.inc(call.cost)
+        return await self._m.charge_reserved(call)
 
     async def _fail_charged(self, call: OpenCall, code: str, message: str) -> web.Response:
         """The upstream may have done the work but we cannot know how much: charge the reservation."""
         headers: dict[str, str] = {}
         try:
-            outcome, cost = await self._m.charge_reserved(call)
+            outcome, cost = await self._charge_reserved(call)
             headers = self._cost_headers(cost, outcome.receipt or {})
         except LedgerError as e:
             logger.error("call %s not charged now (charged at restart): %s", call.call.hex(), e.message)
@@ -249,6 +261,8 @@ class Gateway:
         """
         call = reservation.call
         cost = llm_cost_milli(reservation.prices, call.model, usage.tokens_in, usage.tokens_out)
+        self._metrics.gateway_calls.inc(1, "charged")
+        self._metrics.gateway_cost.inc(cost)
         task = asyncio.create_task(self._charge_now(call, usage))
         self._charges.add(task)
         task.add_done_callback(self._charges.discard)
@@ -343,7 +357,7 @@ class Gateway:
         if usage is None:
             logger.warning("stream of call %s ended without usage: charged at its reservation", call.call.hex())
             try:
-                await self._m.charge_reserved(call)
+                await self._charge_reserved(call)
             except LedgerError as e:
                 logger.error("call %s not charged now (charged at restart): %s", call.call.hex(), e.message)
         else:

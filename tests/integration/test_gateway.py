@@ -312,3 +312,16 @@ def test_read_only_node_refuses_calls_and_never_reaches_the_upstream(upstream, t
         with pytest.raises(openai.APIStatusError) as e:
             _chat(agent, max_tokens=1)
         assert (e.value.status_code, e.value.code) == (503, "read_only") and upstream.total() == before
+
+
+def test_metrics_count_gateway_calls_by_outcome(node, upstream):
+    agent = Agent(node)
+    _chat(agent, max_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        _chat(agent, model="error-model")
+    with urllib.request.urlopen(node.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line.startswith("ats_gateway")}
+    assert values['ats_gateway_calls_total{outcome="charged"}'] >= 1
+    assert values['ats_gateway_calls_total{outcome="released"}'] >= 1
+    assert values["ats_gateway_cost_milli_total"] > 0
