@@ -90,7 +90,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     except KeyFileError as e:
         return fail(str(e), EXIT_USAGE)
     meter = TaskMeter(args.url, seed, argv, estimate=args.estimate, interval_ms=args.interval_ms,
-                      timeout_ms=None if args.timeout_s is None else int(args.timeout_s * 1000))
+                      timeout_ms=None if args.timeout_s is None else int(args.timeout_s * 1000), cgroup=not args.no_cgroup)
     try:
         asyncio.run(meter.reserve())
     except AtsUnreachable as e:
@@ -175,6 +175,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--estimate", type=int, help="milli-T to reserve before the command starts (default: the price of agent.run)")
     s.add_argument("--timeout-s", type=float, help="how long the reservation lasts (default 3600); a task not settled by then is charged at it")
     s.add_argument("--interval-ms", type=int, default=100, help="how often the task's cost is checked against max_cost_per_run")
+    s.add_argument("--no-cgroup", action="store_true", help="measure with rusage and /proc only, even where a cgroup v2 can be made")
     s.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command and its arguments")
 
     s = sub.add_parser("node", help="start the node daemon")

@@ -179,10 +179,11 @@ class TaskMeter:
 
     def __init__(self, url: str, seed: bytes, argv: Sequence[str], *, estimate: int | None = None,
                  timeout_ms: int | None = None, interval_ms: int = 100, host: str | None = None,
-                 clock: SystemClock | None = None):
+                 clock: SystemClock | None = None, cgroup: bool = True):
         if not argv:
             raise ValueError("a task needs a command")
         self.argv = list(argv)
+        self.use_cgroup = cgroup
         self.estimate, self.timeout_ms, self.interval_ms = estimate, timeout_ms, max(10, interval_ms)
         self.host = (host or os.uname().nodename or "ats-exec")[:64]
         self._clock = clock or SystemClock()
@@ -228,7 +229,8 @@ class TaskMeter:
 
         SIGINT, SIGTERM and SIGHUP sent to this process are passed to the command's process group.
         """
-        cg = _Cgroup.make(f"{CGROUP_NAME_PREFIX}{os.getpid()}-{(self.task or os.urandom(4).hex())[:8]}")
+        cg = _Cgroup.make(f"{CGROUP_NAME_PREFIX}{os.getpid()}-{(self.task or os.urandom(4).hex())[:8]}") \
+            if self.use_cgroup else None
         argv = self.argv
         if cg is not None:
             argv = ["/bin/sh", "-c", f'echo $$ > "{cg.path}/cgroup.procs" && exec "$@"', "ats-exec", *argv]

@@ -69,8 +69,10 @@ def _agent(tmp_path, node, **limits: Any) -> tuple[TestAgent, str]:
     return agent, key
 
 
-def _exec(node, key: str, *argv: str, estimate: int | None = None) -> tuple[int, dict[str, Any], str]:
+def _exec(node, key: str, *argv: str, estimate: int | None = None, cgroup: bool = True) -> tuple[int, dict[str, Any], str]:
     cmd = [sys.executable, "-m", "node", "exec", "--key", key, "--url", node.url, "--interval-ms", "50"]
+    if not cgroup:
+        cmd.append("--no-cgroup")
     if estimate is not None:
         cmd += ["--estimate", str(estimate)]
     proc = subprocess.run(cmd + ["--", *argv], capture_output=True, text=True, timeout=60)
@@ -84,11 +86,13 @@ def _events(node, agent: TestAgent) -> dict[str, dict[str, Any]]:
     return {e["kind"]: e for e in doc["events"]}
 
 
-def test_cpu_bound_child_is_charged_the_cpu_time_the_kernel_counted(node, tmp_path):
+@pytest.mark.parametrize("cgroup", [True, False], ids=["cgroup2-if-possible", "rusage"])
+def test_cpu_bound_child_is_charged_the_cpu_time_the_kernel_counted(node, tmp_path, cgroup):
     agent, key = _agent(tmp_path, node)
     report = tmp_path / "cpu"
-    code, s, err = _exec(node, key, sys.executable, "-c", BUSY.format(seconds=1.2), str(report))
+    code, s, err = _exec(node, key, sys.executable, "-c", BUSY.format(seconds=1.2), str(report), cgroup=cgroup)
     assert code == 0, err
+    assert s["measured_by"] == ("rusage" if not cgroup else s["measured_by"])
     own_ms = int(report.read_text())
     assert own_ms <= s["cpu_ms"] <= own_ms + 300  # the child's own count, plus its last instructions and exit
     events = _events(node, agent)
@@ -122,10 +126,11 @@ def test_child_that_writes_files_is_charged_its_bytes_with_its_descendants(node,
     assert s["jobs"] >= 2  # the child and its grandchild ran at once
 
 
-def test_task_past_max_cost_per_run_is_killed_and_charged(node, tmp_path):
+@pytest.mark.parametrize("cgroup", [True, False], ids=["cgroup2-if-possible", "rusage"])
+def test_task_past_max_cost_per_run_is_killed_and_charged(node, tmp_path, cgroup):
     agent, key = _agent(tmp_path, node, max_cost_per_run=1500)
     code, s, err = _exec(node, key, sys.executable, "-c", BUSY.format(seconds=20), str(tmp_path / "never"),
-                         estimate=1000)
+                         estimate=1000, cgroup=cgroup)
     assert code == 128 + 9 and s["killed_for_cost"] and "max_cost_per_run 1500" in err
     assert s["cpu_ms"] < 6000 and s["cost"] > 1500  # killed within a sample of passing the limit
     assert _events(node, agent)["act"]["body"]["cost"] == s["cost"]
