@@ -37,7 +37,7 @@ from ledger.pricing import format_t, llm_cost_milli
 from node.clock import SystemClock
 from node.config import Config
 from node.gateway.auth import bearer_agent
-from node.gateway.errors import from_ledger_error, openai_error
+from node.gateway.errors import from_ledger_error
 from node.gateway.sse import SseSplitter, Usage, stream_usage, usage_from
 from node.meter import Meter, Reservation, remaining
 from node.metrics import NodeMetrics
@@ -48,7 +48,6 @@ logger = logging.getLogger("ats.gateway")
 SSE_EVENT_BYTES_MAX = 1_048_576
 # aiohttp >= 3.10 tells a connect timeout apart from a read timeout
 _CONNECT_TIMEOUT: Any = getattr(aiohttp, "ConnectionTimeoutError", ())
-_PASS_HEADERS = ("Content-Type",)
 
 
 def _pairs(items: tuple[str, ...]) -> dict[str, str]:

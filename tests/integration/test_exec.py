@@ -9,7 +9,6 @@ read back from the node) must match them. The cgroup v2 path is used when the ma
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from typing import Any
