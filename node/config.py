@@ -86,7 +86,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("llm_token_lifetime_s_max", 90 * 86_400, "s", "the longest lifetime a gateway token may have left (exp - now)"),
     Setting("llm_max_tokens_default", 4096, "tokens", "output tokens reserved for a call that sets no max_tokens"),
     Setting("llm_output_tokens_max", 32_768, "tokens", "most output tokens reserved for one call (max_tokens above is capped here)"),
-    Setting("llm_context_tokens_max", 200_000, "tokens", "most prompt tokens reserved for one call (a prompt of more bytes is refused: 413 prompt_too_large)"),
+    Setting("llm_context_tokens_max", 200_000, "tokens", "most prompt tokens reserved for one call: a model's context window (per model: llm_model_limits)"),
+    Setting("llm_model_limits", (), "model=context:output", "per-model caps of the reservation, 'model=128000:16384' (context window, most output tokens); either may be left empty"),
     Setting("llm_body_bytes_max", 1_048_576, "bytes", "largest gateway request body"),
     Setting("llm_response_bytes_max", 16 * 1_048_576, "bytes", "largest non-streamed upstream response (beyond: 502 upstream_bad_response, charged at reservation)"),
     Setting("llm_timeout_ms", 300_000, "ms", "longest an upstream call may take, streamed or not (beyond: 504 upstream_timeout, charged at reservation)"),
@@ -157,6 +158,7 @@ class Config:
     llm_max_tokens_default: int = 4096
     llm_output_tokens_max: int = 32_768
     llm_context_tokens_max: int = 200_000
+    llm_model_limits: tuple[str, ...] = ()
     llm_body_bytes_max: int = 1_048_576
     llm_response_bytes_max: int = 16 * 1_048_576
     llm_timeout_ms: int = 300_000
@@ -326,6 +328,11 @@ def _gateway_problems(config: Config) -> list[str]:
         if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
             problems.append(f"meters: {key!r} is not 64 lowercase hex digits")
     urls = [("llm_upstream", config.llm_upstream)] if config.llm_upstream else []
+    for item in config.llm_model_limits:
+        model, sep, caps = item.partition("=")
+        parts = caps.split(":")
+        if not sep or not model.strip() or len(parts) != 2 or not all(p.strip() == "" or p.strip().isdigit() for p in parts):
+            problems.append(f"llm_model_limits: {item!r} is not model=context:output (whole numbers, either may be empty)")
     for name in ("llm_routes", "llm_route_keys"):
         for item in getattr(config, name):
             model, sep, value = item.partition("=")

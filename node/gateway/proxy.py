@@ -64,6 +64,10 @@ class Gateway:
         self._routes = {m: u.rstrip("/") for m, u in _pairs(config.llm_routes).items()}
         self._keys = _pairs(config.llm_route_keys)
         self._models = frozenset(config.llm_models)
+        self._limits: dict[str, tuple[int, int]] = {}  # model -> (context tokens, output tokens)
+        for model, caps in _pairs(config.llm_model_limits).items():
+            context, output = (c.strip() for c in caps.split(":"))
+            self._limits[model] = (int(context or config.llm_context_tokens_max), int(output or config.llm_output_tokens_max))
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()  # calls in flight
         self._charges: set[asyncio.Task] = set()  # charges of answered calls, committing
@@ -137,7 +141,11 @@ class Gateway:
             raise Malformed("invalid_request", "model must be a non-empty string")
         return raw, doc
 
-    def _out_bound(self, doc: dict[str, Any]) -> int:
+    def _bounds(self, model: str) -> tuple[int, int]:
+        """(most prompt tokens, most output tokens per choice) a call to this model can use."""
+        return self._limits.get(model, (self._config.llm_context_tokens_max, self._config.llm_output_tokens_max))
+
+    def _out_bound(self, doc: dict[str, Any], output_max: int) -> int:
         asked = doc.get("max_completion_tokens", doc.get("max_tokens"))
         if asked is None:
             asked = self._config.llm_max_tokens_default
@@ -146,7 +154,7 @@ class Gateway:
         n = doc.get("n", 1)
         if type(n) is not int or not 1 <= n <= 128:
             raise Malformed("invalid_request", "n must be an integer 1..128")
-        return min(asked, self._config.llm_output_tokens_max) * n
+        return min(asked, output_max) * n
 
     async def handle(self, request: web.Request, path: str) -> web.StreamResponse:
         """POST /llm/v1/{chat/completions,embeddings}: the whole metered call, or its OpenAI error."""
@@ -155,11 +163,11 @@ class Gateway:
             raw, doc = await self._body(request)
             model = doc["model"]
             base, key = self._upstream(model)
-            prompt_bound = len(raw)
-            if prompt_bound > self._config.llm_context_tokens_max:
-                raise TooLarge("prompt_too_large", f"prompt may be {prompt_bound} tokens, over {self._config.llm_context_tokens_max}")
+            context_max, output_max = self._bounds(model)
+            # no tokenizer makes more than a token of a byte, and no model reads more than its context
+            prompt_bound = min(len(raw), context_max)
             stream = doc.get("stream") is True and path == "chat/completions"
-            out_bound = self._out_bound(doc) if path == "chat/completions" else 0
+            out_bound = self._out_bound(doc, output_max) if path == "chat/completions" else 0
             reservation = await self._m.reserve(agent, "llm", model, prompt_bound, out_bound)
         except LedgerError as e:
             self._metrics.gateway_calls.inc(1, e.code)

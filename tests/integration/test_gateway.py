@@ -325,3 +325,15 @@ def test_metrics_count_gateway_calls_by_outcome(node, upstream):
     assert values['ats_gateway_calls_total{outcome="charged"}'] >= 1
     assert values['ats_gateway_calls_total{outcome="released"}'] >= 1
     assert values["ats_gateway_cost_milli_total"] > 0
+
+
+def test_reservation_is_capped_by_the_model_limits(upstream, tmp_path):
+    env = _env(upstream, ATS_LLM_MODEL_LIMITS="test-model=100:20", ATS_LLM_BODY_BYTES_MAX="100000")
+    with NodeProcess(str(tmp_path / "node"), env=env) as node:
+        agent = Agent(node)
+        long = [{"role": "user", "content": "y" * 5000}]
+        raw = agent.client.chat.completions.with_raw_response.create(model="test-model", messages=long, max_tokens=10_000,
+                                                                     stream=True)
+        assert int(raw.headers["x-ats-reserved-milli"]) == (100 + 20) * TOKEN_PRICE  # not 5,000 bytes + 10,000
+        list(raw.parse())
+        agent.wait_events(1)
