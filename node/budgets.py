@@ -509,6 +509,10 @@ class BudgetBook:
 
     # -- suspensions --------------------------------------------------------------------------
 
+    def suspended_agents(self, now_ms: int) -> set[bytes]:
+        """The agents suspended at now_ms (by the node or by an authority)."""
+        return {a for a in self.suspensions if self._active_suspension(a, now_ms) is not None}
+
     def _active_suspension(self, agent: bytes, now_ms: int) -> Suspension | None:
         for s in self.suspensions.get(agent, ()):
             if s.until_ms is None or s.until_ms > now_ms:

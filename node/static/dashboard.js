@@ -283,7 +283,9 @@ function renderReport(report, agentReports, teamReports) {
   const row = (name, testid, key, r) => el("tr", { dataTestid: testid, dataKey: key, dataCost: r.cost_mT, dataEvents: r.events },
     el("td", {}, name), el("td", { text: int(r.events) }), el("td", { dataTestid: "cost", text: tokens(r.cost_mT) }));
   const agents = (report.by_agent || []).slice(0, 10);
-  fill("top-agents", ...(agents.length ? agents.map((a) => row(el("code", { title: a.agent, text: short(a.agent) }), "top-agent", a.agent, a))
+  const agentName = (a) => el("span", {}, el("code", { title: a.agent, text: short(a.agent) }),
+    a.suspended ? el("b", { class: "critical", dataTestid: "top-agent-suspended", text: " suspended" }) : null);
+  fill("top-agents", ...(agents.length ? agents.map((a) => row(agentName(a), "top-agent", a.agent, a))
     : [el("tr", {}, el("td", { colspan: 3, class: "empty", text: "No agent spent anything in this period." }))]));
   const ops = (report.by_operation || []).slice(0, 10);
   fill("top-ops", ...(ops.length ? ops.map((o) => row(o.op, "top-op", o.op, o))
