@@ -28,6 +28,7 @@ from node.appkeys import REPORTS_KEY
 from node.appkeys import ALERTS_KEY, REPLICATOR_KEY, CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
 from node.appkeys import DASHBOARD_KEY, GATEWAY_KEY, METER_KEY
 from node.gateway import Gateway
+from node.gateway.dialects import ANTHROPIC
 from node.meter import Meter
 from node.dashboard import Dashboard
 from ledger.checkpoint import verifier_key
@@ -168,9 +169,13 @@ def add_gateway_routes(app: web.Application, gateway: Gateway) -> None:
     async def embeddings(request: web.Request) -> web.StreamResponse:
         return await gateway.handle(request, "embeddings")
 
+    async def messages(request: web.Request) -> web.StreamResponse:
+        return await gateway.handle(request, "messages", ANTHROPIC)
+
     app.router.add_post("/llm/v1/chat/completions", chat)
     app.router.add_post("/llm/v1/embeddings", embeddings)
     app.router.add_get("/llm/v1/models", gateway.models)
+    app.router.add_post("/llm/v1/messages", messages)
 
 
 async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -> None:

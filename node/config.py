@@ -80,6 +80,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("llm_gateway", False, "bool", "serve the OpenAI-compatible LLM gateway under /llm/v1 (docs/gateway.md)"),
     Setting("llm_upstream", "", "URL", "base URL of the default OpenAI-compatible upstream, ending in /v1 (llama.cpp, vLLM, Ollama, a provider)"),
     Setting("llm_upstream_key", "", "secret", "the provider key the node sends upstream as its bearer token (never the agent's)"),
+    Setting("llm_anthropic_upstream", "", "URL", "base URL of the default Anthropic-compatible upstream for POST /llm/v1/messages, ending in /v1"),
+    Setting("llm_anthropic_upstream_key", "", "secret", "the provider key the node sends to llm_anthropic_upstream as x-api-key"),
     Setting("llm_routes", (), "model=URL", "per-model upstreams, 'model=http://host:port/v1'; other models go to llm_upstream"),
     Setting("llm_route_keys", (), "model=secret", "per-model provider keys, 'model=sk-...' (default: llm_upstream_key)"),
     Setting("llm_models", (), "names", "the models the gateway serves (empty: any model the routes and llm_upstream take); others get 404 unknown_model"),
@@ -151,6 +153,8 @@ class Config:
     llm_gateway: bool = False
     llm_upstream: str = ""
     llm_upstream_key: str = ""
+    llm_anthropic_upstream: str = ""
+    llm_anthropic_upstream_key: str = ""
     llm_routes: tuple[str, ...] = ()
     llm_route_keys: tuple[str, ...] = ()
     llm_models: tuple[str, ...] = ()
@@ -327,7 +331,7 @@ def _gateway_problems(config: Config) -> list[str]:
     for key in config.meters:
         if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
             problems.append(f"meters: {key!r} is not 64 lowercase hex digits")
-    urls = [("llm_upstream", config.llm_upstream)] if config.llm_upstream else []
+    urls = [(n, getattr(config, n)) for n in ("llm_upstream", "llm_anthropic_upstream") if getattr(config, n)]
     for item in config.llm_model_limits:
         model, sep, caps = item.partition("=")
         parts = caps.split(":")
@@ -343,8 +347,8 @@ def _gateway_problems(config: Config) -> list[str]:
     for name, url in urls:
         if not url.startswith(("http://", "https://")):
             problems.append(f"{name}: {url!r} is not an http(s) URL")
-    if config.llm_gateway and not config.llm_upstream and not config.llm_routes:
-        problems.append("llm_gateway needs llm_upstream (or llm_routes)")
+    if config.llm_gateway and not (config.llm_upstream or config.llm_anthropic_upstream or config.llm_routes):
+        problems.append("llm_gateway needs llm_upstream (or llm_anthropic_upstream, or llm_routes)")
     for name in ("llm_token_lifetime_s_max", "llm_max_tokens_default", "llm_output_tokens_max", "llm_context_tokens_max",
                  "llm_body_bytes_max", "llm_response_bytes_max", "llm_timeout_ms", "llm_connect_timeout_ms", "llm_drain_ms"):
         if getattr(config, name) < 1:

@@ -38,7 +38,8 @@ from node.clock import SystemClock
 from node.config import Config
 from node.gateway.auth import bearer_agent
 from node.gateway.errors import from_ledger_error
-from node.gateway.sse import SseSplitter, Usage, stream_usage, usage_from
+from node.gateway.dialects import ANTHROPIC, OPENAI, Dialect, StreamTracker
+from node.gateway.sse import SseSplitter, Usage
 from node.meter import Meter, Reservation, remaining
 from node.metrics import NodeMetrics
 from node.store.meter import OpenCall
@@ -103,25 +104,23 @@ class Gateway:
         check(self._session is not None, "the gateway's upstream session is open while it serves")
         return self._session  # type: ignore[return-value]
 
-    def _upstream(self, model: str) -> tuple[str, str]:
+    def _upstream(self, model: str, dialect: Dialect) -> tuple[str, str]:
         """(base URL, provider key) of a model; raises NotFound(unknown_model)."""
         if self._models and model not in self._models and model not in self._routes:
             raise NotFound("unknown_model", f"model {model[:128]!r} is not served by this gateway")
-        base = self._routes.get(model) or self._config.llm_upstream.rstrip("/")
+        if dialect is ANTHROPIC:
+            default, key = self._config.llm_anthropic_upstream, self._config.llm_anthropic_upstream_key
+        else:
+            default, key = self._config.llm_upstream, self._config.llm_upstream_key
+        base = self._routes.get(model) or default.rstrip("/")
         if not base:
-            raise NotFound("unknown_model", f"model {model[:128]!r} has no upstream here")
-        return base, self._keys.get(model, self._config.llm_upstream_key)
-
-    def _headers(self, key: str) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+            raise NotFound("unknown_model", f"model {model[:128]!r} has no {dialect.name} upstream here")
+        return base, self._keys.get(model, key)
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _agent(self, request: web.Request) -> bytes:
-        return bearer_agent(request.headers, now_s=self._clock.now_ms() // 1000,
+    def _agent(self, request: web.Request, dialect: Dialect = OPENAI) -> bytes:
+        return bearer_agent(dialect.token(request.headers), now_s=self._clock.now_ms() // 1000,
                             lifetime_s_max=self._config.llm_token_lifetime_s_max)
 
     async def _body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
@@ -145,34 +144,23 @@ class Gateway:
         """(most prompt tokens, most output tokens per choice) a call to this model can use."""
         return self._limits.get(model, (self._config.llm_context_tokens_max, self._config.llm_output_tokens_max))
 
-    def _out_bound(self, doc: dict[str, Any], output_max: int) -> int:
-        asked = doc.get("max_completion_tokens", doc.get("max_tokens"))
-        if asked is None:
-            asked = self._config.llm_max_tokens_default
-        if type(asked) is not int or asked < 0:
-            raise Malformed("invalid_request", "max_tokens must be a non-negative integer")
-        n = doc.get("n", 1)
-        if type(n) is not int or not 1 <= n <= 128:
-            raise Malformed("invalid_request", "n must be an integer 1..128")
-        return min(asked, output_max) * n
-
-    async def handle(self, request: web.Request, path: str) -> web.StreamResponse:
-        """POST /llm/v1/{chat/completions,embeddings}: the whole metered call, or its OpenAI error."""
+    async def handle(self, request: web.Request, path: str, dialect: Dialect = OPENAI) -> web.StreamResponse:
+        """POST /llm/v1/{chat/completions,embeddings,messages}: the whole metered call, or its error."""
         try:
-            agent = self._agent(request)
+            agent = self._agent(request, dialect)
             raw, doc = await self._body(request)
             model = doc["model"]
-            base, key = self._upstream(model)
+            base, key = self._upstream(model, dialect)
             context_max, output_max = self._bounds(model)
             # no tokenizer makes more than a token of a byte, and no model reads more than its context
             prompt_bound = min(len(raw), context_max)
-            stream = doc.get("stream") is True and path == "chat/completions"
-            out_bound = self._out_bound(doc, output_max) if path == "chat/completions" else 0
+            stream = doc.get("stream") is True and path != "embeddings"
+            out_bound = dialect.out_bound(path, doc, output_max, self._config.llm_max_tokens_default)
             reservation = await self._m.reserve(agent, "llm", model, prompt_bound, out_bound)
         except LedgerError as e:
             self._metrics.gateway_calls.inc(1, e.code)
-            return from_ledger_error(e)
-        task = asyncio.create_task(self._call(request, reservation, base, key, path, doc, raw, stream))
+            return dialect.error(e)
+        task = asyncio.create_task(self._call(request, dialect, reservation, base, key, path, doc, raw, stream))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(task)
@@ -182,7 +170,8 @@ class Gateway:
         try:
             self._agent(request)
             base = self._config.llm_upstream.rstrip("/") or next(iter(self._routes.values()), "")
-            async with self._client.get(f"{base}/models", headers=self._headers(self._config.llm_upstream_key)) as resp:
+            headers = OPENAI.upstream_headers(self._config.llm_upstream_key, {})
+            async with self._client.get(f"{base}/models", headers=headers) as resp:
                 body = await resp.content.read(self._config.llm_response_bytes_max)
                 return web.Response(status=resp.status, body=body,
                                     content_type=resp.content_type or "application/json")
@@ -193,31 +182,25 @@ class Gateway:
 
     # -- the call ------------------------------------------------------------------------------
 
-    async def _call(self, request: web.Request, reservation: Reservation, base: str, key: str,
+    async def _call(self, request: web.Request, dialect: Dialect, reservation: Reservation, base: str, key: str,
                     path: str, doc: dict[str, Any], raw: bytes, stream: bool) -> web.StreamResponse:
         call = reservation.call
-        client_wants_usage = False
-        if stream:
-            options = doc.get("stream_options")
-            client_wants_usage = type(options) is dict and options.get("include_usage") is True
-            if not client_wants_usage:
-                doc = {**doc, "stream_options": {**(options if type(options) is dict else {}), "include_usage": True}}
-                raw = json.dumps(doc, separators=(",", ":")).encode()
+        raw, tracker = dialect.for_upstream(doc, raw, stream)
         try:
-            resp = await self._client.post(f"{base}/{path}", data=raw, headers=self._headers(key))
+            resp = await self._client.post(f"{base}/{path}", data=raw, headers=dialect.upstream_headers(key, request.headers))
         except (aiohttp.ClientConnectorError, _CONNECT_TIMEOUT) as e:  # never connected: the upstream saw nothing
             await self._release(call)
-            return from_ledger_error(UpstreamError("upstream_unreachable", f"upstream {base} is unreachable: {type(e).__name__}"))
+            return dialect.error(UpstreamError("upstream_unreachable", f"upstream {base} is unreachable: {type(e).__name__}"))
         except asyncio.TimeoutError:
-            return await self._fail_charged(call, "upstream_timeout", f"upstream {base} did not answer in time")
+            return await self._fail_charged(dialect, call, "upstream_timeout", f"upstream {base} did not answer in time")
         except (aiohttp.ClientError, OSError) as e:  # the request went out, the answer broke off: it may have worked
-            return await self._fail_charged(call, "upstream_bad_response", f"upstream {base} broke off: {type(e).__name__}")
+            return await self._fail_charged(dialect, call, "upstream_bad_response", f"upstream {base} broke off: {type(e).__name__}")
         try:
             if resp.status >= 300:
                 return await self._passthrough_error(call, resp)
-            if stream and not resp.content_type.endswith("json"):  # an upstream that ignored "stream" answers whole
-                return await self._stream(request, reservation, resp, client_wants_usage)
-            return await self._whole(reservation, resp)
+            if tracker is not None and not resp.content_type.endswith("json"):  # one that ignored "stream" answers whole
+                return await self._stream(request, reservation, resp, tracker)
+            return await self._whole(dialect, reservation, resp)
         finally:
             resp.release()
 
@@ -239,7 +222,7 @@ class Gateway:
         self._metrics.gateway_cost.inc(call.cost)
         return await self._m.charge_reserved(call)
 
-    async def _fail_charged(self, call: OpenCall, code: str, message: str) -> web.Response:
+    async def _fail_charged(self, dialect: Dialect, call: OpenCall, code: str, message: str) -> web.Response:
         """The upstream may have done the work but we cannot know how much: charge the reservation."""
         headers: dict[str, str] = {}
         try:
@@ -247,7 +230,7 @@ class Gateway:
             headers = self._cost_headers(cost, outcome.receipt or {})
         except LedgerError as e:
             logger.error("call %s not charged now (charged at restart): %s", call.call.hex(), e.message)
-        response = from_ledger_error(UpstreamError(code, f"{message}; charged at the reservation ({format_t(call.cost)} T)"))
+        response = dialect.error(UpstreamError(code, f"{message}; charged at the reservation ({format_t(call.cost)} T)"))
         response.headers.update(headers)
         return response
 
@@ -285,29 +268,30 @@ class Gateway:
         except LedgerError as e:
             logger.error("call %s not charged now (charged at restart): %s", call.call.hex(), e.message)
 
-    async def _whole(self, reservation: Reservation, resp: aiohttp.ClientResponse) -> web.Response:
+    async def _whole(self, dialect: Dialect, reservation: Reservation, resp: aiohttp.ClientResponse) -> web.Response:
         call = reservation.call
         limit = self._config.llm_response_bytes_max
         try:
             body = await resp.content.read(limit + 1)
             if len(body) > limit:
-                return await self._fail_charged(call, "upstream_bad_response", f"upstream answer is over {limit} bytes")
+                return await self._fail_charged(dialect, call, "upstream_bad_response", f"upstream answer is over {limit} bytes")
         except asyncio.TimeoutError:
-            return await self._fail_charged(call, "upstream_timeout", "upstream answer did not complete in time")
+            return await self._fail_charged(dialect, call, "upstream_timeout", "upstream answer did not complete in time")
         except (aiohttp.ClientError, OSError) as e:
-            return await self._fail_charged(call, "upstream_bad_response", f"upstream answer broke off: {type(e).__name__}")
+            return await self._fail_charged(dialect, call, "upstream_bad_response", f"upstream answer broke off: {type(e).__name__}")
         try:
-            usage = usage_from(json.loads(body))
+            usage = dialect.usage(json.loads(body))
         except (ValueError, UnicodeDecodeError, RecursionError):
             usage = None
         if usage is None:
-            return await self._fail_charged(call, "upstream_bad_response", "upstream answer is not an OpenAI response with usage")
+            return await self._fail_charged(dialect, call, "upstream_bad_response",
+                                            f"upstream answer is not an {dialect.name} response with usage")
         headers = self._charge(reservation, usage)
         headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
         return web.Response(status=resp.status, body=body, headers=headers)
 
     async def _stream(self, request: web.Request, reservation: Reservation,
-                      resp: aiohttp.ClientResponse, client_wants_usage: bool) -> web.StreamResponse:
+                      resp: aiohttp.ClientResponse, tracker: StreamTracker) -> web.StreamResponse:
         call, budgets = reservation.call, reservation.budgets
         out = web.StreamResponse(status=resp.status, headers={
             "Content-Type": resp.headers.get("Content-Type", "text/event-stream"),
@@ -317,7 +301,6 @@ class Gateway:
             **({"x-ats-remaining-milli": str(remaining(budgets))} if remaining(budgets) is not None else {}),
         })
         splitter = SseSplitter(SSE_EVENT_BYTES_MAX)
-        usage: Usage | None = None
         client = True
         draining = False
         deadline = None
@@ -328,10 +311,7 @@ class Gateway:
         try:
             async for chunk in resp.content.iter_any():
                 for event in splitter.feed(chunk):
-                    found, usage_only = stream_usage(event)
-                    if found is not None:
-                        usage = found
-                    if client and not (usage_only and not client_wants_usage):
+                    if tracker.see(event) and client:
                         try:
                             await out.write(event)
                         except (ConnectionError, aiohttp.ClientError, RuntimeError):
@@ -342,12 +322,10 @@ class Gateway:
                     draining = True
                     self._drains += 1
                     deadline = self._clock.monotonic_s() + self._config.llm_drain_ms / 1000
-                if draining and (usage is not None or self._clock.monotonic_s() > deadline):
+                if draining and (tracker.complete or self._clock.monotonic_s() > deadline):
                     break
             rest = splitter.rest()
-            if rest and client:
-                found, _ = stream_usage(rest)
-                usage = usage or found
+            if rest and tracker.see(rest) and client:
                 await out.write(rest)
         except asyncio.TimeoutError:
             pass  # the upstream hung mid-stream: charged below from what it reported, or at reservation
@@ -361,6 +339,7 @@ class Gateway:
                 await out.write_eof()
             except (ConnectionError, aiohttp.ClientError, RuntimeError):
                 pass
+        usage = tracker.usage if tracker.complete else None
         if usage is None:
             logger.warning("stream of call %s ended without usage: charged at its reservation", call.call.hex())
             try:

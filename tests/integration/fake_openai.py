@@ -67,6 +67,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/_stats", self.stats)
+        app.router.add_post("/v1/messages", self.messages)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -159,6 +160,39 @@ class FakeOpenAI:
             "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         })
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's Messages API: usage in message_start (input) and message_delta (output)."""
+        doc = await request.json()
+        model = doc.get("model")
+        self.count(f"messages:{model}")
+        if request.headers.get("x-api-key") != "sk-anthropic-node" or not request.headers.get("anthropic-version"):
+            return web.json_response({"type": "error", "error": {"type": "authentication_error", "message": "bad key"}},
+                                     status=401)
+        tokens_in = len(json.dumps(doc.get("messages", ""))) // 4 + 1
+        tokens_out = min(int(doc.get("max_tokens", 8)), 6)
+        self.produce(tokens_in + tokens_out)
+        message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "stop_reason": None,
+                   "stop_sequence": None, "content": [], "usage": {"input_tokens": tokens_in, "output_tokens": 1}}
+        if not doc.get("stream"):
+            return web.json_response({**message, "content": [{"type": "text", "text": "tok " * tokens_out}],
+                                      "stop_reason": "end_turn", "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out}})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def send(kind: str, data: dict) -> None:
+            await resp.write(f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode())
+
+        await send("message_start", {"message": message})
+        await send("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        for _ in range(tokens_out):
+            await send("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "tok "}})
+        await send("content_block_stop", {"index": 0})
+        await send("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                     "usage": {"output_tokens": tokens_out}})
+        await send("message_stop", {})
+        await resp.write_eof()
+        return resp
 
     async def stats(self, request: web.Request) -> web.Response:
         """Not OpenAI: what this upstream served (for benchmarks running it in another process)."""

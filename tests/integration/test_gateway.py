@@ -27,13 +27,14 @@ from tests.integration.nodeproc import NodeProcess
 
 pytestmark = pytest.mark.integration
 
-MODELS = "test-model,slow-model,error-model,garbage-model,hang-model,test-embed,dead-model"
+MODELS = "test-model,slow-model,error-model,garbage-model,hang-model,test-embed,dead-model,claude-test"
 TOKENS_PER_DAY = 50_000  # the freemium plan's llm_tokens_per_day
 TOKEN_PRICE = 10  # milli-T per token (llm.call.token), for a model without prices of its own
 
 
 def _env(upstream: FakeOpenAI, **extra: str) -> dict[str, str]:
     return {"ATS_LLM_GATEWAY": "true", "ATS_LLM_UPSTREAM": upstream.url, "ATS_LLM_UPSTREAM_KEY": "sk-node",
+            "ATS_LLM_ANTHROPIC_UPSTREAM": upstream.url, "ATS_LLM_ANTHROPIC_UPSTREAM_KEY": "sk-anthropic-node",
             "ATS_LLM_MODELS": MODELS, "ATS_LLM_ROUTES": "dead-model=http://127.0.0.1:9/v1",
             "ATS_LLM_TIMEOUT_MS": "5000", "ATS_LLM_BODY_BYTES_MAX": "65536", **extra}
 
@@ -337,3 +338,26 @@ def test_reservation_is_capped_by_the_model_limits(upstream, tmp_path):
         assert int(raw.headers["x-ats-reserved-milli"]) == (100 + 20) * TOKEN_PRICE  # not 5,000 bytes + 10,000
         list(raw.parse())
         agent.wait_events(1)
+
+
+def test_anthropic_messages_whole_and_streamed_with_the_anthropic_client(node, upstream):
+    import anthropic
+
+    agent = Agent(node)
+    client = anthropic.Anthropic(base_url=node.url + "/llm", api_key=agent.token, max_retries=0)
+    raw = client.messages.with_raw_response.create(model="claude-test", max_tokens=4,
+                                                   messages=[{"role": "user", "content": "hello"}])
+    reply = raw.parse()
+    assert reply.usage.output_tokens == 4
+    assert int(raw.headers["x-ats-cost-milli"]) == (reply.usage.input_tokens + 4) * TOKEN_PRICE
+    with client.messages.stream(model="claude-test", max_tokens=3, messages=[{"role": "user", "content": "hi"}]) as s:
+        final = s.get_final_message()
+    assert final.usage.output_tokens == 3
+    events = agent.wait_events(2)
+    assert [(e["body"]["model"], e["body"]["tokens_out"]) for e in events] == [("claude-test", 4), ("claude-test", 3)]
+    assert events[1]["body"]["tokens_in"] == final.usage.input_tokens
+    _chat(agent, max_tokens=1, user=f"usage={TOKENS_PER_DAY - 100},0")  # the day's tokens nearly spent
+    agent.wait_events(3)
+    with pytest.raises(anthropic.RateLimitError) as e:
+        client.messages.create(model="claude-test", max_tokens=1000, messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["error"]["code"] == "budget_exceeded" and e.value.response.headers["x-should-retry"] == "false"
