@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ledger.errors import Invalid, Malformed, NotFound
 from ledger.pricing import format_t
+from node.aio import read_at_most
 from node.appkeys import CLOCK_KEY, CONFIG_KEY, METER_KEY
 from node.gateway.auth import bearer_agent
 
@@ -32,7 +33,7 @@ def _agent(request: web.Request) -> bytes:
 
 
 async def _doc(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(TASK_BODY_BYTES_MAX + 1)
+    raw = await read_at_most(request.content, TASK_BODY_BYTES_MAX)
     if len(raw) > TASK_BODY_BYTES_MAX:
         raise Malformed("bad_request", f"a task body is at most {TASK_BODY_BYTES_MAX} bytes")
     try:

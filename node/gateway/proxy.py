@@ -34,6 +34,7 @@ from aiohttp import web
 
 from ledger.errors import LedgerError, check, Malformed, NotFound, TooLarge, UpstreamError
 from ledger.pricing import format_t, llm_cost_milli
+from node.aio import read_at_most
 from node.clock import SystemClock
 from node.config import Config
 from node.gateway.auth import bearer_agent
@@ -127,7 +128,7 @@ class Gateway:
         limit = self._config.llm_body_bytes_max
         if request.content_length is not None and request.content_length > limit:
             raise TooLarge("prompt_too_large", f"request body is over {limit} bytes")
-        raw = await request.content.read(limit + 1)
+        raw = await read_at_most(request.content, limit)
         if len(raw) > limit:
             raise TooLarge("prompt_too_large", f"request body is over {limit} bytes")
         try:
@@ -172,7 +173,7 @@ class Gateway:
             base = self._config.llm_upstream.rstrip("/") or next(iter(self._routes.values()), "")
             headers = OPENAI.upstream_headers(self._config.llm_upstream_key, {})
             async with self._client.get(f"{base}/models", headers=headers) as resp:
-                body = await resp.content.read(self._config.llm_response_bytes_max)
+                body = (await read_at_most(resp.content, self._config.llm_response_bytes_max))[: self._config.llm_response_bytes_max]
                 return web.Response(status=resp.status, body=body,
                                     content_type=resp.content_type or "application/json")
         except LedgerError as e:
@@ -207,7 +208,7 @@ class Gateway:
     async def _passthrough_error(self, call: OpenCall, resp: aiohttp.ClientResponse) -> web.Response:
         """The upstream refused: nothing was generated, so nothing is charged; its answer goes back as sent."""
         try:
-            body = await resp.content.read(self._config.llm_response_bytes_max)
+            body = (await read_at_most(resp.content, self._config.llm_response_bytes_max))[: self._config.llm_response_bytes_max]
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
             body = b""
         await self._release(call)
@@ -272,7 +273,7 @@ class Gateway:
         call = reservation.call
         limit = self._config.llm_response_bytes_max
         try:
-            body = await resp.content.read(limit + 1)
+            body = await read_at_most(resp.content, limit)
             if len(body) > limit:
                 return await self._fail_charged(dialect, call, "upstream_bad_response", f"upstream answer is over {limit} bytes")
         except asyncio.TimeoutError:

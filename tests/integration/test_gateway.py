@@ -361,3 +361,23 @@ def test_anthropic_messages_whole_and_streamed_with_the_anthropic_client(node, u
     with pytest.raises(anthropic.RateLimitError) as e:
         client.messages.create(model="claude-test", max_tokens=1000, messages=[{"role": "user", "content": "x"}])
     assert e.value.body["error"]["code"] == "budget_exceeded" and e.value.response.headers["x-should-retry"] == "false"
+
+
+def test_a_large_prompt_sent_in_many_pieces_is_read_whole(node, upstream):
+    agent = Agent(node)
+    body = json.dumps({"model": "test-model", "max_tokens": 2,
+                       "messages": [{"role": "user", "content": "z" * 40_000}]}).encode()
+    u = urllib.parse.urlsplit(node.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.putrequest("POST", "/llm/v1/chat/completions")
+    for name, value in (("Content-Type", "application/json"), ("Authorization", f"Bearer {agent.token}"),
+                        ("Content-Length", str(len(body)))):
+        conn.putheader(name, value)
+    conn.endheaders()
+    for i in range(0, len(body), 4096):  # in pieces, with pauses: the node gets them one by one
+        conn.send(body[i : i + 4096])
+        time.sleep(0.002)
+    resp = conn.getresponse()
+    doc = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 200 and doc["usage"]["prompt_tokens"] > 10_000
