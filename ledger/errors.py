@@ -85,6 +85,12 @@ class Forbidden(LedgerError):
     status_hint = 403
 
 
+class UpstreamError(LedgerError):
+    """An LLM upstream that cannot be reached, hangs or answers garbage (the gateway's 502 and 504)."""
+
+    status_hint = 502
+
+
 def check(cond: object, what: str) -> None:
     """Raise InvariantViolation unless cond holds (unlike assert, survives python -O)."""
     if not cond:
@@ -170,4 +176,21 @@ CODES: dict[str, str] = {
     "not_member": "Forbidden",
     "insufficient_rights": "Conflict",
     "not_strict": "Invalid",
+    # gateway credentials (ledger/credentials.py, PROTOCOL.md §6.1): all 401; no token at all is token_required
+    "invalid_token": "BadSignature",
+    "token_signature": "BadSignature",
+    "token_audience": "BadSignature",
+    "token_expired": "BadSignature",
+    "token_not_yet_valid": "BadSignature",
+    "token_lifetime": "BadSignature",
+    # metering in the path (PROTOCOL.md §6; node/budgets.py, node/gateway/)
+    "not_meter": "Forbidden",
+    "cost_mismatch": "Invalid",
+    "unknown_model": "NotFound",
+    "prompt_too_large": "TooLarge",
+    "invalid_request": "Malformed",  # a gateway body that is not a JSON object, or whose fields have the wrong types
+    "upstream_unreachable": "UpstreamError",
+    "upstream_timeout": "UpstreamError",
+    "upstream_bad_response": "UpstreamError",
+    "task_not_found": "NotFound",
 }

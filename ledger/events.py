@@ -33,6 +33,7 @@ from ledger.constants import (
 from ledger.errors import Invalid, Malformed, TooLarge
 from ledger.signing import event_id
 
+MODEL_CHARS_MAX = 128
 _OP_RE = re.compile(r"[a-z0-9._-]{1,64}")
 _EVENT_KEYS = frozenset({"v", "kind", "signer", "ts", "nonce", "body"})
 _ENVELOPE_KEYS = frozenset({"event", "sig"})
@@ -77,6 +78,12 @@ def _bytes32(name: str, value: Any) -> bytes:
 def _op(name: str, value: Any) -> str:
     if type(value) is not str or not _OP_RE.fullmatch(value):
         raise Invalid("invalid_body", f"{name} must be 1-64 characters of a-z0-9._-")
+    return value
+
+
+def _model(name: str, value: Any) -> str:
+    if type(value) is not str or not 1 <= len(value) <= MODEL_CHARS_MAX or not value.isprintable():
+        raise Invalid("invalid_body", f"{name} must be 1-{MODEL_CHARS_MAX} printable characters")
     return value
 
 
@@ -145,7 +152,12 @@ class Body:
 
 @dataclass(frozen=True)
 class ActBody(Body):
-    """An action: `cost` is the weight × 1000; `units` e.g. LLM tokens."""
+    """An action: `cost` in milli-T; `units` e.g. LLM tokens.
+
+    Metering in the path (PROTOCOL.md §6, docs/protocol.md "Metered events"): `agent` names
+    the agent charged when a meter (a node) signs; an LLM call records `model`, `tokens_in`
+    and `tokens_out`, which go together and sum to `units`.
+    """
 
     KIND: ClassVar[str] = "act"
     METRICS: ClassVar[tuple[str, ...]] = ("cost", "units")
@@ -153,6 +165,18 @@ class ActBody(Body):
     cost: int = spec(_uint)
     units: int | None = spec(_uint, required=False)
     result: bytes | None = spec(_bytes32, required=False)
+    agent: bytes | None = spec(_bytes32, required=False)
+    model: str | None = spec(_model, required=False)
+    tokens_in: int | None = spec(_uint, required=False)
+    tokens_out: int | None = spec(_uint, required=False)
+
+    def __post_init__(self) -> None:
+        llm = (self.model, self.tokens_in, self.tokens_out)
+        if any(v is not None for v in llm):
+            if any(v is None for v in llm):
+                raise Invalid("invalid_body", "model, tokens_in and tokens_out go together")
+            if self.units != self.tokens_in + self.tokens_out:  # type: ignore[operator]
+                raise Invalid("invalid_body", "units must be tokens_in + tokens_out")
 
 
 @dataclass(frozen=True)
@@ -166,6 +190,7 @@ class DatBody(Body):
     read: int = spec(_uint)
     written: int = spec(_uint)
     dur: int = spec(_uint)
+    agent: bytes | None = spec(_bytes32, required=False)  # the agent charged, when a meter signs
 
 
 @dataclass(frozen=True)
@@ -179,6 +204,7 @@ class CptBody(Body):
     gpu: int = spec(_uint)
     mem: int = spec(_uint)
     jobs: int = spec(_uint)
+    agent: bytes | None = spec(_bytes32, required=False)  # the agent charged, when a meter signs
 
 
 @dataclass(frozen=True)
@@ -194,6 +220,18 @@ class TrtBody(Body):
 
 
 KINDS: dict[str, type[Body]] = {}
+METERED_KINDS = frozenset({"act", "dat", "cpt"})  # kinds whose body may name the agent charged
+
+
+def charged_agent(event: "Event") -> bytes:
+    """The agent an event charges: the body's `agent` when a meter signed it, else the signer."""
+    agent = getattr(event.body, "agent", None) if event.kind in METERED_KINDS else None
+    return agent if agent is not None else event.signer
+
+
+def is_metered(event: "Event") -> bool:
+    """True for an event that names an agent charged (signed by a meter about that agent)."""
+    return event.kind in METERED_KINDS and getattr(event.body, "agent", None) is not None
 
 
 def register_kind(cls: type[Body]) -> type[Body]:

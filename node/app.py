@@ -18,7 +18,7 @@ from typing import AsyncIterator, Callable
 from aiohttp import web
 
 from node import datadir
-from node.api import dashboard, events, info, log, peer
+from node.api import dashboard, events, info, log, peer, tasks
 from node.api.errors import error_middleware
 from node.alerts import AlertSender
 from node.anomaly import AnomalyWatch
@@ -29,7 +29,10 @@ from node.escrow import ESCROW_KEY, EscrowAgent
 from node.export import Exports
 from node.appkeys import REPORTS_KEY
 from node.appkeys import ALERTS_KEY, REPLICATOR_KEY, CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
-from node.appkeys import DASHBOARD_KEY, EXPORTS_KEY
+from node.appkeys import DASHBOARD_KEY, EXPORTS_KEY, GATEWAY_KEY, METER_KEY
+from node.gateway import Gateway
+from node.gateway.dialects import ANTHROPIC
+from node.meter import Meter
 from node.dashboard import Dashboard
 from ledger.checkpoint import verifier_key
 from node.budgets import BudgetBook
@@ -60,6 +63,11 @@ def build_app(config: Config, clock: SystemClock | None = None) -> web.Applicati
     app[METRICS_KEY] = NodeMetrics(lambda: own.size, lambda: own.checkpoint_size)
     app.cleanup_ctx.append(_storage)
     add_routes(app)
+    if config.llm_gateway:
+        gateway = Gateway(config, None, app[CLOCK_KEY], app[METRICS_KEY])
+        app[GATEWAY_KEY] = gateway
+        app.cleanup_ctx.append(gateway.context)
+        add_gateway_routes(app, gateway)
     return app
 
 
@@ -109,6 +117,10 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[QUERIES_KEY] = Queries(
         db, own, book, clock, entries_page_max=config.entries_page_max, usage_events_max=config.usage_events_max
     )
+    meter = Meter(db, book, committer, clock, own, on_alerts=alerts.enqueue)
+    app[METER_KEY] = meter
+    if GATEWAY_KEY in app:
+        app[GATEWAY_KEY].meter = meter
     app[DASHBOARD_KEY] = Dashboard(db, book)
     app[REPORTS_KEY] = Reports(db, book)
     delivery = alerts.run()
@@ -118,6 +130,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     asking = escrow_agent.context()
     await asking.__anext__()
     exports.start()
+    if book.calls and not own.read_only_reason:
+        await meter.recover()  # calls a killed node left open: charged at their reservation
     try:
         yield
     finally:
@@ -166,6 +180,26 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/dashboard/agents", dashboard.agents)
     app.router.add_get("/v1/dashboard/budgets", dashboard.budgets)
     app.router.add_get("/v1/dashboard/exports", dashboard.exports)
+    app.router.add_post("/v1/tasks", tasks.reserve)
+    app.router.add_post("/v1/tasks/{task}", tasks.settle)
+
+
+def add_gateway_routes(app: web.Application, gateway: Gateway) -> None:
+    """The OpenAI-compatible paths of PROTOCOL.md §6.2 (only when llm_gateway is on)."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        return await gateway.handle(request, "chat/completions")
+
+    async def embeddings(request: web.Request) -> web.StreamResponse:
+        return await gateway.handle(request, "embeddings")
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        return await gateway.handle(request, "messages", ANTHROPIC)
+
+    app.router.add_post("/llm/v1/chat/completions", chat)
+    app.router.add_post("/llm/v1/embeddings", embeddings)
+    app.router.add_get("/llm/v1/models", gateway.models)
+    app.router.add_post("/llm/v1/messages", messages)
 
 
 def plain_http_warning(config: Config) -> str | None:

@@ -26,17 +26,19 @@ from ledger import budget as rules_mod
 from ledger.constants import COUNTER_MAX
 from ledger.budget import Bucket, Overage, Rule, charges, evaluate, status
 from ledger.errors import Conflict, Forbidden, Invalid, LedgerError, OverBudget
-from ledger.events import Event
+from ledger.events import Event, charged_agent, is_metered, unsigned_event
 from ledger.governance import Governance, Policy, Proposal, Vote
 from ledger.multipliers import effective_limit, reputation_multiplier, stake_multiplier
 from ledger.plans import QUOTA_METRICS, plan_named
-from ledger.pricing import estimate_milli
+from ledger.pricing import estimate_milli, llm_cost_milli
 from ledger.policy import AUTHORITY_KINDS, NODE_KINDS, ORACLE_KINDS, RUN_KINDS
 from ledger.reputation import Rating, anomaly_penalty_milli, performance_trust, score_ppm
 from ledger.windows import DAY_MS, window_bounds
 from ledger import escrow as escrow_rules
 from node.escrow import EscrowBook
 from node.store import budgets as budget_store
+from node.store import meter as meter_store
+from node.store.meter import OpenCall
 from node.store.sqlite import Connection
 
 logger = logging.getLogger("ats.budgets")
@@ -103,6 +105,7 @@ class Admitted:
     deltas: dict[tuple[str, str, str, str, int], int] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     node_records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    settled_calls: list[bytes] = field(default_factory=list)  # open calls (node/store/meter.py) this settles
 
     def merge(self, other: "Admitted") -> None:
         """Add another event's writes to this batch's (receipt parts are per event)."""
@@ -110,16 +113,30 @@ class Admitted:
             self.deltas[key] = self.deltas.get(key, 0) + amount
         self.alerts.extend(other.alerts)
         self.node_records.extend(other.node_records)
+        self.settled_calls.extend(other.settled_calls)
+
+
+def call_amounts(call: OpenCall) -> dict[str, int]:
+    """What an open call holds against each metric until it is settled: its worst case."""
+    if call.kind == "llm":
+        return {"act.cost": call.cost, "act.llm_tokens": call.tokens, "events": 1}
+    return {"act.cost": call.cost, "act.runs": 1, "events": 3}  # a task: one run; its act, cpt and dat
 
 
 class BudgetBook:
     def __init__(self, *, node_key: bytes, authorities: tuple[bytes, ...], oracles: tuple[bytes, ...],
-                 threshold: int, unregistered: str, default_plan: str, enforce: bool, escrow: EscrowBook | None = None):
+                 threshold: int, unregistered: str, default_plan: str, enforce: bool, escrow: EscrowBook | None = None,
+                 meters: tuple[bytes, ...] = ()):
         # strict mode (node/escrow.py): the same EscrowBook survives a reload, with its want callback
         self.escrow = escrow or EscrowBook(node_key, strict=(), members=())
         self._args = dict(node_key=node_key, authorities=authorities, oracles=oracles, threshold=threshold,
-                          unregistered=unregistered, default_plan=default_plan, enforce=enforce, escrow=self.escrow)
+                          unregistered=unregistered, default_plan=default_plan, enforce=enforce, escrow=self.escrow,
+                          meters=meters)
         self.node_key = node_key
+        # keys that may sign metered events naming another agent (PROTOCOL.md §6): this node, and configured meters
+        self.meters = frozenset(meters) | {node_key}
+        self.calls: dict[bytes, tuple[OpenCall, list[tuple[str, str]]]] = {}  # open metered calls, by call id
+        self.call_holds: dict[tuple[str, str, str], int] = {}  # (scope, scope_id, metric) -> held by open calls
         self.authorities = frozenset(authorities)
         self.oracles = frozenset(oracles)
         m = threshold or (len(authorities) // 2 + 1 if authorities else 1)
@@ -155,6 +172,7 @@ class BudgetBook:
             default_plan=config.default_plan,
             enforce=config.budgets,
             escrow=EscrowBook.from_config(config, node_key),
+            meters=tuple(bytes.fromhex(k) for k in getattr(config, "meters", ())),
         )
 
     # -- start-up ---------------------------------------------------------------------
@@ -169,6 +187,8 @@ class BudgetBook:
             except LedgerError as e:  # recorded once admitted; a later rule change may refuse it now
                 logger.warning("policy record %s no longer applies: %s", event.id_hex, e.message)
         self.announced = {a.proposal for a in self.governance.adopted()}
+        for call in meter_store.open_calls(conn):
+            self._hold_call(call)
 
     def reload(self, conn: Connection, now_ms: int) -> None:
         """Forget everything and rebuild from the log (after a rolled-back transaction)."""
@@ -287,7 +307,9 @@ class BudgetBook:
     # -- admission ----------------------------------------------------------------------------
 
     def authorize(self, ev: Event) -> None:
-        """Policy records only from their signers (ledger.policy); raises Forbidden."""
+        """Policy records only from their signers (ledger.policy), metered events only from meters; raises Forbidden."""
+        if is_metered(ev) and ev.signer not in self.meters:
+            raise Forbidden("not_meter", "only this node or a configured meter may sign an event naming the agent charged")
         if ev.kind in AUTHORITY_KINDS and ev.signer not in self.authorities:
             raise Forbidden("not_authority", f"{ev.kind} must be signed by a governance authority of this node")
         if ev.kind in ORACLE_KINDS and ev.signer not in self.oracles:
@@ -307,7 +329,7 @@ class BudgetBook:
             return ev.signer in self.nodes
         return True
 
-    def observe(self, conn: Connection, ev: Event, now_ms: int) -> dict[tuple[str, str, str, str, int], int]:
+    def observe(self, conn: Connection, ev: Event, now_ms: int, origin: bytes | None = None) -> dict[tuple[str, str, str, str, int], int]:
         """Fold a replicated event (another origin's, verified, held nowhere yet) into the book.
 
         Nothing is decided: the origin admitted it. Policy records count only
@@ -328,7 +350,12 @@ class BudgetBook:
         if ev.kind == "trt":
             self.reputation.pop(ev.body.subject, None)
             self._rule_cache.pop(("agent", ev.body.subject.hex()), None)
-        if ev.signer in self.nodes:
+        metered = is_metered(ev)
+        if metered and ev.signer != origin and ev.signer not in self.meters:
+            logger.info("replicated %s %s names an agent but its signer is neither its origin nor a meter: not counted",
+                        ev.kind, ev.id_hex)
+            return {}
+        if ev.signer in self.nodes and not metered:
             return {}  # nodes' own trust records are not metered
         if ev.kind in RUN_KINDS:
             self._replay_run(ev)
@@ -344,9 +371,9 @@ class BudgetBook:
 
     def _charged(self, conn: Connection, ev: Event) -> dict[tuple[str, str, str, str, int], tuple[Rule, int]]:
         """The counters a metered event charges (each once): key -> (its rule, the spend)."""
-        consume = charges(ev)
+        consume = self.charges(ev)
         out: dict[tuple[str, str, str, str, int], tuple[Rule, int]] = {}
-        for rule in self.rules(conn, self.chain(ev.signer), ev.ts):
+        for rule in self.rules(conn, self.chain(charged_agent(ev)), ev.ts):
             spend = consume.get(rule.metric, 0)
             if spend:
                 out.setdefault(rule.key + (window_bounds(rule.window, ev.ts)[0],), (rule, spend))
@@ -371,8 +398,8 @@ class BudgetBook:
         if ev.kind == "trt":
             self.reputation.pop(ev.body.subject, None)
             self._rule_cache.pop(("agent", ev.body.subject.hex()), None)
-        if ev.signer == self.node_key:
-            return {}
+        if ev.signer == self.node_key and not is_metered(ev):
+            return {}  # the node's own trust records are not metered
         deltas: dict[tuple[str, str, str, str, int], int] = {}
         for key, (rule, spend) in self._charged(conn, ev).items():
             deltas[key] = spend
@@ -402,15 +429,23 @@ class BudgetBook:
             # a late rating may change a score already computed for its subject
             self.reputation.pop(ev.body.subject, None)
             self._rule_cache.pop(("agent", ev.body.subject.hex()), None)
-        if ev.signer == self.node_key:
+        # a metered event (PROTOCOL.md §6) records work already done: it charges the agent it
+        # names, settles the call it closes, and is never refused for budget (it may suspend)
+        metered = is_metered(ev)
+        subject = charged_agent(ev)
+        if ev.signer == self.node_key and not metered:
             return out, None  # the node's own trust records are not metered
-        if ev.kind != "trt" and ev.signer not in self.registrations and self.unregistered == "refuse":
+        if not metered and ev.kind != "trt" and ev.signer not in self.registrations and self.unregistered == "refuse":
             raise Invalid("unknown_agent", "this agent has no agent.register record and the node refuses unregistered agents")
-        chain = self.chain(ev.signer)
-        if self.enforce:
-            self._check_suspended(ev.signer, now_ms)
+        if metered:
+            self._check_price(ev)
+        chain = self.chain(subject)
+        if self.enforce and not metered:
+            self._check_suspended(subject, now_ms)
+        if metered and not dry_run:
+            self._settle_call(ev.nonce, out)
         run = self._run_precheck(ev, chain, now_ms)
-        consume = charges(ev)
+        consume = self.charges(ev)
         hold_delta = self._hold_delta(ev, run)
         rules = self.rules(conn, chain, ev.ts)
         bounds: dict[str, tuple[int, int]] = {}
@@ -433,13 +468,13 @@ class BudgetBook:
                 # the sum this node keeps for the window would leave int64 (ledger.constants): refused
                 raise Invalid("amount_out_of_range", f"{rule.scope} {rule.metric} per {rule.window} would pass"
                               f" {COUNTER_MAX}, the largest usage counter this node keeps")
-            held = self.holds.get(rule.scope_key, 0) if metric == "act.cost" else 0
+            held = self.held(rule.scope_key, metric)
             flags: list[str] = []
             if self.enforce and rule.limit is not None and self.escrow.is_strict(rule):
                 # strict mode: only against the rights this node holds (node/escrow.py)
                 local = self.local_held(key, run, hold_delta)
                 refusal = self.escrow.decide(self, conn, key, local, spend)[0]
-                if refusal is not None:
+                if refusal is not None and not metered:
                     return out, refusal
                 strict_spends.append((key, spend))
             if rule.limit is not None:
@@ -451,9 +486,11 @@ class BudgetBook:
                 if not verdict.ok and self.enforce:
                     # only real spending suspends: an estimate that does not fit is just refused
                     if verdict.suspend_until_ms is not None and spend > 0 and not dry_run:
-                        self._auto_suspend(ev.signer, rule, verdict.suspend_until_ms, now_ms, out)
+                        self._auto_suspend(subject, rule, verdict.suspend_until_ms, now_ms, out)
                     error = OverBudget(verdict.code, verdict.message, details={"retry_after_ms": verdict.retry_after_ms})
-                    return out, error
+                    if not metered:
+                        return out, error
+                    verdict.flags.append("over_limit")  # done already: recorded, and the next call is refused
                 flags = verdict.flags
             checked.append((rule, key, consumed + spend, spend, held, window[1], flags))
         if dry_run:
@@ -479,7 +516,7 @@ class BudgetBook:
         for rule, _key, consumed, _spend, _held, end, flags in checked:
             if rule.limit is None:
                 continue
-            held = self.holds.get(rule.scope_key, 0) if rule.metric == "act.cost" else 0
+            held = self.held(rule.scope_key, rule.metric)
             out.budgets.append(self._budget_view(rule, consumed, held, end, flags))
             if flags:
                 for flag, alert in (("soft_crossed", "soft_limit"), ("hard_crossed", "hard_limit"), ("reserve", "reserve")):
@@ -510,6 +547,10 @@ class BudgetBook:
 
     # -- suspensions --------------------------------------------------------------------------
 
+    def suspended_agents(self, now_ms: int) -> set[bytes]:
+        """The agents suspended at now_ms (by the node or by an authority)."""
+        return {a for a in self.suspensions if self._active_suspension(a, now_ms) is not None}
+
     def _active_suspension(self, agent: bytes, now_ms: int) -> Suspension | None:
         for s in self.suspensions.get(agent, ()):
             if s.until_ms is None or s.until_ms > now_ms:
@@ -534,6 +575,99 @@ class BudgetBook:
         out.alerts.append(self._alert("suspended", rule, now_ms, {"until": until_ms, "reason": reason}))
 
     # -- runs -----------------------------------------------------------------------------------
+
+    # -- metered calls (the LLM gateway, the task meter) ----------------------------------------
+
+    def held(self, scope_key: tuple[str, str], metric: str) -> int:
+        """What open runs (act.cost) and open metered calls (their worst case) hold of a scope's metric."""
+        runs = self.holds.get(scope_key, 0) if metric == "act.cost" else 0
+        return runs + self.call_holds.get(scope_key + (metric,), 0)
+
+    def charges(self, ev: Event) -> dict[str, int]:
+        """ledger.budget.charges, with an LLM call's cost priced from the table in force at its ts."""
+        out = charges(ev)
+        if is_metered(ev) and ev.kind == "act" and ev.body.model is not None:
+            out["act.cost"] = self.llm_price(ev.body.model, ev.body.tokens_in, ev.body.tokens_out, ev.ts)
+        return out
+
+    def llm_price(self, model: str, tokens_in: int, tokens_out: int, at_ms: int) -> int:
+        """An LLM call's cost in milli-T from the governed price table in force at at_ms."""
+        return llm_cost_milli(self.governance.policy_at(at_ms).prices, model, tokens_in, tokens_out)
+
+    def _check_price(self, ev: Event) -> None:
+        if ev.kind == "act" and ev.body.model is not None:
+            want = self.llm_price(ev.body.model, ev.body.tokens_in, ev.body.tokens_out, ev.ts)
+            if ev.body.cost != want:
+                raise Invalid("cost_mismatch", f"an LLM call's cost is {want} milli-T at the prices in force at its ts, not {ev.body.cost}")
+
+    def _hold_call(self, call: OpenCall) -> None:
+        chain = self.chain(call.agent)
+        self.calls[call.call] = (call, chain)
+        for scope in chain:
+            for metric, amount in call_amounts(call).items():
+                key = scope + (metric,)
+                self.call_holds[key] = self.call_holds.get(key, 0) + amount
+
+    def _settle_call(self, call_id: bytes, out: Admitted) -> None:
+        entry = self.calls.pop(call_id, None)
+        if entry is None:
+            return
+        call, chain = entry
+        for scope in chain:
+            for metric, amount in call_amounts(call).items():
+                key = scope + (metric,)
+                left = self.call_holds.get(key, 0) - amount
+                if left > 0:
+                    self.call_holds[key] = left
+                else:
+                    self.call_holds.pop(key, None)
+        out.settled_calls.append(call_id)
+
+    def reserve_call(self, conn: Connection, call: OpenCall, now_ms: int,
+                     persist: bool = True) -> tuple[Admitted, LedgerError | None]:
+        """Hold a call's worst case against every budget of its agent and scopes, or say why not.
+
+        The decision is the admission of an event charging that worst case, with every other
+        open call's hold counted (so concurrent calls are never admitted beyond budget + reserve);
+        admitted, the hold is persisted (meter_calls) before the call goes out, here or (persist
+        False) by the caller, which then owns releasing the hold if it cannot. Writer thread only.
+        """
+        body: dict[str, Any] = {"op": "llm.call" if call.kind == "llm" else "agent.run", "cost": call.cost}
+        if call.kind == "llm":
+            body["units"] = call.tokens
+        else:
+            reg = self.registrations.get(call.agent)
+            if reg is not None and reg.max_cost_per_run is not None and call.cost > reg.max_cost_per_run:
+                raise Invalid("run_limit_exceeded", f"estimated cost {call.cost} is over max_cost_per_run {reg.max_cost_per_run}")
+        probe = unsigned_event("act", call.agent, now_ms, body)
+        out, refusal = self.admit(conn, probe, now_ms, dry_run=True)
+        if refusal is not None:
+            return out, refusal
+        if persist:
+            meter_store.insert_calls(conn, [call])
+        self._hold_call(call)
+        return out, None
+
+    def drop_holds(self, calls: list[OpenCall]) -> None:
+        """Forget holds whose reservations could not be persisted (the batch rolled back)."""
+        out = Admitted()
+        for call in calls:
+            self._settle_call(call.call, out)
+
+    def max_cost_per_run(self, agent: bytes) -> int | None:
+        """The agent's registered max_cost_per_run (milli-T), if any."""
+        reg = self.registrations.get(agent)
+        return reg.max_cost_per_run if reg is not None else None
+
+    def prices_at(self, at_ms: int) -> dict[str, int]:
+        """The governed price table in force at at_ms (milli-T per unit)."""
+        return dict(self.governance.policy_at(at_ms).prices)
+
+    def release_call(self, conn: Connection, call_id: bytes) -> None:
+        """Forget a call that charges nothing (refused or failed upstream before any work)."""
+        out = Admitted()
+        self._settle_call(call_id, out)
+        meter_store.delete_calls(conn, [call_id])
 
     def estimate(self, op: str, tokens: int, at_ms: int) -> int:
         """A run's cost estimate in milli-T from the pricing table (milli-T per unit)."""
@@ -620,6 +754,7 @@ class BudgetBook:
             return 0
         scope = (key[0], key[1])
         total = sum(r.hold for r in self.runs.values() if r.open and r.local and r is not run and scope in r.chain)
+        total += self.call_holds.get(scope + ("act.cost",), 0)
         if run is not None and scope in run.chain:
             total += max(0, (run.hold if run.run in self.runs else 0) + hold_delta)
         return total
@@ -740,7 +875,7 @@ class BudgetBook:
         for rule in self.rules(conn, scopes, now_ms):
             start, end = window_bounds(rule.window, now_ms)
             consumed = self.consumed(conn, rule.key + (start,))
-            held = self.holds.get((rule.scope, rule.scope_id), 0) if rule.metric == "act.cost" else 0
+            held = self.held((rule.scope, rule.scope_id), rule.metric)
             view = self._budget_view(rule, consumed, held, end, [])
             view["window_start"] = start
             budgets.append(view)

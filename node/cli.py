@@ -46,6 +46,74 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_duration_s(text: str) -> int:
+    """'30d', '12h', '15m', '90s' or plain seconds -> seconds; raises ValueError."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+    text = text.strip().lower()
+    scale = units.get(text[-1:], None)
+    value = int(text[:-1] if scale else text) * (scale or 1)
+    if value <= 0:
+        raise ValueError("a duration must be positive")
+    return value
+
+
+@command("token")
+def cmd_token(args: argparse.Namespace) -> int:
+    from ledger.credentials import mint
+    from node.clock import SystemClock
+    from node.keys import KeyFileError, read_key
+
+    try:
+        seed = read_key(args.key)
+        ttl_s = parse_duration_s(args.ttl)
+    except KeyFileError as e:
+        return fail(str(e), EXIT_USAGE)
+    except ValueError:
+        return fail(f"--ttl {args.ttl!r} is not a duration like 30d, 12h, 15m or 3600", EXIT_USAGE)
+    print(mint(seed, now_s=SystemClock().now_ms() // 1000, ttl_s=ttl_s, jti=args.jti))
+    return EXIT_OK
+
+
+@command("exec")
+def cmd_exec(args: argparse.Namespace) -> int:
+    import json
+
+    from node.keys import KeyFileError, read_key
+    from node.sdk.errors import AtsError, AtsUnreachable
+    from node.sdk.task import TaskMeter
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        return fail("exec needs a command after --", EXIT_USAGE)
+    try:
+        seed = read_key(args.key)
+    except KeyFileError as e:
+        return fail(str(e), EXIT_USAGE)
+    meter = TaskMeter(args.url, seed, argv, estimate=args.estimate, interval_ms=args.interval_ms,
+                      timeout_ms=None if args.timeout_s is None else int(args.timeout_s * 1000), cgroup=not args.no_cgroup)
+    try:
+        asyncio.run(meter.reserve())
+    except AtsUnreachable as e:
+        return fail(str(e), EXIT_UNREACHABLE)
+    except AtsError as e:
+        return fail(f"the node refused the task, not started: {e.code}: {e.message}")
+    try:
+        usage = meter.run()
+    except OSError as e:
+        return fail(f"cannot run {argv[0]}: {e.strerror}", 127)
+    summary = {"task": meter.task, "reserved": meter.reservation.get("reserved"), **vars(usage)}
+    try:
+        settled = asyncio.run(meter.settle())
+        summary.update(cost=settled["cost"], events=settled["events"])
+    except (AtsError, AtsUnreachable) as e:
+        summary["settle_error"] = str(e)  # the reservation stays: charged when it expires
+    if usage.killed_for_cost:
+        print(f"ats exec: killed: the task's cost passed max_cost_per_run {meter.reservation.get('max_cost_per_run')}",
+              file=sys.stderr)
+    print("ats exec: " + json.dumps(summary, sort_keys=True), file=sys.stderr)
+    return usage.exit_code
+
+
 @command("node")
 def cmd_node(args: argparse.Namespace) -> int:
     from node import diagnostics
@@ -121,6 +189,20 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("keygen", help="create an Ed25519 key file (mode 0600) and print its public key")
     s.add_argument("path", help="key file to create")
     s.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    s = sub.add_parser("token", help="mint a bearer token for a node's LLM gateway from an agent key (offline; docs/gateway.md)")
+    s.add_argument("--key", required=True, help="agent key file (from `ats keygen`)")
+    s.add_argument("--ttl", default="30d", help="lifetime: 30d, 12h, 15m or seconds (default 30d; nodes refuse more than llm_token_lifetime_s_max)")
+    s.add_argument("--jti", help="a token id to put in the jti claim")
+
+    s = sub.add_parser("exec", help="run a command as a metered task of an agent: reserve, run, measure, record (docs/gateway.md)")
+    s.add_argument("--key", required=True, help="agent key file (from `ats keygen`)")
+    s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
+    s.add_argument("--estimate", type=int, help="milli-T to reserve before the command starts (default: the price of agent.run)")
+    s.add_argument("--timeout-s", type=float, help="how long the reservation lasts (default 3600); a task not settled by then is charged at it")
+    s.add_argument("--interval-ms", type=int, default=100, help="how often the task's cost is checked against max_cost_per_run")
+    s.add_argument("--no-cgroup", action="store_true", help="measure with rusage and /proc only, even where a cgroup v2 can be made")
+    s.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command and its arguments")
 
     s = sub.add_parser("node", help="start the node daemon")
     s.add_argument("--data-dir", help="ledger folder (default: ./ats-data)")

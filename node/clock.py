@@ -16,3 +16,7 @@ class SystemClock:
 
     def monotonic_s(self) -> float:
         return time.monotonic()
+
+    def sleep_s(self, seconds: float) -> None:
+        """Block this thread (the task meter's sampling loop; never on the event loop)."""
+        time.sleep(seconds)

@@ -91,6 +91,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("export_retry_ms_max", 10_000, "ms", "longest pause between two attempts to reach a sink that is down (the backoff doubles up to it)"),
     Setting("export_alert_events", 100_000, "events", "an export_backlog alert fires when a sink's backlog reaches this many entries"),
     Setting("export_alert_ms", 300_000, "ms", "an export_backlog alert also fires when the oldest entry a sink has not yet received is this old"),
+    # Metering in the path (PROTOCOL.md §6, docs/gateway.md): the LLM gateway and the task meter.
+    Setting("meters", (), "hex keys", "keys besides this node's that may sign metered events naming the agent charged (other gateways' nodes)"),
+    Setting("llm_gateway", False, "bool", "serve the OpenAI-compatible LLM gateway under /llm/v1 (docs/gateway.md)"),
+    Setting("llm_upstream", "", "URL", "base URL of the default OpenAI-compatible upstream, ending in /v1 (llama.cpp, vLLM, Ollama, a provider)"),
+    Setting("llm_upstream_key", "", "secret", "the provider key the node sends upstream as its bearer token (never the agent's)"),
+    Setting("llm_anthropic_upstream", "", "URL", "base URL of the default Anthropic-compatible upstream for POST /llm/v1/messages, ending in /v1"),
+    Setting("llm_anthropic_upstream_key", "", "secret", "the provider key the node sends to llm_anthropic_upstream as x-api-key"),
+    Setting("llm_routes", (), "model=URL", "per-model upstreams, 'model=http://host:port/v1'; other models go to llm_upstream"),
+    Setting("llm_route_keys", (), "model=secret", "per-model provider keys, 'model=sk-...' (default: llm_upstream_key)"),
+    Setting("llm_models", (), "names", "the models the gateway serves (empty: any model the routes and llm_upstream take); others get 404 unknown_model"),
+    Setting("llm_token_lifetime_s_max", 90 * 86_400, "s", "the longest lifetime a gateway token may have left (exp - now)"),
+    Setting("llm_max_tokens_default", 4096, "tokens", "output tokens reserved for a call that sets no max_tokens"),
+    Setting("llm_output_tokens_max", 32_768, "tokens", "most output tokens reserved for one call (max_tokens above is capped here)"),
+    Setting("llm_context_tokens_max", 200_000, "tokens", "most prompt tokens reserved for one call: a model's context window (per model: llm_model_limits)"),
+    Setting("llm_model_limits", (), "model=context:output", "per-model caps of the reservation, 'model=128000:16384' (context window, most output tokens); either may be left empty"),
+    Setting("llm_body_bytes_max", 1_048_576, "bytes", "largest gateway request body"),
+    Setting("llm_response_bytes_max", 16 * 1_048_576, "bytes", "largest non-streamed upstream response (beyond: 502 upstream_bad_response, charged at reservation)"),
+    Setting("llm_timeout_ms", 300_000, "ms", "longest an upstream call may take, streamed or not (beyond: 504 upstream_timeout, charged at reservation)"),
+    Setting("llm_connect_timeout_ms", 5_000, "ms", "longest the gateway waits to connect to an upstream (beyond: 502 upstream_unreachable, nothing charged)"),
+    Setting("llm_drain_ms", 60_000, "ms", "after a client leaves a stream, how long the gateway keeps reading it to learn its usage"),
+    Setting("llm_drains_max", 32, "streams", "most abandoned streams read at once; beyond, an abandoned stream is cut and charged at reservation"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -161,6 +182,26 @@ class Config:
     export_retry_ms_max: int = 10_000
     export_alert_events: int = 100_000
     export_alert_ms: int = 300_000
+    meters: tuple[str, ...] = ()
+    llm_gateway: bool = False
+    llm_upstream: str = ""
+    llm_upstream_key: str = ""
+    llm_anthropic_upstream: str = ""
+    llm_anthropic_upstream_key: str = ""
+    llm_routes: tuple[str, ...] = ()
+    llm_route_keys: tuple[str, ...] = ()
+    llm_models: tuple[str, ...] = ()
+    llm_token_lifetime_s_max: int = 90 * 86_400
+    llm_max_tokens_default: int = 4096
+    llm_output_tokens_max: int = 32_768
+    llm_context_tokens_max: int = 200_000
+    llm_model_limits: tuple[str, ...] = ()
+    llm_body_bytes_max: int = 1_048_576
+    llm_response_bytes_max: int = 16 * 1_048_576
+    llm_timeout_ms: int = 300_000
+    llm_connect_timeout_ms: int = 5_000
+    llm_drain_ms: int = 60_000
+    llm_drains_max: int = 32
 
     @property
     def db_path(self) -> str:
@@ -309,6 +350,7 @@ def validate(config: Config) -> list[str]:
         problems.append("alert_retry_max must be at least 1")
     problems.extend(_discovery_problems(config))
     problems.extend(_tls_problems(config))
+    problems.extend(_gateway_problems(config))
     problems.extend(_strict_problems(config))
     problems.extend(_export_problems(config))
     if config.dashboard_auth not in ("auto", "token"):
@@ -358,6 +400,38 @@ def _export_problems(config: Config) -> list[str]:
     for name in ("export_retry_ms_max", "export_alert_events", "export_alert_ms"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be at least 1")
+    return problems
+
+
+def _gateway_problems(config: Config) -> list[str]:
+    problems = []
+    for key in config.meters:
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            problems.append(f"meters: {key!r} is not 64 lowercase hex digits")
+    urls = [(n, getattr(config, n)) for n in ("llm_upstream", "llm_anthropic_upstream") if getattr(config, n)]
+    for item in config.llm_model_limits:
+        model, sep, caps = item.partition("=")
+        parts = caps.split(":")
+        if not sep or not model.strip() or len(parts) != 2 or not all(p.strip() == "" or p.strip().isdigit() for p in parts):
+            problems.append(f"llm_model_limits: {item!r} is not model=context:output (whole numbers, either may be empty)")
+    for name in ("llm_routes", "llm_route_keys"):
+        for item in getattr(config, name):
+            model, sep, value = item.partition("=")
+            if not sep or not model.strip() or not value.strip():
+                problems.append(f"{name}: {item!r} is not model=value")
+            elif name == "llm_routes":
+                urls.append((name, value.strip()))
+    for name, url in urls:
+        if not url.startswith(("http://", "https://")):
+            problems.append(f"{name}: {url!r} is not an http(s) URL")
+    if config.llm_gateway and not (config.llm_upstream or config.llm_anthropic_upstream or config.llm_routes):
+        problems.append("llm_gateway needs llm_upstream (or llm_anthropic_upstream, or llm_routes)")
+    for name in ("llm_token_lifetime_s_max", "llm_max_tokens_default", "llm_output_tokens_max", "llm_context_tokens_max",
+                 "llm_body_bytes_max", "llm_response_bytes_max", "llm_timeout_ms", "llm_connect_timeout_ms", "llm_drain_ms"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be at least 1")
+    if config.llm_drains_max < 0:
+        problems.append("llm_drains_max must not be negative")
     return problems
 
 

@@ -38,6 +38,7 @@ from node.metrics import NodeMetrics
 from node import receipts
 from node.budgets import Admitted, BudgetBook
 from node.store import budgets as budget_store
+from node.store import meter as meter_store
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
 from node.store import peers as peer_store
@@ -236,8 +237,18 @@ SAFE_PATHS = ("safe paths: restore the whole data folder from a copy holding eve
 
 @dataclass
 class _Pending:
-    envelopes: list[Envelope]
+    envelopes: list[Any]  # Envelope, or OwnRecord (built on the writer thread)
     future: asyncio.Future
+
+
+@dataclass(frozen=True)
+class OwnRecord:
+    """An event this node signs itself (a metered event), built on the writer thread at commit time so
+    that its ts and its price (`body(book, ts_ms)`) come from the same moment and policy."""
+
+    kind: str
+    body: Callable[[BudgetBook, int], dict[str, Any]]
+    nonce: bytes
 
 
 class Committer:
@@ -271,6 +282,12 @@ class Committer:
             p = self._queue.get_nowait()
             if not p.future.done():
                 p.future.set_exception(NotReady("not_ready", "node is shutting down"))
+
+    async def record(self, records: list[OwnRecord]) -> list[Outcome]:
+        """Sign and commit events of this node's own (metered events); one outcome each."""
+        if self._own.read_only_reason:
+            raise NotReady("read_only", f"node is read-only: {self._own.read_only_reason}")
+        return await self._commit_chunk(list(records))
 
     async def submit(self, envelopes: list[Envelope]) -> list[Outcome]:
         """Commit envelopes (signatures already checked); returns one outcome each."""
@@ -415,6 +432,8 @@ class Committer:
     def _write(self, conn: Connection, envelopes: Sequence[Envelope], now_ms: int):
         """Writer thread: duplicates, clock rule, budgets, then one append transaction."""
         own, book = self._own, self._book
+        envelopes = [self._node_record(e.kind, e.body(book, now_ms), now_ms, e.nonce) if isinstance(e, OwnRecord) else e
+                     for e in envelopes]
         held = log_store.find_entries(conn, [env.event.id for env in envelopes])
         results: list[Outcome] = []
         new: list[Envelope] = []
@@ -458,6 +477,8 @@ class Committer:
 
         def also(c: Connection) -> None:
             budget_store.add_counters(c, batch.deltas)
+            if batch.settled_calls:
+                meter_store.delete_calls(c, batch.settled_calls)
             alert_ids.extend(budget_store.insert_alerts(c, batch.alerts))
 
         frontier, note = log_store.append_batch(
@@ -466,9 +487,9 @@ class Committer:
         alerts = [{**a, "id": i} for a, i in zip(batch.alerts, alert_ids)]
         return results, frontier, note, alerts
 
-    def _node_record(self, kind: str, body: dict[str, Any], now_ms: int) -> Envelope:
-        """An event signed by this node (suspensions, policy updates, system trust)."""
-        raw = make_event_bytes(kind, self._own.public_key, now_ms, self._nonce(NONCE_SIZE), body)
+    def _node_record(self, kind: str, body: dict[str, Any], now_ms: int, nonce: bytes | None = None) -> Envelope:
+        """An event signed by this node (suspensions, policy updates, system trust, metered events)."""
+        raw = make_event_bytes(kind, self._own.public_key, now_ms, nonce or self._nonce(NONCE_SIZE), body)
         return parse_envelope(make_envelope_bytes(raw, sign(raw, self._own.seed)))
 
 

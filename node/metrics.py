@@ -99,6 +99,10 @@ class NodeMetrics:
         self.checkpoints = Counter("ats_checkpoints_total", "Checkpoints signed.")
         self.anomalies = Counter("ats_anomalies_total", "Usage spikes flagged at ingest, by metric (docs/reports.md).", ("metric",))
         self.extra: list[Callable[[], list[str]]] = []  # more families (the exporters' ats_export_*)
+        self.gateway_calls = Counter(
+            "ats_gateway_calls_total", "LLM gateway calls by outcome: charged, reservation (charged at it), released"
+            " (the upstream refused or was unreachable), or the code of a refusal (docs/gateway.md).", ("outcome",))
+        self.gateway_cost = Counter("ats_gateway_cost_milli_total", "milli-T charged for LLM gateway calls.")
         self.gauges = [
             Gauge("ats_log_size", "Entries in this node's own origin log.", log_size),
             Gauge("ats_checkpoint_size", "Tree size of the latest signed checkpoint.", checkpoint_size),
@@ -116,6 +120,8 @@ class NodeMetrics:
             self.verify_seconds,
             self.checkpoints,
             self.anomalies,
+            self.gateway_calls,
+            self.gateway_cost,
             *self.gauges,
         ):
             lines.extend(metric.render())

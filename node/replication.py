@@ -628,7 +628,8 @@ class Replicator:
             if env.event.id in held or env.event.id in seen:
                 continue  # counted once, whichever origins carry it
             seen.add(env.event.id)
-            for key, amount in self._book.observe(conn, env.event, now).items():
+            # a metered event counts only if its origin or a configured meter signed it (PROTOCOL.md §6)
+            for key, amount in self._book.observe(conn, env.event, now, origin=checked.origin).items():
                 deltas[key] = deltas.get(key, 0) + amount
         frontier = merkle_store.load_frontier(conn, origin_id, checked.start)
         new_frontier, _ = log_store.append_batch(

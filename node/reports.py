@@ -128,7 +128,8 @@ class Reports:
         prices = [[book.governance.policy_at(p.start_ms + i * p.bucket_ms).prices
                    for i in range(-(-(p.end_ms - p.start_ms) // p.bucket_ms))] for p in periods]
         budgets = [] if scope == "node" else book.budget_views(conn, [(scope, scope_id)], at_ms)
-        return {"agents": agents, "users": users, "prices": prices, "budgets": budgets}
+        return {"agents": agents, "users": users, "prices": prices, "budgets": budgets,
+                "suspended": {a.hex() for a in book.suspended_agents(at_ms)}}
 
     # -- the report ----------------------------------------------------------------------------
 
@@ -168,7 +169,9 @@ class Reports:
             "totals": now.totals,
             "cost_mT": now.cost,
             "cost_T": format_t(now.cost),
-            "by_agent": _top(now.by_agent, "agent", bytes.hex),
+            # a suspended agent spends nothing: it is flagged, so that it never reads as the cheapest
+            "by_agent": [{**row, "suspended": True} if row["agent"] in snap["suspended"] else row
+                         for row in _top(now.by_agent, "agent", bytes.hex)],
             "by_member": _top(now.by_member, "user", lambda u: u),
             "by_operation": _top(now.by_op, "op", lambda o: o),
             "series": {"bucket_ms": period.bucket_ms, "points": now.series},

@@ -101,12 +101,13 @@ class HttpTransport:
         params: Mapping[str, str] | None = None,
         data: bytes | None = None,
         content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
         """(status, body, headers) of the first real answer; raises AtsUnreachable after all retries.
 
         A 503 is retried; if it persists, it is returned like any other answer.
         """
-        headers = {"Content-Type": content_type} if content_type else None
+        headers = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})} or None
         last = ""
         for attempt in range(self.retries + 1):
             retry_after_s = None
@@ -225,6 +226,12 @@ class AgentClient:
         except LedgerError as e:  # the same check the node runs: refuse before sending
             raise AtsError(e.code, e.message, None) from None
         return make_envelope_bytes(event, sign(event, self._seed))
+
+    def gateway_token(self, ttl_s: int = 30 * 86_400, jti: str | None = None) -> str:
+        """A bearer token for the node's LLM gateway (PROTOCOL.md §6.1), minted offline with this key."""
+        from ledger.credentials import mint
+
+        return mint(self._seed, now_s=self._clock.now_ms() // 1000, ttl_s=ttl_s, jti=jti)
 
     # -- submitting ------------------------------------------------------------
 

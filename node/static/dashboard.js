@@ -59,7 +59,7 @@ function bytes(n) {
 // A budget amount in the unit of its metric (docs/api.md "Metrics").
 function amount(metric, n) {
   if (n === null || n === undefined) return "∞";
-  if (metric === "act.cost") return `${tokens(n)} weight`;  // the agent-declared cost weight, not priced T
+  if (metric === "act.cost") return `${tokens(n)} T`;  // milli-T, the one cost the report tiles show too
   if (metric.startsWith("dat.")) return bytes(n);
   return int(n);
 }
@@ -153,7 +153,10 @@ function renderBudgets(doc) {
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key).push(b);
   }
-  const worst = (bs) => Math.max(...bs.map((b) => SEVERITY[b.status] || 0));
+  // a suspended agent is the most strained of all, whatever its gauges say (it spends nothing now)
+  const suspended = new Set((doc.suspensions || []).map((x) => x.agent));
+  const worst = (bs) => (bs[0].scope === "agent" && suspended.has(bs[0].scope_id) ? 99
+    : Math.max(...bs.map((b) => SEVERITY[b.status] || 0)));
   const ordered = Array.from(groups.values()).map((bs, i) => [bs, i])
     .sort(([x, i], [y, j]) => (x[0].scope === "agent" && y[0].scope === "agent" ? worst(y) - worst(x) || i - j : i - j))
     .map(([bs]) => bs);
@@ -280,7 +283,9 @@ function renderReport(report, agentReports, teamReports) {
   const row = (name, testid, key, r) => el("tr", { dataTestid: testid, dataKey: key, dataCost: r.cost_mT, dataEvents: r.events },
     el("td", {}, name), el("td", { text: int(r.events) }), el("td", { dataTestid: "cost", text: tokens(r.cost_mT) }));
   const agents = (report.by_agent || []).slice(0, 10);
-  fill("top-agents", ...(agents.length ? agents.map((a) => row(el("code", { title: a.agent, text: short(a.agent) }), "top-agent", a.agent, a))
+  const agentName = (a) => el("span", {}, el("code", { title: a.agent, text: short(a.agent) }),
+    a.suspended ? el("b", { class: "critical", dataTestid: "top-agent-suspended", text: " suspended" }) : null);
+  fill("top-agents", ...(agents.length ? agents.map((a) => row(agentName(a), "top-agent", a.agent, a))
     : [el("tr", {}, el("td", { colspan: 3, class: "empty", text: "No agent spent anything in this period." }))]));
   const ops = (report.by_operation || []).slice(0, 10);
   fill("top-ops", ...(ops.length ? ops.map((o) => row(o.op, "top-op", o.op, o))

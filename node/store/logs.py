@@ -189,10 +189,25 @@ def entries_with_ids(conn: sqlite3.Connection, origin_id: int, start: int, end: 
     ).fetchall()
 
 
+# An agent's events: those it signed, and the metered events a meter signed about it (body.agent,
+# kept in the subject column; PROTOCOL.md §6).
+_AGENT_ROWS = (
+    "SELECT {cols} FROM entries WHERE signer = ? AND ts >= ? AND ts < ?{kind}"
+    " UNION ALL SELECT {cols} FROM entries WHERE subject = ? AND signer != ? AND kind IN ('act', 'dat', 'cpt')"
+    " AND ts >= ? AND ts < ?{kind}"
+)
+
+
+def _agent_rows(cols: str, agent: bytes, since_ms: int, until_ms: int, kind: str | None) -> tuple[str, list]:
+    k = [kind] if kind else []
+    sql = _AGENT_ROWS.format(cols=cols, kind=" AND kind = ?" if kind else "")
+    return sql, [agent, since_ms, until_ms, *k, agent, agent, since_ms, until_ms, *k]
+
+
 def usage_totals(
     conn: sqlite3.Connection, signer: bytes, since_ms: int, until_ms: int, kind: str | None
 ) -> list[tuple[str, int, int, int, int, int]]:
-    """(kind, count, Σm0, Σm1, Σm2, Σm3) of a signer's events with since ≤ ts < until.
+    """(kind, count, Σm0, Σm1, Σm2, Σm3) of an agent's events with since ≤ ts < until.
 
     Each event id counts once, whichever origin logs hold it.
     """
@@ -200,13 +215,11 @@ def usage_totals(
     # int64 for fewer than SUM_EVENTS_MAX events (ledger.constants); Python joins them exactly.
     b, low = SUM_SPLIT_BITS, (1 << SUM_SPLIT_BITS) - 1
     parts = ", ".join(f"sum(m{i} >> {b}), sum(m{i} & {low})" for i in range(4))
+    rows, args = _agent_rows("event_id, kind, m0, m1, m2, m3", signer, since_ms, until_ms, kind)
     sql = (
         f"SELECT kind, count(*), {parts} FROM ("
-        " SELECT kind, m0, m1, m2, m3 FROM entries WHERE signer = ? AND ts >= ? AND ts < ?"
-        + (" AND kind = ?" if kind else "")
-        + " GROUP BY event_id) GROUP BY kind ORDER BY kind"
+        f" SELECT kind, m0, m1, m2, m3 FROM ({rows}) GROUP BY event_id) GROUP BY kind ORDER BY kind"
     )
-    args: list = [signer, since_ms, until_ms] + ([kind] if kind else [])
     return [(k, count, *(((hi or 0) << b) + (lo or 0) for hi, lo in zip(sums[::2], sums[1::2])))
             for k, count, *sums in conn.execute(sql, args).fetchall()]
 
@@ -214,14 +227,13 @@ def usage_totals(
 def usage_events(
     conn: sqlite3.Connection, signer: bytes, since_ms: int, until_ms: int, kind: str | None, limit: int
 ) -> list[tuple[bytes, bytes, int, bytes]]:
-    """(event_id, origin key, index, envelope) of a signer's events, oldest first, at most limit."""
+    """(event_id, origin key, index, envelope) of an agent's events, oldest first, at most limit."""
+    rows, args = _agent_rows("event_id, origin, idx, envelope, ts", signer, since_ms, until_ms, kind)
     sql = (
-        "SELECT e.event_id, o.public_key, min(e.idx), e.envelope FROM entries e JOIN origins o ON o.id = e.origin"
-        " WHERE e.signer = ? AND e.ts >= ? AND e.ts < ?"
-        + (" AND e.kind = ?" if kind else "")
-        + " GROUP BY e.event_id ORDER BY e.ts, e.event_id LIMIT ?"
+        "SELECT e.event_id, o.public_key, min(e.idx), e.envelope FROM (" + rows + ") e JOIN origins o ON o.id = e.origin"
+        " GROUP BY e.event_id ORDER BY e.ts, e.event_id LIMIT ?"
     )
-    args: list = [signer, since_ms, until_ms] + ([kind] if kind else []) + [limit]
+    args = args + [limit]
     return conn.execute(sql, args).fetchall()
 
 

@@ -28,19 +28,31 @@ def signers(conn: sqlite3.Connection) -> list[bytes]:
 
 
 def has_entries(conn: sqlite3.Connection, signer: bytes) -> bool:
-    return conn.execute("SELECT 1 FROM entries WHERE signer = ? LIMIT 1", (signer,)).fetchone() is not None
+    """Whether an agent signed an entry, or a metered event names it."""
+    if conn.execute("SELECT 1 FROM entries WHERE signer = ? LIMIT 1", (signer,)).fetchone() is not None:
+        return True
+    return conn.execute("SELECT 1 FROM entries WHERE subject = ? AND kind IN ('act', 'dat', 'cpt') LIMIT 1",
+                        (signer,)).fetchone() is not None
+
+
+# The agent an event charges: a metered event's body.agent (the subject column), else its signer.
+_CHARGED = "CASE WHEN kind IN ('act', 'dat', 'cpt') AND subject IS NOT NULL THEN subject ELSE signer END"
 
 
 def metering_rows(conn: sqlite3.Connection, agents: list[bytes], start_ms: int, end_ms: int
                   ) -> Iterator[tuple[bytes, str, int, int, int, int, int, bytes | None]]:
-    """(signer, kind, ts, m0, m1, m2, m3, envelope of an act event else None) with start <= ts < end."""
+    """(agent charged, kind, ts, m0, m1, m2, m3, envelope of an act event else None) with start <= ts < end:
+    the events these agents signed and the metered events that name them (PROTOCOL.md §6)."""
+    cols = f"{_CHARGED} AS agent, event_id, kind, ts, m0, m1, m2, m3, CASE WHEN kind = 'act' THEN envelope END AS env"
     for i in range(0, len(agents), SIGNERS_PER_QUERY):
         chunk = agents[i : i + SIGNERS_PER_QUERY]
         marks = ",".join("?" * len(chunk))
         yield from conn.execute(
-            "SELECT signer, kind, ts, m0, m1, m2, m3, CASE WHEN kind = 'act' THEN envelope END FROM entries"
-            f" WHERE signer IN ({marks}) AND ts >= ? AND ts < ? AND kind IN {_METERING} GROUP BY event_id",
-            (*chunk, start_ms, end_ms),
+            f"SELECT agent, kind, ts, m0, m1, m2, m3, env FROM ("
+            f" SELECT {cols} FROM entries WHERE signer IN ({marks}) AND ts >= ? AND ts < ? AND kind IN {_METERING}"
+            f" UNION ALL SELECT {cols} FROM entries WHERE subject IN ({marks}) AND kind IN ('act', 'dat', 'cpt')"
+            " AND ts >= ? AND ts < ?) GROUP BY event_id",
+            (*chunk, start_ms, end_ms, *chunk, start_ms, end_ms),
         )
 
 

@@ -151,7 +151,7 @@ async def test_gauges_charts_and_tables_show_what_the_api_returns(policy_node, b
     cost = next(b for b in balance["budgets"] if b["scope"] == "agent" and b["metric"] == "act.cost")
     gauge = next(g for g in shown if g["scope_id"] == fleet.warned.public_key.hex() and g["metric"] == "act.cost")
     assert (gauge["consumed"], gauge["allocated"], gauge["status"]) == (cost["consumed"], cost["allocated"], "warning")
-    assert "warning" in gauge["colour"].split() and gauge["text"] == "4,100.000 weight"
+    assert "warning" in gauge["colour"].split() and gauge["text"] == "4,100.000 T"
     assert await browser.eval("document.querySelectorAll('[data-testid=gauge].warning [data-mark=soft]').length") >= 1
     # the team is never given the research agent's budgets
     assert all(g["scope_id"] != fleet.suspended.public_key.hex() for g in shown)

@@ -55,6 +55,17 @@ WALKED_ELSEWHERE = {
     "unknown_scope": "test_reports.test_report_bad_input_gets_its_stable_code",
     "scope_not_found": "test_reports.test_report_bad_input_gets_its_stable_code",
     "bad_period": "test_reports.test_report_bad_input_gets_its_stable_code",
+    "not_meter": "test_meter_rules.test_only_meters_sign_metered_events_and_replicas_apply_the_same_rule",
+    "cost_mismatch": "test_meter_rules.test_only_meters_sign_metered_events_and_replicas_apply_the_same_rule",
+    **{code: "test_gateway.test_bad_credentials_get_401_with_their_code_and_reach_nothing" for code in (
+        "invalid_token", "token_signature", "token_audience", "token_expired", "token_not_yet_valid", "token_lifetime")},
+    "invalid_request": "test_gateway.test_bad_requests_get_their_code_and_charge_nothing",
+    "unknown_model": "test_gateway.test_bad_requests_get_their_code_and_charge_nothing",
+    "prompt_too_large": "test_gateway.test_bad_requests_get_their_code_and_charge_nothing",
+    "upstream_unreachable": "test_gateway.test_unreachable_upstream_is_502_and_charges_nothing",
+    "upstream_bad_response": "test_gateway.test_upstream_garbage_or_hang_is_charged_at_the_reservation",
+    "upstream_timeout": "test_gateway.test_upstream_garbage_or_hang_is_charged_at_the_reservation",
+    "task_not_found": "test_exec.test_only_the_agent_that_reserved_a_task_settles_it",
 }
 
 

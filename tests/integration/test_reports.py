@@ -74,9 +74,10 @@ def test_agent_report_totals_cost_breakdowns_and_series(spiked):
     act = doc["totals"]["ACT"]
     assert act["events"] == STEADY_EVENTS + SPIKE_EVENTS
     assert act["act.llm_tokens"] == 100 * sum(1 for i in range(STEADY_EVENTS + SPIKE_EVENTS) if i % 3)
-    # priced from the governed table: llm.call tokens at 10 mT, a browser call at 5000 mT
-    browser = sum(1 for i in range(STEADY_EVENTS + SPIKE_EVENTS) if i % 3 == 0)
-    assert doc["cost_mT"] == act["act.llm_tokens"] * 10 + browser * 5000
+    # one cost: what the events added to act.cost (the costs they declared), as the budget shows it
+    assert doc["cost_mT"] == act["act.cost"]
+    budget = next(b for b in doc["budgets"] if b["metric"] == "act.cost" and b["scope"] == "agent")
+    assert budget["consumed"] == doc["cost_mT"]
     assert doc["cost_T"] == f"{doc['cost_mT'] // 1000}.{doc['cost_mT'] % 1000:03d}"
     assert doc["by_agent"] == [{"agent": agent.public_key.hex(), "events": act["events"], "cost_mT": doc["cost_mT"]}]
     assert {r["op"] for r in doc["by_operation"]} == {"llm.call", "tool.browser"}
@@ -144,3 +145,18 @@ def test_metrics_pass_promtool_and_cover_budgets_rejections_and_anomalies(spiked
     assert 'ats_admissions_total{status="accepted"} 65' in text
     assert 'ats_budget_consumed{metric="act.cost",scope="agent"' in text
     assert 'ats_budget_status{metric="act.cost",scope="agent"' in text
+
+
+def test_suspended_agent_is_flagged_in_the_report_not_ranked_as_cheap(tmp_path):
+    node = NodeProcess(str(tmp_path / "node")).start()
+    try:
+        spender, other = TestAgent(), TestAgent()
+        assert post_cbor(node.url, "/v1/events", spender.envelope("act", {"op": "llm.call", "cost": 5_000_000})).status == 201
+        refused = post_cbor(node.url, "/v1/events", spender.envelope("act", {"op": "llm.call", "cost": 600_000}))
+        assert refused.status == 429  # past hard + reserve: refused, and the agent suspended until the day ends
+        assert post_cbor(node.url, "/v1/events", other.envelope("act", {"op": "llm.call", "cost": 7})).status == 201
+        rows = get(node.url, "/v1/reports/node/all?period=day").json()["by_agent"]
+        flags = {r["agent"]: r.get("suspended", False) for r in rows if r["agent"] != node.origin}  # the node's records
+        assert flags == {spender.public_key.hex(): True, other.public_key.hex(): False}
+    finally:
+        node.kill()
