@@ -9,6 +9,8 @@ charged once, by a node-signed metered event naming the agent, and nothing else 
 from __future__ import annotations
 
 import concurrent.futures
+import sys
+import subprocess
 import http.client
 import json
 import os
@@ -273,6 +275,11 @@ def test_sigkill_mid_call_is_charged_at_the_reservation_on_restart(upstream, tmp
         assert agent.budget("act.llm_tokens")["held"] == 0
     finally:
         node.kill()
+    # every counter the metered events wrote is what verify-db recomputes from the envelopes
+    check = subprocess.run([sys.executable, "-m", "node", "verify-db", node.data_dir, "--json", "--quiet"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, **_env(upstream)})
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+    assert json.loads(check.stdout)["counters"] > 0
 
 
 def test_one_cost_in_headers_balance_usage_and_report(node, upstream):
