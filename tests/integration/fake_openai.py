@@ -26,7 +26,8 @@ ERROR_BODY = {"error": {"message": "this model refuses", "type": "invalid_reques
 
 
 class FakeOpenAI:
-    def __init__(self, slow_ms: int = 50):
+    def __init__(self, slow_ms: int = 50, port: int = 0):
+        self.port = port
         self.calls: dict[str, int] = {}
         self.produced = 0  # tokens this upstream would bill: prompt tokens, and each completion token sent
         self.slow_ms = slow_ms
@@ -70,7 +71,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/messages", self.messages)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         self._loop.run_until_complete(site.start())
         port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}/v1"

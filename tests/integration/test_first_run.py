@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.fake_openai import FakeOpenAI
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +42,8 @@ def port_free(port: int) -> bool:
 
 
 def test_readme_first_run_guide_runs_as_written(tmp_path):
-    for port in (8470, 8471):
-        assert port_free(port), f"port {port} is in use: the guide's nodes need it (stop the node using it)"
+    for port in (8470, 8471, 8000):
+        assert port_free(port), f"port {port} is in use: the guide's nodes and upstream need it (stop what uses it)"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "ats").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m node "$@"\n')
@@ -52,6 +54,7 @@ def test_readme_first_run_guide_runs_as_written(tmp_path):
         f"echo '--- block {i + 1}' >&2\n{block}" for i, block in enumerate(guide_blocks()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATS_")}  # as a new user's shell
     env.update({"PATH": f"{bin_dir}:{env['PATH']}", "PYTHONPATH": str(ROOT)})
+    upstream = FakeOpenAI(port=8000).__enter__()  # step 4's OpenAI-compatible server
     proc = subprocess.Popen(["bash", "-c", script], cwd=demo, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -65,11 +68,22 @@ def test_readme_first_run_guide_runs_as_written(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # the guide's nodes, if a block failed before its `kill`
         except ProcessLookupError:
             pass
+        upstream.__exit__(None, None, None)
     logs = "".join(f"\n--- {p.name}\n{p.read_text()[-2000:]}" for p in demo.glob("*.log"))
     assert proc.returncode == 0, f"the guide failed:\n{out[-4000:]}{logs}"
     assert "verified: origin" in out
     assert '"research"' in out and "premium" in out, "step 3 shows the team's plan"
     assert out.count('"status": "accepted"') >= 5
-    on_b = out.split("--- block 4", 1)[1]
-    assert '"consumed": 3200' in on_b, "node B must count the cost metered on node A"
+    gateway = out.split("--- block 4", 1)[1].split("--- block 5", 1)[0]
+    assert '"chat.completion"' in gateway and upstream.calls.get("chat:test-model") == 1, "step 4 calls the model"
+    on_a = agent_cost(gateway)
+    assert on_a > 3200, "step 4: the gateway call is charged to the agent beside step 3's 3200"
+    assert agent_cost(out.split("--- block 5", 1)[1]) == on_a, "node B must count the cost metered on node A"
 
+
+def agent_cost(text: str) -> int:
+    """The agent's act.cost consumed in the last `ats balance` printed in text."""
+    found = re.findall(r'"scope": "agent",\s*"scope_id": "[0-9a-f]{64}",\s*"metric": "act.cost",.*?"consumed": (\d+)',
+                       text, re.S)
+    assert found, text[-3000:]
+    return int(found[-1])
