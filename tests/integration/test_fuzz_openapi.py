@@ -12,12 +12,30 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.agentkit import TestAgent
+from tests.integration.fake_openai import FakeOpenAI
 from tests.integration.http import get, post_cbor
+from tests.integration.nodeproc import NodeProcess
 
 FUZZ_SECONDS = 45
 CHECKS = ",".join(("not_a_server_error", "status_code_conformance", "content_type_conformance",
                    "response_schema_conformance", "response_headers_conformance"))
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A node with every optional path on: the LLM gateway (before an OpenAI-compatible upstream the
+    test stands) and the task meter, so that the /llm/v1 operations are fuzzed as served."""
+    with FakeOpenAI() as upstream:
+        env = {"ATS_LLM_GATEWAY": "true", "ATS_LLM_UPSTREAM": upstream.url, "ATS_LLM_ANTHROPIC_UPSTREAM": upstream.url,
+               "ATS_LLM_TIMEOUT_MS": "5000"}
+        proc = NodeProcess(str(tmp_path / "node"), env=env).start()
+        try:
+            yield proc
+        finally:
+            proc.kill()
 
 
 def test_every_operation_of_the_served_openapi_survives_schemathesis(node, tmp_path):
