@@ -152,6 +152,7 @@ CODES: dict[str, str] = {
     "run_limit_exceeded": "Invalid",
     # replication (node/api/peer.py)
     "not_anchored": "NotFound",
+    "peer_request_replayed": "Conflict",  # a signed peer request presented twice (consensus.ReplayGuard)
     # usage reports (node/api/reports.py)
     "unknown_scope": "NotFound",
     "scope_not_found": "NotFound",

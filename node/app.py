@@ -26,7 +26,8 @@ from node.api import escrow as escrow_api
 from node.escrow import ESCROW_KEY, EscrowAgent
 from node.appkeys import REPORTS_KEY
 from node.appkeys import ALERTS_KEY, REPLICATOR_KEY, CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
-from node.appkeys import DASHBOARD_KEY
+from node.appkeys import DASHBOARD_KEY, REPLAY_GUARD_KEY
+from consensus.messages import ReplayGuard
 from node.dashboard import Dashboard
 from ledger.checkpoint import verifier_key
 from node.budgets import BudgetBook
@@ -55,6 +56,8 @@ def build_app(config: Config, clock: SystemClock | None = None) -> web.Applicati
     own = OwnLog(seed)
     app[OWN_LOG_KEY] = own
     app[METRICS_KEY] = NodeMetrics(lambda: own.size, lambda: own.checkpoint_size)
+    # requests signed before this start are refused: the guard's memory did not survive the restart
+    app[REPLAY_GUARD_KEY] = ReplayGuard(config.skew_ms, config.peer_nonces_max, floor_ms=app[CLOCK_KEY].now_ms())
     app.cleanup_ctx.append(_storage)
     add_routes(app)
     return app

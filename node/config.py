@@ -52,6 +52,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("replication_interval_ms", 500, "ms", "pause between anti-entropy rounds with each peer"),
     Setting("replication_entries_max", 1000, "entries", "most entries fetched in one request (bounded frames)"),
     Setting("peer_count_max", 64, "peers", "most peers this node keeps (static, discovered and exchanged)"),
+    Setting("peer_nonces_max", 20_000, "requests", "signed peer requests remembered (node and X-ATS-Nonce, for skew_ms) so that none is acted on twice; when full the oldest is forgotten and requests as old are refused"),
     Setting("witness_quorum", 1, "witnesses", "cosignatures a checkpoint needs to count as anchored"),
     Setting("advertise_url", "", "URL", "the URL peers should use for this node (empty: the listen URL, unless it is a wildcard address)"),
     Setting("anchor_sink", "", "path or URL", "where anchored checkpoints go: a file to append to, or an http(s) URL to POST to (empty: nowhere)"),
@@ -110,6 +111,7 @@ class Config:
     replication_interval_ms: int = 500
     replication_entries_max: int = 1000
     peer_count_max: int = 64
+    peer_nonces_max: int = 20_000
     witness_quorum: int = 1
     advertise_url: str = ""
     anchor_sink: str = ""
@@ -252,7 +254,7 @@ def validate(config: Config) -> list[str]:
             problems.append(f"{name} must be at least 1")
     if config.anomaly_warmup_events < 0:
         problems.append("anomaly_warmup_events must not be negative")
-    for name in ("replication_interval_ms", "replication_entries_max", "peer_count_max"):
+    for name in ("replication_interval_ms", "replication_entries_max", "peer_count_max", "peer_nonces_max"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be at least 1")
     if config.witness_quorum < 0:

@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from consensus.messages import peer_headers
+from consensus.messages import NONCE_BYTES, peer_headers
 from ledger import escrow
 from ledger.budget import Rule, thresholds
 from ledger.constants import NONCE_SIZE
@@ -286,7 +286,8 @@ class EscrowAgent:
         await asyncio.gather(*(one(p) for p in peers))
 
     def _headers(self, body: bytes) -> dict[str, str]:
-        signed = peer_headers("POST", ASK_PATH, body, self._clock.now_ms(), self._own.public_key, self._own.seed)
+        signed = peer_headers("POST", ASK_PATH, body, self._clock.now_ms(), self._own.public_key, self._own.seed,
+                              os.urandom(NONCE_BYTES))
         return {"Content-Type": "application/json", **signed}
 
     async def _prestage(self) -> None:

@@ -33,16 +33,17 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 import cbor2
 
 from consensus.messages import (
-    FORKS_EXCHANGED_MAX, FRONTIER_BYTES_MAX, FRONTIER_ORIGINS_MAX, PEERS_EXCHANGED_MAX, peer_headers,
+    FORKS_EXCHANGED_MAX, FRONTIER_BYTES_MAX, FRONTIER_ORIGINS_MAX, NONCE_BYTES, PEERS_EXCHANGED_MAX, peer_headers,
 )
 from consensus.verify import (
     PeerProtocolError, check_consistent, check_fork_evidence, fork_evidence, open_origin_checkpoint, verify_range,
@@ -122,7 +123,8 @@ class PeerState:
 class Replicator:
     def __init__(self, db: Database, own: OwnLog, book: BudgetBook, clock: SystemClock, *, static_peers: tuple[str, ...],
                  open_membership: bool, interval_ms: int, entries_max: int, peer_count_max: int, witness_quorum: int,
-                 anchor_sink: str, transport: Transport | None = None, rng: random.Random | None = None):
+                 anchor_sink: str, transport: Transport | None = None, rng: random.Random | None = None,
+                 nonce: Callable[[int], bytes] = os.urandom):
         self._db, self._own, self._book, self._clock = db, own, book, clock
         self.open_membership = open_membership
         self._interval_ms, self._entries_max, self._peer_count_max = interval_ms, entries_max, peer_count_max
@@ -133,6 +135,7 @@ class Replicator:
         self._transport = transport
         self._task: asyncio.Task | None = None
         self._rng = rng or random.Random()
+        self._nonce = nonce  # peer request nonces (consensus.messages): unique per request
         self._anchored_size = -1
         self.own_url: str | None = None  # advertised to peers, so a node we contact can contact us
         self._locks: dict[bytes, asyncio.Lock] = {}
@@ -322,10 +325,8 @@ class Replicator:
     # -- HTTP -----------------------------------------------------------------------------------
 
     def _headers(self, method: str, path_qs: str, body: bytes) -> dict[str, str]:
-        headers = peer_headers(method, path_qs, body, self._clock.now_ms(), self._own.public_key, self._own.seed)
-        if self.own_url:
-            headers["X-ATS-Advertise"] = self.own_url
-        return headers
+        return peer_headers(method, path_qs, body, self._clock.now_ms(), self._own.public_key, self._own.seed,
+                            self._nonce(NONCE_BYTES), self.own_url)
 
     async def _get(self, peer: PeerState, path_qs: str, limit: int = FRONTIER_BYTES_MAX, cbor: bool = False) -> Any:
         assert self._transport is not None

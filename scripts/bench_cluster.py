@@ -219,8 +219,7 @@ def in_sync_bytes(c: Cluster) -> int:
     """Bytes of one signed frontier request with a matching digest, and its answer, as on the wire."""
     import http.client
 
-    from consensus.messages import request_message
-    from ledger.signing import sign_raw
+    from consensus.messages import peer_headers
 
     conn = http.client.HTTPConnection(c.nodes[1].addr, 8470, timeout=10)
     digest = json.loads(_get(c.nodes[1].addr, "/v1/cluster/digest"))["digest"]
@@ -229,11 +228,7 @@ def in_sync_bytes(c: Cluster) -> int:
     from ledger.signing import public_key_from_seed
 
     now = int(time.time() * 1000)
-    sig = sign_raw(request_message("GET", path, now, b""), seed)
-    import base64
-
-    headers = {"X-ATS-Node": public_key_from_seed(seed).hex(), "X-ATS-Time": str(now),
-               "X-ATS-Signature": base64.b64encode(sig).decode()}
+    headers = peer_headers("GET", path, b"", now, public_key_from_seed(seed), seed, os.urandom(16))
     request_bytes = len(f"GET {path} HTTP/1.1\r\nHost: {c.nodes[1].addr}:8470\r\nAccept-Encoding: identity\r\n")
     request_bytes += sum(len(f"{k}: {v}\r\n") for k, v in headers.items()) + 2
     conn.request("GET", path, headers=headers)

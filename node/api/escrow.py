@@ -25,7 +25,7 @@ async def ask(request: web.Request) -> web.Response:
     body = await request.content.read(ASK_BODY_BYTES_MAX + 1)
     if len(body) > ASK_BODY_BYTES_MAX:
         raise TooLarge("body_too_large", f"an ask is at most {ASK_BODY_BYTES_MAX} bytes")
-    asker = await authenticate(request, body)
+    asker = (await authenticate(request, body)).node
     try:
         doc = json.loads(body)
     except ValueError:

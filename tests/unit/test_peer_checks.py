@@ -6,15 +6,16 @@ import os
 
 import pytest
 
-from consensus.messages import check_peer_request, peer_headers
+from consensus.messages import ReplayGuard, SignedRequest, check_peer_request, peer_headers
 from consensus.verify import PeerProtocolError, check_consistent, check_fork_evidence, fork_evidence
 from ledger.checkpoint import Checkpoint, open_checkpoint, origin_line, sign_checkpoint
-from ledger.errors import BadSignature
+from ledger.errors import BadSignature, Conflict
 from ledger.merkle import Frontier, leaf_hash
 from ledger.signing import public_key_from_seed
 from tests.unit.test_merkle import mth, proof
 
 SEED = bytes(range(32))
+NONCE = bytes(range(16))
 KEY = public_key_from_seed(SEED)
 NOW = 1_795_000_000_000
 
@@ -34,13 +35,16 @@ def other_root(size: int) -> bytes:
 
 
 def test_a_signed_peer_request_names_its_node():
-    h = peer_headers("GET", "/v1/peer/frontier?digest=ab", b"", NOW, KEY, SEED)
-    assert check_peer_request(h, "GET", "/v1/peer/frontier?digest=ab", b"", NOW + 1000, 300_000) == KEY
+    h = peer_headers("GET", "/v1/peer/frontier?digest=ab", b"", NOW, KEY, SEED, NONCE, "http://127.0.0.9:1")
+    signed = check_peer_request(h, "GET", "/v1/peer/frontier?digest=ab", b"", NOW + 1000, 300_000)
+    assert signed == SignedRequest(KEY, NOW, NONCE.hex(), "http://127.0.0.9:1")
 
 
-@pytest.mark.parametrize("change", ["path", "method", "body", "stale", "future", "node", "sig", "missing"])
+@pytest.mark.parametrize("change", ["path", "method", "body", "stale", "future", "node", "sig", "missing", "nonce",
+                                    "no_nonce", "advertise", "added_advertise", "dropped_advertise"])
 def test_a_changed_or_stale_peer_request_is_refused(change):
-    h = peer_headers("POST", "/v1/peer/cosign", b'{"size":1}', NOW, KEY, SEED)
+    advertise = None if change == "added_advertise" else "http://127.0.0.9:1"
+    h = peer_headers("POST", "/v1/peer/cosign", b'{"size":1}', NOW, KEY, SEED, NONCE, advertise)
     method, path, body, now = "POST", "/v1/peer/cosign", b'{"size":1}', NOW
     if change == "path":
         path = "/v1/peer/notify"
@@ -56,10 +60,69 @@ def test_a_changed_or_stale_peer_request_is_refused(change):
         h["X-ATS-Node"] = os.urandom(32).hex()
     elif change == "sig":
         h["X-ATS-Signature"] = "!!notbase64"
+    elif change == "nonce":
+        h["X-ATS-Nonce"] = os.urandom(16).hex()
+    elif change == "no_nonce":  # an ats-peer/v1 request
+        del h["X-ATS-Nonce"]
+    elif change in ("advertise", "added_advertise"):  # the forged X-ATS-Advertise of issue 10
+        h["X-ATS-Advertise"] = "http://attacker.example:8470"
+    elif change == "dropped_advertise":
+        del h["X-ATS-Advertise"]
     else:
         del h["X-ATS-Time"]
     with pytest.raises(BadSignature):
         check_peer_request(h, method, path, body, now, 300_000)
+
+
+def test_the_documented_peer_request_signature_is_reproduced():
+    """docs/protocol.md §11's worked example: the ats-peer/v2 message and its signature."""
+    seed = bytes(range(32, 64))
+    h = peer_headers("GET", "/v1/peer/frontier", b"", 1767225600000, public_key_from_seed(seed), seed,
+                     bytes(range(16)), "http://192.0.2.7:8470")
+    assert h["X-ATS-Signature"] == "MPIZDHr/lq8tGgFOqX0vBf5n6wIfGsfNPn74mpbqozuZazqLLnXoZoZ2CFuxe9aSP3b/ywAt6Xej9s68e/SDBw=="
+    assert h["X-ATS-Nonce"] == "000102030405060708090a0b0c0d0e0f"
+
+
+def signed(nonce: int, time_ms: int = NOW, node: bytes = KEY) -> SignedRequest:
+    return SignedRequest(node, time_ms, nonce.to_bytes(16, "big").hex(), None)
+
+
+def test_a_peer_request_is_accepted_once_and_its_replay_refused():
+    guard = ReplayGuard(300_000, 100)
+    guard.check(signed(1), NOW)
+    guard.check(signed(1, node=bytes(32)), NOW)  # the same nonce from another node is another request
+    with pytest.raises(Conflict) as e:
+        guard.check(signed(1), NOW + 299_000)
+    assert e.value.code == "peer_request_replayed"
+
+
+def test_the_replay_guard_forgets_requests_that_the_time_check_refuses_anyway():
+    guard = ReplayGuard(1000, 100)
+    for i in range(50):
+        guard.check(signed(i, NOW + i), NOW + i)
+    guard.check(signed(99, NOW + 2000), NOW + 2000)
+    assert len(guard) == 1
+
+
+def test_a_full_replay_guard_refuses_everything_as_old_as_what_it_forgot():
+    guard = ReplayGuard(300_000, 10)
+    for i in range(10):
+        guard.check(signed(i, NOW + i), NOW + 10)
+    guard.check(signed(10, NOW + 10), NOW + 10)  # forgets nonce 0 (time NOW)
+    assert len(guard) == 10 and guard.floor_ms == NOW
+    for nonce, time_ms in ((0, NOW), (11, NOW)):  # the forgotten request, or another as old: refused
+        with pytest.raises(Conflict):
+            guard.check(signed(nonce, time_ms), NOW + 10)
+    for i in range(1, 11):
+        with pytest.raises(Conflict):
+            guard.check(signed(i, NOW + i), NOW + 10)
+
+
+def test_a_replay_guard_refuses_requests_signed_before_it_started():
+    guard = ReplayGuard(300_000, 10, floor_ms=NOW)
+    with pytest.raises(Conflict):
+        guard.check(signed(1, NOW - 5), NOW)
+    guard.check(signed(2, NOW + 1), NOW + 1)
 
 
 # -- fork evidence ------------------------------------------------------------------------------
