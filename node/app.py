@@ -18,6 +18,7 @@ from aiohttp import web
 
 from node.api import dashboard, events, info, log, peer
 from node.api.errors import error_middleware
+from node.httpserver import NodeSite, body_deadline, connections_bound, raise_open_files_limit
 from node.alerts import AlertSender
 from node.anomaly import AnomalyWatch
 from node.reports import Reports
@@ -46,7 +47,8 @@ logger = logging.getLogger("ats.node")
 
 def build_app(config: Config, clock: SystemClock | None = None) -> web.Application:
     """The node's aiohttp application for this config (nothing is opened until startup)."""
-    app = web.Application(client_max_size=config.body_bytes_max, middlewares=[error_middleware])
+    app = web.Application(client_max_size=config.body_bytes_max,
+                          middlewares=[error_middleware, body_deadline(config.http_body_timeout_ms)])
     app[CONFIG_KEY] = config
     app[CLOCK_KEY] = clock or SystemClock()
     os.makedirs(config.data_dir, exist_ok=True)
@@ -87,6 +89,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         events_max=config.checkpoint_events_max, linger_ms=config.checkpoint_ms_max, skew_ms=config.skew_ms,
         book=book, on_alerts=alerts.enqueue, on_commit=replicator.poke, anomalies=anomalies,
         rights_wait_ms=config.strict_wait_ms if config.strict_budgets else 0, rights_retry_ms=config.strict_retry_ms,
+        share_events=config.commit_share_events,
     )
     committer.start()
     ingestor = Ingestor(committer, metrics, clock, config.verify_threads)
@@ -150,9 +153,21 @@ def add_routes(app: web.Application) -> None:
 async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the node until SIGINT or SIGTERM; prints one ready line with the bound URL."""
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    open_files = raise_open_files_limit()
+    connections_max = connections_bound(config.connections_max, open_files)
+    if connections_max < config.connections_max:
+        logger.warning("connections_max lowered to %d: the open-files limit is %d", connections_max, open_files)
+    # Passed to every connection's handler (aiohttp RequestHandler): keepalive_timeout is also the time a
+    # new connection has to send its first request head (see node.httpserver).
+    handler_args = {
+        "keepalive_timeout": config.http_head_timeout_ms / 1000, "max_line_size": config.http_header_bytes_max,
+        "max_field_size": config.http_header_bytes_max, "max_headers": config.http_headers_max,
+        "lingering_time": 1.0, "access_log": None,
+    }
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.shutdown_timeout_ms / 1000, **handler_args)
     await runner.setup()
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, shutdown_timeout=config.shutdown_timeout_ms / 1000)
+    site = NodeSite(runner, config.listen_host, config.listen_port, connections_max=connections_max,
+                    per_client_max=config.connections_per_client_max, handler_args=handler_args)
     try:
         await site.start()
     except OSError as e:

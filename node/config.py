@@ -76,6 +76,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("anomaly_warmup_events", 32, "events", "events of an agent and metric seen before its spikes can be flagged"),
     Setting("anomaly_agents_max", 10_000, "agents", "agents whose detectors are kept in memory (least recently seen forgotten first)"),
     Setting("metrics_budget_scopes_max", 100, "scopes", "most scopes whose budgets /metrics exports (bounds label cardinality)"),
+    # Hostile clients (issue 10): connections, slow requests, fairness between clients, health, logs.
+    Setting("connections_max", 1024, "connections", "open HTTP connections; one more is answered 503 too_many_connections and closed (always at least 256 below the open-files limit, which the node raises to its hard limit at start)"),
+    Setting("connections_per_client_max", 64, "connections", "open HTTP connections from one remote address; one more is answered 503 too_many_connections"),
+    Setting("http_head_timeout_ms", 10_000, "ms", "a connection must send a complete request head within this long of opening or of its previous response, else it is closed (also the idle keep-alive time)"),
+    Setting("http_body_timeout_ms", 10_000, "ms", "a request body must arrive within this long of its head, else 408 body_timeout and the connection is closed"),
+    Setting("http_header_bytes_max", 8190, "bytes", "longest request line and longest header line (else 400 header_too_large)"),
+    Setting("http_headers_max", 100, "headers", "most header lines in one request (else 400 header_too_large)"),
+    Setting("commit_share_events", 64, "events", "most events of one client (remote address) in one commit: clients' requests are committed round-robin, so one client's big batches cannot starve another's single events"),
+    Setting("disk_free_bytes_min", 16 * 1024 * 1024, "bytes", "below this much free space in data_dir, /healthz reports writes as failing (disk_full)"),
+    Setting("log_repeats_max", 5, "records", "most diagnostics records of one kind (logger, level, message, exception) per log_period_ms; the next period's first says how many were dropped (0: no limit)"),
+    Setting("log_period_ms", 10_000, "ms", "the period of log_repeats_max"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -130,6 +141,16 @@ class Config:
     anomaly_warmup_events: int = 32
     anomaly_agents_max: int = 10_000
     metrics_budget_scopes_max: int = 100
+    connections_max: int = 1024
+    connections_per_client_max: int = 64
+    http_head_timeout_ms: int = 10_000
+    http_body_timeout_ms: int = 10_000
+    http_header_bytes_max: int = 8190
+    http_headers_max: int = 100
+    commit_share_events: int = 64
+    disk_free_bytes_min: int = 16 * 1024 * 1024
+    log_repeats_max: int = 5
+    log_period_ms: int = 10_000
 
     @property
     def db_path(self) -> str:
@@ -249,6 +270,13 @@ def validate(config: Config) -> list[str]:
     for url in config.peers:
         if not url.startswith(("http://", "https://")):
             problems.append(f"peers: {url!r} is not an http(s) URL")
+    for name in ("connections_max", "connections_per_client_max", "http_head_timeout_ms", "http_body_timeout_ms",
+                 "http_header_bytes_max", "http_headers_max", "commit_share_events", "log_period_ms"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be at least 1")
+    for name in ("disk_free_bytes_min", "log_repeats_max"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name} must not be negative")
     for name in ("anomaly_threshold_milli", "anomaly_agents_max", "metrics_budget_scopes_max"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be at least 1")

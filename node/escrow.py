@@ -311,7 +311,7 @@ class EscrowAgent:
         raw = make_event_bytes("escrow.transfer", self._own.public_key, self._clock.now_ms(), os.urandom(NONCE_SIZE),
                                escrow.transfer_body(key, to, amount, seq))
         env = parse_envelope(make_envelope_bytes(raw, sign(raw, self._own.seed)))
-        outcome = (await self.ingestor.submit([env]))[0]
+        outcome = (await self.ingestor.submit([env], client="escrow"))[0]
         if outcome.error is not None:
             if outcome.error.code in ("insufficient_rights", "no_rights"):
                 return {"given": 0, "id": None}  # spent meanwhile

@@ -1,0 +1,193 @@
+"""The HTTP listener: bounded connections, timed-out request heads, JSON for malformed HTTP.
+
+aiohttp's defaults suit a service behind a proxy, not one facing hostile
+clients (issue 10, classes 6 and 8):
+
+- an idle or slow connection was kept for `keepalive_timeout` (3630 s), so
+  slowloris clients held sockets until the open-files limit stopped `accept()`;
+  here the request head must be complete within `http_head_timeout_ms` of the
+  connection opening or of the previous response (aiohttp's keep-alive timer
+  runs from those moments and closes a connection still waiting for a head);
+- nothing bounded the connections; here `NodeSite` answers a connection over
+  `connections_max`, or over `connections_per_client_max` from one address,
+  with a JSON `503 too_many_connections` and closes it at once, and
+  `raise_open_files_limit` lifts RLIMIT_NOFILE's soft limit to the hard one so
+  that the bound sits well below it;
+- a request the HTTP parser refuses (bad request line, header too long, bad
+  chunking) was answered `text/plain` with no code and logged with a traceback
+  each time; here `NodeRequestHandler.handle_error` answers the contract's JSON
+  (`400 malformed_http`, `400 header_too_large`) and logs nothing above debug.
+
+aiohttp has no public hook for parser errors (aio-libs/aiohttp#3287), so the
+handler subclasses its `RequestHandler` and overrides `handle_error`, the method
+aiohttp calls to render them; the site passes it to `loop.create_server` as
+the protocol factory in place of `runner.server`, with the same arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+from ledger.errors import TimedOut
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+logger = logging.getLogger("ats.http")
+
+FDS_RESERVED = 256  # files and sockets besides client connections: SQLite, peers, webhooks, mDNS
+
+
+def raise_open_files_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to its hard limit; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            logger.warning("could not raise the open-files limit from %d to %d: %s", soft, target, e)
+    return soft
+
+
+def connections_bound(configured: int, open_files_soft: int) -> int:
+    """The connections to allow: configured, but always FDS_RESERVED below the open-files limit."""
+    return max(1, min(configured, open_files_soft - FDS_RESERVED))
+
+
+def _json_bytes(status: int, code: str, message: str, extra_headers: str = "") -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra_headers}\r\n")
+    return head.encode() + body
+
+
+class NodeRequestHandler(RequestHandler):
+    """aiohttp's connection handler, counted per client, with contract-shaped parser errors."""
+
+    __slots__ = ("_site", "_client")
+
+    def __init__(self, site: "NodeSite", **kwargs: Any):
+        super().__init__(site.web_server, **kwargs)
+        self._site = site
+        self._client: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        refusal = self._site.admit(self._client)
+        if refusal is not None:
+            self._client = None
+            transport.write(refusal)  # type: ignore[attr-defined]
+            self.force_close()  # closes the transport; aiohttp's task ends without a request
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._client is not None:
+            self._site.release(self._client)
+            self._client = None
+        super().connection_lost(exc)
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A parser error (or an error escaping the app) in the contract's JSON shape."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response was already started; cannot send an error")
+        if isinstance(exc, LineTooLong) or (isinstance(exc, HttpProcessingError) and "too long" in str(exc).lower()):
+            code, text = "header_too_large", "a request line or header is longer than http_header_bytes_max"
+        elif status == 400:
+            code, text = "malformed_http", f"the request is not valid HTTP/1.1: {_reason(exc, message)}"
+        else:
+            code, text = "internal", "internal error"
+            logger.error("error outside the application serving %s", request.remote, exc_info=exc)
+        if status == 400:
+            logger.debug("malformed HTTP from %s: %s", request.remote, exc)
+            self._site.malformed += 1
+        resp = web.json_response({"error": {"code": code, "message": text}}, status=status)
+        resp.force_close()
+        return resp
+
+
+def _reason(exc: BaseException | None, message: str | None) -> str:
+    text = (getattr(exc, "message", None) or message or str(exc or "bad request")).splitlines()
+    return (text[0] if text else "bad request")[:200]
+
+
+class NodeSite(web.BaseSite):
+    """A TCP listener whose connections are NodeRequestHandlers, bounded in number."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, connections_max: int,
+                 per_client_max: int, handler_args: dict[str, Any], backlog: int = 128):
+        super().__init__(runner, backlog=backlog)
+        self._host, self._port = host, port
+        self._connections_max, self._per_client_max = connections_max, per_client_max
+        self._handler_args = handler_args
+        self._open: dict[str, int] = {}
+        self.connections = 0
+        self.refused = 0  # connections answered 503 too_many_connections
+        self.malformed = 0  # requests the HTTP parser refused
+        self._refused_logged = 0
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def web_server(self) -> web.Server:
+        assert self._runner.server is not None
+        return self._runner.server
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: NodeRequestHandler(self, loop=loop, **self._handler_args), self._host, self._port,
+            backlog=self._backlog, reuse_address=True,
+        )
+
+    def admit(self, client: str) -> bytes | None:
+        """Count a new connection from client; the bytes of a 503 answer if it is one too many."""
+        if self.connections >= self._connections_max or self._open.get(client, 0) >= self._per_client_max:
+            self.refused += 1
+            if self.refused >= 2 * self._refused_logged:  # log 1, 2, 4, 8, ... refusals, not each one
+                self._refused_logged = self.refused
+                logger.warning("refused %d connections so far (over connections_max %d or %d from one client; "
+                               "latest from %s)", self.refused, self._connections_max, self._per_client_max, client)
+            return _json_bytes(503, "too_many_connections", "this node has too many open connections; retry later",
+                               "Retry-After: 1\r\n")
+        self.connections += 1
+        self._open[client] = self._open.get(client, 0) + 1
+        return None
+
+    def release(self, client: str) -> None:
+        self.connections -= 1
+        left = self._open.get(client, 0) - 1
+        if left > 0:
+            self._open[client] = left
+        else:
+            self._open.pop(client, None)
+
+
+def body_deadline(timeout_ms: int):
+    """Middleware: read the whole request body (up to client_max_size) within timeout_ms, or 408
+    body_timeout. Handlers then read the body from memory (request.read() returns it again)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        if request.body_exists:
+            try:
+                await asyncio.wait_for(request.read(), timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                raise TimedOut("body_timeout", f"the request body did not arrive within http_body_timeout_ms "
+                                               f"({timeout_ms} ms)") from None
+        return await handler(request)
+
+    return middleware
