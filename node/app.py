@@ -18,7 +18,7 @@ from aiohttp import web
 
 from node.api import dashboard, events, info, log, peer
 from node.api.errors import error_middleware
-from node.httpserver import NodeSite, body_deadline, connections_bound, raise_open_files_limit
+from node.httpserver import HeavyGate, NodeSite, connections_bound, raise_open_files_limit, request_bounds
 from node.alerts import AlertSender
 from node.anomaly import AnomalyWatch
 from node.reports import Reports
@@ -48,7 +48,9 @@ logger = logging.getLogger("ats.node")
 def build_app(config: Config, clock: SystemClock | None = None) -> web.Application:
     """The node's aiohttp application for this config (nothing is opened until startup)."""
     app = web.Application(client_max_size=config.body_bytes_max,
-                          middlewares=[error_middleware, body_deadline(config.http_body_timeout_ms)])
+                          middlewares=[error_middleware, request_bounds(
+                              config.http_body_timeout_ms,
+                              HeavyGate(config.heavy_requests_max, config.heavy_requests_per_client_max))])
     app[CONFIG_KEY] = config
     app[CLOCK_KEY] = clock or SystemClock()
     os.makedirs(config.data_dir, exist_ok=True)

@@ -28,8 +28,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen_host", "127.0.0.1", "address", "HTTP listen address (loopback by default)"),
     Setting("listen_port", 8470, "port", "HTTP listen port"),
     Setting("skew_ms", 300_000, "ms", "accept events whose ts is within this much of the node's clock"),
-    Setting("body_bytes_max", 4 * 1024 * 1024, "bytes", "largest HTTP request body"),
-    Setting("batch_events_max", 1000, "events", "most envelopes in one POST /v1/events/batch"),
+    Setting("body_bytes_max", 2 * 1024 * 1024, "bytes", "largest HTTP request body (a full batch as JSON fits)"),
+    Setting("batch_events_max", 256, "events", "most envelopes in one POST /v1/events/batch (a batch is parsed on the event loop: a bigger one delays every other request for longer)"),
     Setting("checkpoint_events_max", 1024, "events", "most events appended in one batch (one transaction, one checkpoint)"),
     Setting("checkpoint_ms_max", 0, "ms", "longest a batch waits for more events before it commits (0: commit as soon as the writer is free)"),
     Setting("sqlite_synchronous", "full", "mode", "SQLite synchronous pragma: full (durable on power loss) or normal (durable on process crash)"),
@@ -82,7 +82,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http_head_timeout_ms", 10_000, "ms", "a connection must send a complete request head within this long of opening or of its previous response, else it is closed (also the idle keep-alive time)"),
     Setting("http_body_timeout_ms", 10_000, "ms", "a request body must arrive within this long of its head, else 408 body_timeout and the connection is closed"),
     Setting("http_header_bytes_max", 8190, "bytes", "longest request line and longest header line (else 400 header_too_large)"),
-    Setting("http_headers_max", 100, "headers", "most header lines in one request (else 400 header_too_large)"),
+    Setting("http_headers_max", 48, "headers", "most header lines in one request (else 400 header_too_large)"),
+    Setting("heavy_requests_max", 8, "requests", "requests with a body over 16 KiB (batches) processed at once, over all clients; more wait their turn"),
+    Setting("heavy_requests_per_client_max", 2, "requests", "requests with a body over 16 KiB processed at once for one client (remote address); its others wait their turn"),
     Setting("commit_share_events", 64, "events", "most events of one client (remote address) in one commit: clients' requests are committed round-robin, so one client's big batches cannot starve another's single events"),
     Setting("disk_free_bytes_min", 16 * 1024 * 1024, "bytes", "below this much free space in data_dir, /healthz reports writes as failing (disk_full)"),
     Setting("log_repeats_max", 5, "records", "most diagnostics records of one kind (logger, level, message, exception) per log_period_ms; the next period's first says how many were dropped (0: no limit)"),
@@ -98,8 +100,8 @@ class Config:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8470
     skew_ms: int = 300_000
-    body_bytes_max: int = 4 * 1024 * 1024
-    batch_events_max: int = 1000
+    body_bytes_max: int = 2 * 1024 * 1024
+    batch_events_max: int = 256
     checkpoint_events_max: int = 1024
     checkpoint_ms_max: int = 0
     sqlite_synchronous: str = "full"
@@ -146,7 +148,9 @@ class Config:
     http_head_timeout_ms: int = 10_000
     http_body_timeout_ms: int = 10_000
     http_header_bytes_max: int = 8190
-    http_headers_max: int = 100
+    http_headers_max: int = 48
+    heavy_requests_max: int = 8
+    heavy_requests_per_client_max: int = 2
     commit_share_events: int = 64
     disk_free_bytes_min: int = 16 * 1024 * 1024
     log_repeats_max: int = 5
@@ -271,7 +275,8 @@ def validate(config: Config) -> list[str]:
         if not url.startswith(("http://", "https://")):
             problems.append(f"peers: {url!r} is not an http(s) URL")
     for name in ("connections_max", "connections_per_client_max", "http_head_timeout_ms", "http_body_timeout_ms",
-                 "http_header_bytes_max", "http_headers_max", "commit_share_events", "log_period_ms"):
+                 "http_header_bytes_max", "http_headers_max", "commit_share_events", "log_period_ms",
+                 "heavy_requests_max", "heavy_requests_per_client_max"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be at least 1")
     for name in ("disk_free_bytes_min", "log_repeats_max"):

@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ledger.errors import TimedOut
+from ledger.errors import TimedOut, TooLarge
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -81,14 +81,15 @@ class NodeRequestHandler(RequestHandler):
         self._client: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         peer = transport.get_extra_info("peername")
-        self._client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-        refusal = self._site.admit(self._client)
-        if refusal is not None:
-            self._client = None
+        client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        refusal = self._site.admit(client)
+        if refusal is not None:  # answered and closed before aiohttp sets anything up for it
             transport.write(refusal)  # type: ignore[attr-defined]
-            self.force_close()  # closes the transport; aiohttp's task ends without a request
+            transport.close()
+            return
+        self._client = client
+        super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._client is not None:
@@ -176,12 +177,46 @@ class NodeSite(web.BaseSite):
             self._open.pop(client, None)
 
 
-def body_deadline(timeout_ms: int):
-    """Middleware: read the whole request body (up to client_max_size) within timeout_ms, or 408
-    body_timeout. Handlers then read the body from memory (request.read() returns it again)."""
+LIGHT_BODY_BYTES_MAX = 16 * 1024  # a single envelope (at most ~4.2 KB as CBOR, ~5.7 KB as JSON) fits
 
-    @web.middleware
-    async def middleware(request: web.Request, handler):
+
+class HeavyGate:
+    """Slots for heavy requests (a body over LIGHT_BODY_BYTES_MAX, or of unknown length): at most
+    per_client_max at a time per client (remote address) and total_max in all.
+
+    One client's big batches are then read, parsed, verified and committed one (or a few) at a time
+    however many connections it opens, so it cannot take the event loop and the cores from other
+    clients' single events; and the bodies held in memory are bounded by total_max ×
+    body_bytes_max. Single events never wait here.
+    """
+
+    def __init__(self, total_max: int, per_client_max: int):
+        self._total = asyncio.Semaphore(total_max)
+        self._per_client_max = per_client_max
+        self._clients: dict[str, list] = {}  # client -> [semaphore, users]: dropped when unused
+
+    async def __call__(self, client: str, work):
+        entry = self._clients.setdefault(client, [asyncio.Semaphore(self._per_client_max), 0])
+        entry[1] += 1
+        try:
+            async with entry[0], self._total:
+                return await work()
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._clients[client]
+
+
+def request_bounds(timeout_ms: int, gate: HeavyGate):
+    """Middleware: a heavy request waits for its client's slot (HeavyGate); then the whole body
+    (up to client_max_size) is read within timeout_ms, or 408 body_timeout. Handlers then read the
+    body from memory (request.read() returns it again)."""
+
+    async def read_and_handle(request: web.Request, handler):
+        length = request.content_length
+        if length is not None and length > request.client_max_size:  # refused before a byte of it is read
+            raise TooLarge("body_too_large", f"request body is larger than this node accepts "
+                                             f"({request.client_max_size} bytes)")
         if request.body_exists:
             try:
                 await asyncio.wait_for(request.read(), timeout_ms / 1000)
@@ -189,5 +224,12 @@ def body_deadline(timeout_ms: int):
                 raise TimedOut("body_timeout", f"the request body did not arrive within http_body_timeout_ms "
                                                f"({timeout_ms} ms)") from None
         return await handler(request)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        length = request.content_length
+        if request.body_exists and (length is None or length > LIGHT_BODY_BYTES_MAX):
+            return await gate(request.remote or "", lambda: read_and_handle(request, handler))
+        return await read_and_handle(request, handler)
 
     return middleware

@@ -22,7 +22,7 @@ _FIELDS = ("scope", "scope_id", "metric", "window", "start", "amount")
 
 async def ask(request: web.Request) -> web.Response:
     """POST /v1/peer/escrow/ask {scope, scope_id, metric, window, start, amount}: give spare rights."""
-    body = await request.read()  # in memory already (node.httpserver.body_deadline)
+    body = await request.read()  # in memory already (node.httpserver.request_bounds)
     if len(body) > ASK_BODY_BYTES_MAX:
         raise TooLarge("body_too_large", f"an ask is at most {ASK_BODY_BYTES_MAX} bytes")
     asker = (await authenticate(request, body)).node

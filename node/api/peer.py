@@ -48,7 +48,7 @@ async def frontier(request: web.Request) -> web.Response:
 async def notify(request: web.Request) -> web.Response:
     """POST /v1/peer/notify {"digest"}: a peer stored new events; pull from it now, unless our
     digest already equals its digest."""
-    body = await request.read()  # in memory already (node.httpserver.body_deadline)
+    body = await request.read()  # in memory already (node.httpserver.request_bounds)
     if len(body) > COSIGN_BODY_BYTES_MAX:
         raise TooLarge("body_too_large", "a notification is a few dozen bytes")
     signed = await authenticate(request, body)
@@ -63,7 +63,7 @@ async def notify(request: web.Request) -> web.Response:
 
 async def cosign(request: web.Request) -> web.Response:
     """POST /v1/peer/cosign {"size", "line"}: a witness's cosignature of our checkpoint at size."""
-    body = await request.read()  # in memory already (node.httpserver.body_deadline)
+    body = await request.read()  # in memory already (node.httpserver.request_bounds)
     if len(body) > COSIGN_BODY_BYTES_MAX:
         raise TooLarge("body_too_large", "a cosignature is a few hundred bytes")
     witness = (await authenticate(request, body)).node

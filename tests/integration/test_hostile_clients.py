@@ -199,7 +199,9 @@ def test_a_single_event_is_committed_ahead_of_another_clients_queued_batches(tmp
     """The fair queue: with a client's 3 × 1000 events queued, another client's single event is
     committed within the next commits (at most commit_share_events of the big client each), not
     after the 3000."""
-    node = NodeProcess(str(tmp_path / "node"), env={"ATS_COMMIT_SHARE_EVENTS": "64"}).start()
+    env = {"ATS_COMMIT_SHARE_EVENTS": "64", "ATS_BATCH_EVENTS_MAX": "1000", "ATS_BODY_BYTES_MAX": str(1 << 20),
+           "ATS_HEAVY_REQUESTS_PER_CLIENT_MAX": "3"}  # the commit queue alone decides the order
+    node = NodeProcess(str(tmp_path / "node"), env=env).start()
     try:
         bulk, honest = TestAgent(), TestAgent()
         batches = [b"\x99\x03\xe8" + b"".join(bulk.envelope() for _ in range(1000)) for _ in range(3)]
