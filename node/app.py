@@ -43,6 +43,7 @@ from node.queries import Queries
 from node.store.sqlite import Database
 
 logger = logging.getLogger("ats.node")
+SWITCH_INTERVAL_S = 0.001
 
 
 def build_app(config: Config, clock: SystemClock | None = None) -> web.Application:
@@ -155,6 +156,9 @@ def add_routes(app: web.Application) -> None:
 async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the node until SIGINT or SIGTERM; prints one ready line with the bound URL."""
     app = build_app(config)
+    # The writer and verify threads run Python between their C calls; at the default 5 ms switch
+    # interval the event loop could wait that long for the GIL on every request (issue 10, class 8).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     open_files = raise_open_files_limit()
     connections_max = connections_bound(config.connections_max, open_files)
     if connections_max < config.connections_max:

@@ -178,6 +178,8 @@ class NodeSite(web.BaseSite):
 
 
 LIGHT_BODY_BYTES_MAX = 16 * 1024  # a single envelope (at most ~4.2 KB as CBOR, ~5.7 KB as JSON) fits
+# Endpoints whose body is one envelope (or a small JSON estimate): a longer body is refused unread.
+ONE_ENVELOPE_PATHS = frozenset({"/v1/events", "/v1/quota/check"})
 
 
 class HeavyGate:
@@ -214,9 +216,9 @@ def request_bounds(timeout_ms: int, gate: HeavyGate):
 
     async def read_and_handle(request: web.Request, handler):
         length = request.content_length
-        if length is not None and length > request.client_max_size:  # refused before a byte of it is read
-            raise TooLarge("body_too_large", f"request body is larger than this node accepts "
-                                             f"({request.client_max_size} bytes)")
+        limit = LIGHT_BODY_BYTES_MAX if request.path in ONE_ENVELOPE_PATHS else request.client_max_size
+        if length is not None and length > limit:  # refused before a byte of it is read
+            raise TooLarge("body_too_large", f"request body is larger than this endpoint accepts ({limit} bytes)")
         if request.body_exists:
             try:
                 await asyncio.wait_for(request.read(), timeout_ms / 1000)

@@ -173,6 +173,7 @@ def main() -> None:
     n = args.nodes
     ring = lambda i: {  # noqa: E731 each node starts knowing two neighbours; peer exchange does the rest
         "ATS_OPEN_MEMBERSHIP": "true", "ATS_DISCOVERY": "off", "ATS_BUDGETS": "false",
+        "ATS_BATCH_EVENTS_MAX": "1000", "ATS_BODY_BYTES_MAX": str(8 << 20),
         "ATS_REPLICATION_INTERVAL_MS": str(args.interval_ms),
         "ATS_PEERS": ",".join(f"http://10.213.0.{(j % n) + 2}:8470" for j in (i + 1, i - 1)),
     }
