@@ -69,6 +69,7 @@ GOSSIP_FANOUT = 2  # healthy peers pulled at random each interval (anti-entropy)
 REQUEST_TIMEOUT_S = 10
 BACKOFF_MS_MAX = 30_000
 DEAD_AFTER_FAILURES = 5
+PEER_KEEPALIVE_S = 5.0
 DROP_AFTER_FAILURES = 12  # a peer that is not static leaves the table (about 5 minutes of failures)
 PENALTY_BACKOFF_MS = 60_000
 
@@ -151,7 +152,9 @@ class Replicator:
 
     async def context(self) -> Any:
         """An aiohttp cleanup context: the replication loop lives between startup and cleanup."""
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
+        # idle connections are dropped before a peer's http_head_timeout_ms (10 s by default) closes them
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+                                              connector=aiohttp.TCPConnector(keepalive_timeout=PEER_KEEPALIVE_S))
         if self._transport is None:
             self._transport = HttpTransport(self._session)
         self.start()

@@ -165,15 +165,18 @@ def fill(path: str) -> None:
 
 def test_health_says_writes_fail_on_a_full_disk_and_recovers(small_disk):
     agent = TestAgent()
-    node = NodeProcess(os.path.join(small_disk, "node"), env={"ATS_DISK_FREE_BYTES_MIN": "0"}).start()
+    env = {"ATS_DISK_FREE_BYTES_MIN": "0", "ATS_LOG_REPEATS_MAX": "2"}
+    node = NodeProcess(os.path.join(small_disk, "node"), env=env).start()
     try:
         assert post_cbor(node.url, "/v1/events", agent.envelope()).status == 201
         health = get(node.url, "/healthz")
         assert health.status == 200 and health.json()["writes"]["ok"] is True
         filler = os.path.join(small_disk, "filler")
         fill(filler)
-        statuses = {post_cbor(node.url, "/v1/events", agent.envelope()).status for _ in range(5)}
+        statuses = {post_cbor(node.url, "/v1/events", agent.envelope()).status for _ in range(8)}
         assert statuses == {503}
+        failures = [line for line in log_lines(node) if "commit failed" in line]
+        assert 1 <= len(failures) <= 2, failures  # log_repeats_max: 8 failed commits, at most 2 lines
         health = get(node.url, "/healthz")
         doc = health.json()
         assert health.status == 503 and doc["status"] == "disk_full" and doc["error"]["code"] == "disk_full"
