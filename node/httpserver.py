@@ -108,7 +108,10 @@ class NodeRequestHandler(RequestHandler):
             code, text = "malformed_http", f"the request is not valid HTTP/1.1: {_reason(exc, message)}"
         else:
             code, text = "internal", "internal error"
-            logger.error("error outside the application serving %s", request.remote, exc_info=exc)
+            if isinstance(exc, ConnectionError):  # the client went away: nothing to report
+                logger.debug("client %s disconnected", request.remote)
+            else:
+                logger.error("error outside the application serving %s", request.remote, exc_info=exc)
         if status == 400:
             logger.debug("malformed HTTP from %s: %s", request.remote, exc)
             self._site.malformed += 1

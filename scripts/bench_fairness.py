@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp  # noqa: E402
 
 from node.config import Config  # noqa: E402
+from scripts.bench_ingest import proc_mem_mb as rss_mib  # noqa: E402
 from tests.agentkit import TestAgent  # noqa: E402
 from tests.integration.nodeproc import NodeProcess  # noqa: E402
 
@@ -204,16 +205,6 @@ async def honest(url: str, seconds: float, envelopes: list[bytes], start: int) -
             statuses[str(status)] = statuses.get(str(status), 0) + 1
             i += 1
     return i, latencies, statuses
-
-
-def rss_mib(pid: int) -> dict[str, float]:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) / 1024
-    return out
 
 
 class RssSampler:
