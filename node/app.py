@@ -168,12 +168,15 @@ async def serve(config: Config, on_ready: Callable[[str], None] | None = None) -
     handler_args = {
         "keepalive_timeout": config.http_head_timeout_ms / 1000, "max_line_size": config.http_header_bytes_max,
         "max_field_size": config.http_header_bytes_max, "max_headers": config.http_headers_max,
+        # after an early answer (413) the rest of the body is read and dropped for at most 1 s, so the client
+        # sees the answer rather than a reset; client_bytes_per_s bounds what that reading costs
         "lingering_time": 1.0, "access_log": None,
     }
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.shutdown_timeout_ms / 1000, **handler_args)
     await runner.setup()
     site = NodeSite(runner, config.listen_host, config.listen_port, connections_max=connections_max,
-                    per_client_max=config.connections_per_client_max, handler_args=handler_args)
+                    per_client_max=config.connections_per_client_max, handler_args=handler_args,
+                    bytes_per_s=config.client_bytes_per_s, burst_bytes=config.body_bytes_max + 64 * 1024)
     try:
         await site.start()
     except OSError as e:

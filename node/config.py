@@ -83,6 +83,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http_body_timeout_ms", 10_000, "ms", "a request body must arrive within this long of its head, else 408 body_timeout and the connection is closed"),
     Setting("http_header_bytes_max", 8190, "bytes", "longest request line and longest header line (else 400 header_too_large)"),
     Setting("http_headers_max", 48, "headers", "most header lines in one request (else 400 header_too_large)"),
+    Setting("client_bytes_per_s", 4 * 1024 * 1024, "bytes/s", "bytes read per second from one client (remote address), over all its connections, after a burst of body_bytes_max; past it its connections are not read until the budget refills"),
     Setting("heavy_requests_max", 8, "requests", "requests with a body over 16 KiB (batches) processed at once, over all clients; more wait their turn"),
     Setting("heavy_requests_per_client_max", 2, "requests", "requests with a body over 16 KiB processed at once for one client (remote address); its others wait their turn"),
     Setting("commit_share_events", 16, "events", "most events of one client (remote address) in one commit: clients' requests are committed round-robin, so one client's big batches cannot starve another's single events"),
@@ -149,6 +150,7 @@ class Config:
     http_body_timeout_ms: int = 10_000
     http_header_bytes_max: int = 8190
     http_headers_max: int = 48
+    client_bytes_per_s: int = 4 * 1024 * 1024
     heavy_requests_max: int = 8
     heavy_requests_per_client_max: int = 2
     commit_share_events: int = 16
@@ -276,7 +278,7 @@ def validate(config: Config) -> list[str]:
             problems.append(f"peers: {url!r} is not an http(s) URL")
     for name in ("connections_max", "connections_per_client_max", "http_head_timeout_ms", "http_body_timeout_ms",
                  "http_header_bytes_max", "http_headers_max", "commit_share_events", "log_period_ms",
-                 "heavy_requests_max", "heavy_requests_per_client_max"):
+                 "heavy_requests_max", "heavy_requests_per_client_max", "client_bytes_per_s"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be at least 1")
     for name in ("disk_free_bytes_min", "log_repeats_max"):

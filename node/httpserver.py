@@ -8,6 +8,10 @@ clients (issue 10, classes 6 and 8):
   here the request head must be complete within `http_head_timeout_ms` of the
   connection opening or of the previous response (aiohttp's keep-alive timer
   runs from those moments and closes a connection still waiting for a head);
+- one client could make the node read as many bytes as it could send (1 MiB bodies, huge headers,
+  in a loop), taking the event loop from every other client; here each client (remote address)
+  has a byte rate (`client_bytes_per_s`, bursts up to `body_bytes_max`): past it, its connections
+  stop being read until its budget refills;
 - nothing bounded the connections; here `NodeSite` answers a connection over
   `connections_max`, or over `connections_per_client_max` from one address,
   with a JSON `503 too_many_connections` and closes it at once, and
@@ -91,6 +95,15 @@ class NodeRequestHandler(RequestHandler):
         self._client = client
         super().connection_made(transport)
 
+    def data_received(self, data: bytes) -> None:
+        if self._client is not None:
+            wait_s = self._site.spend(self._client, len(data))
+            if wait_s > 0 and self.transport is not None:  # over its byte rate: read nothing more for a while
+                transport = self.transport
+                transport.pause_reading()
+                self._loop.call_later(wait_s, _resume, transport)
+        super().data_received(data)
+
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._client is not None:
             self._site.release(self._client)
@@ -120,6 +133,11 @@ class NodeRequestHandler(RequestHandler):
         return resp
 
 
+def _resume(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()
+
+
 def _reason(exc: BaseException | None, message: str | None) -> str:
     text = (getattr(exc, "message", None) or message or str(exc or "bad request")).splitlines()
     return (text[0] if text else "bad request")[:200]
@@ -129,8 +147,11 @@ class NodeSite(web.BaseSite):
     """A TCP listener whose connections are NodeRequestHandlers, bounded in number."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, connections_max: int,
-                 per_client_max: int, handler_args: dict[str, Any], backlog: int = 128):
+                 per_client_max: int, handler_args: dict[str, Any], bytes_per_s: int, burst_bytes: int,
+                 backlog: int = 128):
         super().__init__(runner, backlog=backlog)
+        self._rate, self._burst = float(bytes_per_s), float(burst_bytes)
+        self._budgets: dict[str, list[float]] = {}  # client -> [bytes it may still send, loop time then]
         self._host, self._port = host, port
         self._connections_max, self._per_client_max = connections_max, per_client_max
         self._handler_args = handler_args
@@ -178,6 +199,16 @@ class NodeSite(web.BaseSite):
             self._open[client] = left
         else:
             self._open.pop(client, None)
+            self._budgets.pop(client, None)
+
+    def spend(self, client: str, size: int) -> float:
+        """Take size bytes from client's budget (a token bucket: bytes_per_s, up to burst_bytes);
+        the seconds its connections should stop reading for the budget to be positive again."""
+        now = asyncio.get_running_loop().time()
+        budget = self._budgets.setdefault(client, [self._burst, now])
+        budget[0] = min(self._burst, budget[0] + (now - budget[1]) * self._rate) - size
+        budget[1] = now
+        return -budget[0] / self._rate if budget[0] < 0 else 0.0
 
 
 LIGHT_BODY_BYTES_MAX = 16 * 1024  # a single envelope (at most ~4.2 KB as CBOR, ~5.7 KB as JSON) fits
