@@ -46,6 +46,7 @@ from aiohttp.web_request import BaseRequest
 
 logger = logging.getLogger("ats.http")
 
+BUDGETS_MAX = 4096  # clients' byte budgets kept before the refilled ones are forgotten
 FDS_RESERVED = 256  # files and sockets besides client connections: SQLite, peers, webhooks, mDNS
 
 
@@ -77,12 +78,13 @@ def _json_bytes(status: int, code: str, message: str, extra_headers: str = "") -
 class NodeRequestHandler(RequestHandler):
     """aiohttp's connection handler, counted per client, with contract-shaped parser errors."""
 
-    __slots__ = ("_site", "_client")
+    __slots__ = ("_site", "_client", "_rate_paused")
 
     def __init__(self, site: "NodeSite", **kwargs: Any):
         super().__init__(site.web_server, **kwargs)
         self._site = site
         self._client: str | None = None
+        self._rate_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -96,13 +98,25 @@ class NodeRequestHandler(RequestHandler):
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._client is not None:
+        if self._client is not None and data:
             wait_s = self._site.spend(self._client, len(data))
-            if wait_s > 0 and self.transport is not None:  # over its byte rate: read nothing more for a while
-                transport = self.transport
-                transport.pause_reading()
-                self._loop.call_later(wait_s, _resume, transport)
+            if wait_s > 0 and not self._rate_paused and self.transport is not None:
+                # over its client's byte rate: read nothing more from this connection for a while
+                self._rate_paused = True
+                self.transport.pause_reading()
+                self._loop.call_later(wait_s, self._rate_resume)
         super().data_received(data)
+
+    def _rate_resume(self) -> None:
+        self._rate_paused = False
+        if not self._reading_paused and not self._buffer_paused:
+            self._resume_transport_reading()
+
+    def _resume_transport_reading(self) -> None:
+        # aiohttp resumes reading when its own buffers drain (base_protocol flow control); a
+        # connection paused for its client's byte rate stays paused until _rate_resume
+        if not self._rate_paused:
+            super()._resume_transport_reading()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._client is not None:
@@ -131,11 +145,6 @@ class NodeRequestHandler(RequestHandler):
         resp = web.json_response({"error": {"code": code, "message": text}}, status=status)
         resp.force_close()
         return resp
-
-
-def _resume(transport: asyncio.Transport) -> None:
-    if not transport.is_closing():
-        transport.resume_reading()
 
 
 def _reason(exc: BaseException | None, message: str | None) -> str:
@@ -199,12 +208,15 @@ class NodeSite(web.BaseSite):
             self._open[client] = left
         else:
             self._open.pop(client, None)
-            self._budgets.pop(client, None)
+            if self.spend(client, 0) == 0 and self._budgets[client][0] >= self._burst:
+                del self._budgets[client]  # refilled: forgetting it changes nothing (reconnecting must not refill it)
 
     def spend(self, client: str, size: int) -> float:
         """Take size bytes from client's budget (a token bucket: bytes_per_s, up to burst_bytes);
         the seconds its connections should stop reading for the budget to be positive again."""
         now = asyncio.get_running_loop().time()
+        if client not in self._budgets and len(self._budgets) >= BUDGETS_MAX:  # forget every refilled one
+            self._budgets = {c: b for c, b in self._budgets.items() if b[0] + (now - b[1]) * self._rate < self._burst}
         budget = self._budgets.setdefault(client, [self._burst, now])
         budget[0] = min(self._burst, budget[0] + (now - budget[1]) * self._rate) - size
         budget[1] = now

@@ -230,3 +230,34 @@ def test_a_single_event_is_committed_ahead_of_another_clients_queued_batches(tmp
         assert index - size_before <= 400, (size_before, index)
     finally:
         node.kill()
+
+
+def test_a_client_over_its_byte_rate_is_slowed_and_another_client_is_not(tmp_path):
+    env = {"ATS_CLIENT_BYTES_PER_S": str(256 * 1024), "ATS_BODY_BYTES_MAX": str(512 * 1024)}
+    node = NodeProcess(str(tmp_path / "node"), env=env).start()
+    try:
+        body = b"\x99\x00\x01" + b"\x00" * (512 * 1024 - 3)  # a malformed batch, read in full, then 400
+        started = time.monotonic()
+        fast = []
+
+        def other_client():
+            while time.monotonic() - started < 2.5:
+                conn = http.client.HTTPConnection(node.host, node.port, timeout=WAIT_S, source_address=("127.0.0.2", 0))
+                t0 = time.monotonic()
+                conn.request("GET", "/healthz")
+                assert conn.getresponse().status == 200
+                fast.append(time.monotonic() - t0)
+                conn.close()
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=other_client)
+        watcher.start()
+        statuses = [request(node.url, "POST", "/v1/events/batch", body, "application/cbor").status for _ in range(3)]
+        elapsed = time.monotonic() - started
+        watcher.join(WAIT_S)
+        assert statuses == [400, 400, 400]
+        # 1.5 MiB at 256 KiB/s after a burst of 576 KiB: at least ~3.6 s
+        assert elapsed >= 2.5, elapsed
+        assert fast and max(fast) < 1.0, fast
+    finally:
+        node.kill()
