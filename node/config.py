@@ -86,7 +86,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("client_bytes_per_s", 4 * 1024 * 1024, "bytes/s", "bytes read per second from one client (remote address), over all its connections, after a burst of body_bytes_max; past it its connections are not read until the budget refills"),
     Setting("heavy_requests_max", 8, "requests", "requests with a body over 16 KiB (batches) processed at once, over all clients; more wait their turn"),
     Setting("heavy_requests_per_client_max", 2, "requests", "requests with a body over 16 KiB processed at once for one client (remote address); its others wait their turn"),
-    Setting("commit_share_events", 16, "events", "most events of one client (remote address) in one commit: clients' requests are committed round-robin, so one client's big batches cannot starve another's single events"),
+    Setting("commit_share_events", 8, "events", "most events of one client (remote address) in one commit: clients' requests are committed round-robin, so one client's big batches cannot starve another's single events"),
     Setting("disk_free_bytes_min", 16 * 1024 * 1024, "bytes", "below this much free space in data_dir, /healthz reports writes as failing (disk_full)"),
     Setting("log_repeats_max", 5, "records", "most diagnostics records of one kind (logger, level, message, exception) per log_period_ms; the next period's first says how many were dropped (0: no limit)"),
     Setting("log_period_ms", 10_000, "ms", "the period of log_repeats_max"),
@@ -153,7 +153,7 @@ class Config:
     client_bytes_per_s: int = 4 * 1024 * 1024
     heavy_requests_max: int = 8
     heavy_requests_per_client_max: int = 2
-    commit_share_events: int = 16
+    commit_share_events: int = 8
     disk_free_bytes_min: int = 16 * 1024 * 1024
     log_repeats_max: int = 5
     log_period_ms: int = 10_000
