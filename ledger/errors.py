@@ -4,6 +4,7 @@
     ├── Malformed        400  bytes that do not parse (malformed_cbor, not_canonical, ...)
     ├── BadSignature     401  bad_signature
     ├── NotFound         404  event_not_found, origin_not_found
+    ├── TimedOut         408  body_timeout
     ├── Conflict         409  stale_timestamp, replayed
     ├── TooLarge         413  body_too_large, batch_too_large
     ├── Invalid          422  invalid_body, unknown_kind, bad_range, ...
@@ -60,6 +61,12 @@ class TooLarge(LedgerError):
 
 class Invalid(LedgerError):
     status_hint = 422
+
+
+class TimedOut(LedgerError):
+    """The client was too slow: a request body that did not arrive in time."""
+
+    status_hint = 408
 
 
 class OverBudget(LedgerError):
@@ -164,6 +171,7 @@ CODES: dict[str, str] = {
     "run_limit_exceeded": "Invalid",
     # replication (node/api/peer.py)
     "not_anchored": "NotFound",
+    "peer_request_replayed": "Conflict",  # a signed peer request presented twice (consensus.ReplayGuard)
     # usage reports (node/api/reports.py)
     "unknown_scope": "NotFound",
     "scope_not_found": "NotFound",
@@ -193,4 +201,11 @@ CODES: dict[str, str] = {
     "upstream_timeout": "UpstreamError",
     "upstream_bad_response": "UpstreamError",
     "task_not_found": "NotFound",
+    # hostile clients and an unwell node (node/httpserver.py, node/api/info.py)
+    "malformed_http": "Malformed",  # the HTTP parser refused the request (request line, headers, chunking)
+    "header_too_large": "Malformed",  # a request line or header over http_header_bytes_max, or too many headers
+    "body_timeout": "TimedOut",  # the body did not arrive within http_body_timeout_ms
+    "too_many_connections": "NotReady",  # over connections_max or connections_per_client_max
+    "disk_full": "NotReady",  # /healthz: data_dir has less than disk_free_bytes_min free, or a commit found it full
+    "write_failing": "NotReady",  # /healthz: the last commit failed (storage error) and none succeeded since
 }

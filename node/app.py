@@ -20,6 +20,7 @@ from aiohttp import web
 from node import datadir
 from node.api import dashboard, events, info, log, peer, tasks
 from node.api.errors import error_middleware
+from node.httpserver import HeavyGate, NodeSite, connections_bound, raise_open_files_limit, request_bounds
 from node.alerts import AlertSender
 from node.anomaly import AnomalyWatch
 from node.reports import Reports
@@ -29,10 +30,11 @@ from node.escrow import ESCROW_KEY, EscrowAgent
 from node.export import Exports
 from node.appkeys import REPORTS_KEY
 from node.appkeys import ALERTS_KEY, REPLICATOR_KEY, CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
-from node.appkeys import DASHBOARD_KEY, EXPORTS_KEY, GATEWAY_KEY, METER_KEY
+from node.appkeys import DASHBOARD_KEY, EXPORTS_KEY, GATEWAY_KEY, METER_KEY, REPLAY_GUARD_KEY
 from node.gateway import Gateway
 from node.gateway.dialects import ANTHROPIC
 from node.meter import Meter
+from consensus.messages import ReplayGuard
 from node.dashboard import Dashboard
 from ledger.checkpoint import verifier_key
 from node.budgets import BudgetBook
@@ -49,11 +51,15 @@ from node.store.sqlite import Database
 from node.tls import client_ssl, server_context
 
 logger = logging.getLogger("ats.node")
+SWITCH_INTERVAL_S = 0.001
 
 
 def build_app(config: Config, clock: SystemClock | None = None) -> web.Application:
     """The node's aiohttp application for this config (nothing is opened until startup)."""
-    app = web.Application(client_max_size=config.body_bytes_max, middlewares=[error_middleware])
+    app = web.Application(client_max_size=config.body_bytes_max,
+                          middlewares=[error_middleware, request_bounds(
+                              config.http_body_timeout_ms,
+                              HeavyGate(config.heavy_requests_max, config.heavy_requests_per_client_max))])
     app[CONFIG_KEY] = config
     app[CLOCK_KEY] = clock or SystemClock()
     os.makedirs(config.data_dir, exist_ok=True)
@@ -61,6 +67,8 @@ def build_app(config: Config, clock: SystemClock | None = None) -> web.Applicati
     own = OwnLog(seed, superblock_path(config.data_dir), config.startup_check_entries)
     app[OWN_LOG_KEY] = own
     app[METRICS_KEY] = NodeMetrics(lambda: own.size, lambda: own.checkpoint_size)
+    # requests signed before this start are refused: the guard's memory did not survive the restart
+    app[REPLAY_GUARD_KEY] = ReplayGuard(config.skew_ms, config.peer_nonces_max, floor_ms=app[CLOCK_KEY].now_ms())
     app.cleanup_ctx.append(_storage)
     add_routes(app)
     if config.llm_gateway:
@@ -86,6 +94,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         peer_count_max=config.peer_count_max, witness_quorum=config.witness_quorum, anchor_sink=config.anchor_sink,
         ssl=client_ssl(config.tls_ca, config.tls_pins),
     )
+    replicator.v1_compat = config.peer_protocol_v1
     app[REPLICATOR_KEY] = replicator
     anomalies = AnomalyWatch(
         metrics, threshold_milli=config.anomaly_threshold_milli, warmup_events=config.anomaly_warmup_events,
@@ -107,6 +116,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         events_max=config.checkpoint_events_max, linger_ms=config.checkpoint_ms_max, skew_ms=config.skew_ms,
         book=book, on_alerts=alerts.enqueue, on_commit=on_commit, anomalies=anomalies,
         rights_wait_ms=config.strict_wait_ms if config.strict_budgets else 0, rights_retry_ms=config.strict_retry_ms,
+        share_events=config.commit_share_events,
     )
     committer.start()
     ingestor = Ingestor(committer, metrics, clock, config.verify_threads)
@@ -235,10 +245,28 @@ async def _serve(config: Config, on_ready: Callable[[str], None] | None) -> None
     if warning:
         logger.warning("%s", warning)
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # The writer and verify threads run Python between their C calls; at the default 5 ms switch
+    # interval the event loop could wait that long for the GIL on every request (issue 10, class 8).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    open_files = raise_open_files_limit()
+    connections_max = connections_bound(config.connections_max, open_files)
+    if connections_max < config.connections_max:
+        logger.warning("connections_max lowered to %d: the open-files limit is %d", connections_max, open_files)
+    # Passed to every connection's handler (aiohttp RequestHandler): keepalive_timeout is also the time a
+    # new connection has to send its first request head (see node.httpserver).
+    handler_args = {
+        "keepalive_timeout": config.http_head_timeout_ms / 1000, "max_line_size": config.http_header_bytes_max,
+        "max_field_size": config.http_header_bytes_max, "max_headers": config.http_headers_max,
+        # after an early answer (413) the rest of the body is read and dropped for at most 1 s, so the client
+        # sees the answer rather than a reset; client_bytes_per_s bounds what that reading costs
+        "lingering_time": 1.0, "access_log": None,
+    }
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.shutdown_timeout_ms / 1000, **handler_args)
     await runner.setup()
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, shutdown_timeout=config.shutdown_timeout_ms / 1000,
-                       ssl_context=ssl_context)
+    site = NodeSite(runner, config.listen_host, config.listen_port, connections_max=connections_max,
+                    per_client_max=config.connections_per_client_max, handler_args=handler_args,
+                    bytes_per_s=config.client_bytes_per_s, burst_bytes=config.body_bytes_max + 64 * 1024,
+                    ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as e:

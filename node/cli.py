@@ -132,7 +132,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         config = load(args.config, os.environ, flags)
     except ConfigError as e:
         return fail(str(e), EXIT_USAGE)
-    diagnostics.setup(config.log_level)
+    diagnostics.setup(config.log_level, config.log_repeats_max, config.log_period_ms)
     try:
         asyncio.run(serve(config))
     except (KeyFileError, TlsError) as e:

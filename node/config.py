@@ -35,8 +35,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_ca", "", "path", "PEM CA bundle that peers' certificates must chain to (empty: the system's trust store)"),
     Setting("tls_pins", (), "SHA-256 fingerprints", "pinned peer certificates: a peer's leaf certificate must have one of these SHA-256 fingerprints (hex, colons allowed); replaces tls_ca"),
     Setting("skew_ms", 300_000, "ms", "accept events whose ts is within this much of the node's clock"),
-    Setting("body_bytes_max", 4 * 1024 * 1024, "bytes", "largest HTTP request body"),
-    Setting("batch_events_max", 1000, "events", "most envelopes in one POST /v1/events/batch"),
+    Setting("body_bytes_max", 2 * 1024 * 1024, "bytes", "largest HTTP request body (a full batch as JSON fits)"),
+    Setting("batch_events_max", 256, "events", "most envelopes in one POST /v1/events/batch (a batch is parsed on the event loop: a bigger one delays every other request for longer)"),
     Setting("checkpoint_events_max", 1024, "events", "most events appended in one batch (one transaction, one checkpoint)"),
     Setting("checkpoint_ms_max", 0, "ms", "longest a batch waits for more events before it commits (0: commit as soon as the writer is free)"),
     Setting("sqlite_synchronous", "full", "mode", "SQLite synchronous pragma: full (durable on power loss) or normal (durable on process crash)"),
@@ -60,6 +60,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("replication_interval_ms", 500, "ms", "pause between anti-entropy rounds with each peer"),
     Setting("replication_entries_max", 1000, "entries", "most entries fetched in one request (bounded frames)"),
     Setting("peer_count_max", 64, "peers", "most peers this node keeps (static, discovered and exchanged)"),
+    Setting("peer_protocol_v1", True, "bool", "rolling upgrade from 0.1: also sign peer requests as ats-peer/v1 and accept v1 requests from 0.1 nodes (their unsigned X-ATS-Advertise ignored); turn off once every node runs this release"),
+    Setting("peer_nonces_max", 20_000, "requests", "signed peer requests remembered (node and X-ATS-Nonce, for skew_ms) so that none is acted on twice; when full the oldest is forgotten and requests as old are refused"),
     Setting("witness_quorum", 1, "witnesses", "cosignatures a checkpoint needs to count as anchored"),
     Setting("advertise_url", "", "URL", "the URL peers should use for this node (empty: the listen URL, unless it is a wildcard address)"),
     Setting("anchor_sink", "", "path or URL", "where anchored checkpoints go: a file to append to, or an http(s) URL to POST to (empty: nowhere)"),
@@ -112,6 +114,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("llm_connect_timeout_ms", 5_000, "ms", "longest the gateway waits to connect to an upstream (beyond: 502 upstream_unreachable, nothing charged)"),
     Setting("llm_drain_ms", 60_000, "ms", "after a client leaves a stream, how long the gateway keeps reading it to learn its usage"),
     Setting("llm_drains_max", 32, "streams", "most abandoned streams read at once; beyond, an abandoned stream is cut and charged at reservation"),
+    # Hostile clients (issue 10): connections, slow requests, fairness between clients, health, logs.
+    Setting("connections_max", 1024, "connections", "open HTTP connections; one more is answered 503 too_many_connections and closed (always at least 256 below the open-files limit, which the node raises to its hard limit at start)"),
+    Setting("connections_per_client_max", 64, "connections", "open HTTP connections from one remote address; one more is answered 503 too_many_connections"),
+    Setting("http_head_timeout_ms", 10_000, "ms", "a connection must send a complete request head within this long of opening or of its previous response, else it is closed (also the idle keep-alive time)"),
+    Setting("http_body_timeout_ms", 10_000, "ms", "a request body must arrive within this long of its head, else 408 body_timeout and the connection is closed"),
+    Setting("http_header_bytes_max", 8190, "bytes", "longest request line and longest header line (else 400 header_too_large)"),
+    Setting("http_headers_max", 48, "headers", "most header lines in one request (else 400 header_too_large)"),
+    Setting("client_bytes_per_s", 4 * 1024 * 1024, "bytes/s", "bytes read per second from one client (remote address), over all its connections, after a burst of body_bytes_max; past it its connections are not read until the budget refills"),
+    Setting("heavy_requests_max", 8, "requests", "requests with a body over 16 KiB (batches) processed at once, over all clients; more wait their turn"),
+    Setting("heavy_requests_per_client_max", 2, "requests", "requests with a body over 16 KiB processed at once for one client (remote address); its others wait their turn"),
+    Setting("commit_share_events", 8, "events", "most events of one client (remote address) in one commit: clients' requests are committed round-robin, so one client's big batches cannot starve another's single events"),
+    Setting("disk_free_bytes_min", 16 * 1024 * 1024, "bytes", "below this much free space in data_dir, /healthz reports writes as failing (disk_full)"),
+    Setting("log_repeats_max", 5, "records", "most diagnostics records of one kind (logger, level, message, exception) per log_period_ms; the next period's first says how many were dropped (0: no limit)"),
+    Setting("log_period_ms", 10_000, "ms", "the period of log_repeats_max"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -132,8 +148,8 @@ class Config:
     tls_ca: str = ""
     tls_pins: tuple[str, ...] = ()
     skew_ms: int = 300_000
-    body_bytes_max: int = 4 * 1024 * 1024
-    batch_events_max: int = 1000
+    body_bytes_max: int = 2 * 1024 * 1024
+    batch_events_max: int = 256
     checkpoint_events_max: int = 1024
     checkpoint_ms_max: int = 0
     sqlite_synchronous: str = "full"
@@ -157,6 +173,8 @@ class Config:
     replication_interval_ms: int = 500
     replication_entries_max: int = 1000
     peer_count_max: int = 64
+    peer_protocol_v1: bool = True
+    peer_nonces_max: int = 20_000
     witness_quorum: int = 1
     advertise_url: str = ""
     anchor_sink: str = ""
@@ -202,6 +220,19 @@ class Config:
     llm_connect_timeout_ms: int = 5_000
     llm_drain_ms: int = 60_000
     llm_drains_max: int = 32
+    connections_max: int = 1024
+    connections_per_client_max: int = 64
+    http_head_timeout_ms: int = 10_000
+    http_body_timeout_ms: int = 10_000
+    http_header_bytes_max: int = 8190
+    http_headers_max: int = 48
+    client_bytes_per_s: int = 4 * 1024 * 1024
+    heavy_requests_max: int = 8
+    heavy_requests_per_client_max: int = 2
+    commit_share_events: int = 8
+    disk_free_bytes_min: int = 16 * 1024 * 1024
+    log_repeats_max: int = 5
+    log_period_ms: int = 10_000
 
     @property
     def db_path(self) -> str:
@@ -336,12 +367,20 @@ def validate(config: Config) -> list[str]:
     for url in config.peers:
         if not url.startswith(("http://", "https://")):
             problems.append(f"peers: {url!r} is not an http(s) URL")
+    for name in ("connections_max", "connections_per_client_max", "http_head_timeout_ms", "http_body_timeout_ms",
+                 "http_header_bytes_max", "http_headers_max", "commit_share_events", "log_period_ms",
+                 "heavy_requests_max", "heavy_requests_per_client_max", "client_bytes_per_s"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be at least 1")
+    for name in ("disk_free_bytes_min", "log_repeats_max"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name} must not be negative")
     for name in ("anomaly_threshold_milli", "anomaly_agents_max", "metrics_budget_scopes_max"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be at least 1")
     if config.anomaly_warmup_events < 0:
         problems.append("anomaly_warmup_events must not be negative")
-    for name in ("replication_interval_ms", "replication_entries_max", "peer_count_max"):
+    for name in ("replication_interval_ms", "replication_entries_max", "peer_count_max", "peer_nonces_max"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be at least 1")
     if config.witness_quorum < 0:

@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from consensus.messages import peer_headers
+from consensus.messages import NONCE_BYTES, peer_headers
 from node import tls
 from ledger import escrow
 from ledger.budget import Rule, thresholds
@@ -288,7 +288,8 @@ class EscrowAgent:
         await asyncio.gather(*(one(p) for p in peers))
 
     def _headers(self, body: bytes) -> dict[str, str]:
-        signed = peer_headers("POST", ASK_PATH, body, self._clock.now_ms(), self._own.public_key, self._own.seed)
+        signed = peer_headers("POST", ASK_PATH, body, self._clock.now_ms(), self._own.public_key, self._own.seed,
+                              os.urandom(NONCE_BYTES), v1_compat=getattr(self._replicator, "v1_compat", False))
         return {"Content-Type": "application/json", **signed}
 
     async def _prestage(self) -> None:
@@ -312,7 +313,7 @@ class EscrowAgent:
         raw = make_event_bytes("escrow.transfer", self._own.public_key, self._clock.now_ms(), os.urandom(NONCE_SIZE),
                                escrow.transfer_body(key, to, amount, seq))
         env = parse_envelope(make_envelope_bytes(raw, sign(raw, self._own.seed)))
-        outcome = (await self.ingestor.submit([env]))[0]
+        outcome = (await self.ingestor.submit([env], client="escrow"))[0]
         if outcome.error is not None:
             if outcome.error.code in ("insufficient_rights", "no_rights"):
                 return {"given": 0, "id": None}  # spent meanwhile

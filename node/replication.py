@@ -33,6 +33,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
@@ -41,7 +42,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from consensus.messages import (
-    FORKS_EXCHANGED_MAX, FRONTIER_BYTES_MAX, FRONTIER_ORIGINS_MAX, PEERS_EXCHANGED_MAX, peer_headers,
+    FORKS_EXCHANGED_MAX, FRONTIER_BYTES_MAX, FRONTIER_ORIGINS_MAX, NONCE_BYTES, PEERS_EXCHANGED_MAX, peer_headers,
 )
 from consensus.verify import (
     PeerProtocolError, check_consistent, check_fork_evidence, fork_evidence, open_origin_checkpoint, verify_range,
@@ -69,6 +70,7 @@ GOSSIP_FANOUT = 2  # healthy peers pulled at random each interval (anti-entropy)
 REQUEST_TIMEOUT_S = 10
 BACKOFF_MS_MAX = 30_000
 DEAD_AFTER_FAILURES = 5
+PEER_KEEPALIVE_S = 5.0
 DROP_AFTER_FAILURES = 12  # a peer that is not static leaves the table (about 5 minutes of failures)
 PENALTY_BACKOFF_MS = 60_000
 
@@ -124,7 +126,7 @@ class Replicator:
     def __init__(self, db: Database, own: OwnLog, book: BudgetBook, clock: SystemClock, *, static_peers: tuple[str, ...],
                  open_membership: bool, interval_ms: int, entries_max: int, peer_count_max: int, witness_quorum: int,
                  anchor_sink: str, transport: Transport | None = None, rng: random.Random | None = None,
-                 ssl: Any = None):
+                 ssl: Any = None, nonce: Callable[[int], bytes] = os.urandom):
         self._db, self._own, self._book, self._clock = db, own, book, clock
         self.open_membership = open_membership
         self._interval_ms, self._entries_max, self._peer_count_max = interval_ms, entries_max, peer_count_max
@@ -135,6 +137,7 @@ class Replicator:
         self._transport = transport
         self._task: asyncio.Task | None = None
         self._rng = rng or random.Random()
+        self._nonce = nonce  # peer request nonces (consensus.messages): unique per request
         self._anchored_size = -1
         self.own_url: str | None = None  # advertised to peers, so a node we contact can contact us
         self._locks: dict[bytes, asyncio.Lock] = {}
@@ -146,14 +149,16 @@ class Replicator:
         self._verified_notes: dict[tuple[bytes, str], Checkpoint] = {}
         self._push = False
         self.on_store: Callable[[], None] | None = None  # after each page of a peer's entries is stored
+        self.v1_compat = False  # also sign as ats-peer/v1 for 0.1 nodes (peer_protocol_v1, consensus/messages.py)
         self.ssl = ssl  # how peers' certificates are verified (node/tls.py client_ssl); None: system CAs
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def context(self) -> Any:
         """An aiohttp cleanup context: the replication loop lives between startup and cleanup."""
+        # idle connections are dropped before a peer's http_head_timeout_ms (10 s by default) closes them
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-                                              connector=tls.connector(self.ssl))
+                                              connector=tls.connector(self.ssl, keepalive_timeout=PEER_KEEPALIVE_S))
         if self._transport is None:
             self._transport = HttpTransport(self._session)
         self.start()
@@ -327,10 +332,8 @@ class Replicator:
     # -- HTTP -----------------------------------------------------------------------------------
 
     def _headers(self, method: str, path_qs: str, body: bytes) -> dict[str, str]:
-        headers = peer_headers(method, path_qs, body, self._clock.now_ms(), self._own.public_key, self._own.seed)
-        if self.own_url:
-            headers["X-ATS-Advertise"] = self.own_url
-        return headers
+        return peer_headers(method, path_qs, body, self._clock.now_ms(), self._own.public_key, self._own.seed,
+                            self._nonce(NONCE_BYTES), self.own_url, v1_compat=self.v1_compat)
 
     async def _get(self, peer: PeerState, path_qs: str, limit: int = FRONTIER_BYTES_MAX, cbor: bool = False) -> Any:
         assert self._transport is not None

@@ -85,6 +85,6 @@ def client_ssl(ca_file: str = "", pins: tuple[str, ...] = ()) -> Any:
     return None
 
 
-def connector(ssl_arg: Any) -> aiohttp.TCPConnector:
+def connector(ssl_arg: Any, **options: Any) -> aiohttp.TCPConnector:
     """A TCPConnector verifying with ssl_arg (client_ssl); aiohttp's defaults when None."""
-    return aiohttp.TCPConnector(ssl=ssl_arg if ssl_arg is not None else True)
+    return aiohttp.TCPConnector(ssl=ssl_arg if ssl_arg is not None else True, **options)

@@ -173,6 +173,7 @@ def main() -> None:
     n = args.nodes
     ring = lambda i: {  # noqa: E731 each node starts knowing two neighbours; peer exchange does the rest
         "ATS_OPEN_MEMBERSHIP": "true", "ATS_DISCOVERY": "off", "ATS_BUDGETS": "false",
+        "ATS_BATCH_EVENTS_MAX": "1000", "ATS_BODY_BYTES_MAX": str(8 << 20),
         "ATS_REPLICATION_INTERVAL_MS": str(args.interval_ms),
         "ATS_PEERS": ",".join(f"http://10.213.0.{(j % n) + 2}:8470" for j in (i + 1, i - 1)),
     }
@@ -219,8 +220,7 @@ def in_sync_bytes(c: Cluster) -> int:
     """Bytes of one signed frontier request with a matching digest, and its answer, as on the wire."""
     import http.client
 
-    from consensus.messages import request_message
-    from ledger.signing import sign_raw
+    from consensus.messages import peer_headers
 
     conn = http.client.HTTPConnection(c.nodes[1].addr, 8470, timeout=10)
     digest = json.loads(_get(c.nodes[1].addr, "/v1/cluster/digest"))["digest"]
@@ -229,11 +229,7 @@ def in_sync_bytes(c: Cluster) -> int:
     from ledger.signing import public_key_from_seed
 
     now = int(time.time() * 1000)
-    sig = sign_raw(request_message("GET", path, now, b""), seed)
-    import base64
-
-    headers = {"X-ATS-Node": public_key_from_seed(seed).hex(), "X-ATS-Time": str(now),
-               "X-ATS-Signature": base64.b64encode(sig).decode()}
+    headers = peer_headers("GET", path, b"", now, public_key_from_seed(seed), seed, os.urandom(16))
     request_bytes = len(f"GET {path} HTTP/1.1\r\nHost: {c.nodes[1].addr}:8470\r\nAccept-Encoding: identity\r\n")
     request_bytes += sum(len(f"{k}: {v}\r\n") for k, v in headers.items()) + 2
     conn.request("GET", path, headers=headers)

@@ -576,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base = tempfile.mkdtemp(prefix="ats-bench-ingest-", dir="/tmp")
     data_dir = os.path.join(base, "data")
-    env = {"ATS_SKEW_MS": str(SKEW_MS), "ATS_DEFAULT_PLAN": args.plan}
+    env = {"ATS_SKEW_MS": str(SKEW_MS), "ATS_DEFAULT_PLAN": args.plan, "ATS_BATCH_EVENTS_MAX": str(max(args.batch, 1)),
+           "ATS_BODY_BYTES_MAX": str(8 << 20)}  # batches up to 1000 (the node's default is smaller since issue 10)
     if args.synchronous:
         env["ATS_SQLITE_SYNCHRONOUS"] = args.synchronous
     node = NodeProcess(data_dir, env=env)

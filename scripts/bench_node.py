@@ -179,7 +179,8 @@ def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
 
 def start_and_serve(data: str, event_id: bytes, plan: str) -> tuple[NodeProcess, dict[str, float]]:
     """Spawn a node; time to ready line, to checkpoint, to an inclusion proof (verified, untimed)."""
-    node = NodeProcess(data, env={"ATS_SKEW_MS": str(SKEW_MS), "ATS_DEFAULT_PLAN": plan})
+    node = NodeProcess(data, env={"ATS_SKEW_MS": str(SKEW_MS), "ATS_DEFAULT_PLAN": plan, "ATS_BATCH_EVENTS_MAX": "1000",
+                                  "ATS_BODY_BYTES_MAX": str(8 << 20)})
     t0 = time.monotonic()
     node.start()
     t_ready = time.monotonic() - t0

@@ -64,6 +64,9 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         else:
             response = error_response(400, "bad_content_encoding",
                                       "request body does not decode under its Content-Encoding or framing")
+    except ConnectionError:  # the client went away mid-request: nobody to answer, nothing to log above debug
+        logger.debug("client %s disconnected during %s %s", request.remote, request.method, request.path)
+        response = error_response(400, "bad_request", "client disconnected")
     except Exception:  # a bug, not the client's fault: log it, answer in the contract's shape
         logger.exception("unhandled error serving %s %s", request.method, request.path)
         response = error_response(500, "internal", "internal error")

@@ -22,10 +22,10 @@ _FIELDS = ("scope", "scope_id", "metric", "window", "start", "amount")
 
 async def ask(request: web.Request) -> web.Response:
     """POST /v1/peer/escrow/ask {scope, scope_id, metric, window, start, amount}: give spare rights."""
-    body = await request.content.read(ASK_BODY_BYTES_MAX + 1)
+    body = await request.read()  # in memory already (node.httpserver.request_bounds)
     if len(body) > ASK_BODY_BYTES_MAX:
         raise TooLarge("body_too_large", f"an ask is at most {ASK_BODY_BYTES_MAX} bytes")
-    asker = await authenticate(request, body)
+    asker = (await authenticate(request, body)).node
     doc = json_doc(body)
     if not isinstance(doc, dict) or set(doc) != set(_FIELDS):
         raise Invalid("invalid_body", f"an ask is a map of exactly {', '.join(_FIELDS)}")

@@ -17,7 +17,7 @@ from node.queries import parse_hex32
 async def submit(request: web.Request) -> web.Response:
     """POST /v1/events: 201 accepted, 200 duplicate, or the error."""
     envelope = await bodies.single(request)
-    (outcome,) = await request.app[INGESTOR_KEY].submit([envelope])
+    (outcome,) = await request.app[INGESTOR_KEY].submit([envelope], client=request.remote or "")
     if outcome.error:
         return render(outcome.error)
     status = 201 if outcome.receipt["status"] == "accepted" else 200
@@ -27,7 +27,7 @@ async def submit(request: web.Request) -> web.Response:
 async def submit_batch(request: web.Request) -> web.Response:
     """POST /v1/events/batch: 200 with one receipt or error per envelope, in order."""
     items = await bodies.batch(request, request.app[CONFIG_KEY].batch_events_max)
-    outcomes = await request.app[INGESTOR_KEY].submit(items)
+    outcomes = await request.app[INGESTOR_KEY].submit(items, client=request.remote or "")
     results = [o.receipt if o.receipt else o.error.to_json() for o in outcomes]  # type: ignore[union-attr]
     accepted = sum(1 for o in outcomes if o.receipt and o.receipt["status"] == "accepted")
     duplicates = sum(1 for o in outcomes if o.receipt and o.receipt["status"] == "duplicate")

@@ -9,24 +9,31 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from consensus.messages import check_peer_request
+from consensus.messages import SignedRequest, check_peer_request
 from ledger.checkpoint import NoteSignature
 from ledger.errors import Forbidden, LedgerError, Malformed, NotFound, TooLarge
 from node.api.bodies import json_doc
-from node.appkeys import CLOCK_KEY, CONFIG_KEY, QUERIES_KEY, REPLICATOR_KEY
+from node.appkeys import CLOCK_KEY, CONFIG_KEY, QUERIES_KEY, REPLAY_GUARD_KEY, REPLICATOR_KEY
 
 COSIGN_BODY_BYTES_MAX = 4096
 
 
-async def authenticate(request: web.Request, body: bytes) -> bytes:
-    """The requesting node's key, if the headers sign this request and the node is admitted."""
-    node = check_peer_request(request.headers, request.method, request.path_qs, body,
-                              request.app[CLOCK_KEY].now_ms(), request.app[CONFIG_KEY].skew_ms)
+async def authenticate(request: web.Request, body: bytes) -> SignedRequest:
+    """The signed request, if the headers sign it, the node is admitted and the request is new.
+
+    Only what the signature covers is acted on: the advertised URL comes from
+    the verified request, never from the raw headers.
+    """
+    now_ms = request.app[CLOCK_KEY].now_ms()
+    config = request.app[CONFIG_KEY]
+    signed = check_peer_request(request.headers, request.method, request.path_qs, body, now_ms, config.skew_ms,
+                                accept_v1=config.peer_protocol_v1)
     replicator = request.app[REPLICATOR_KEY]
-    if not replicator.admitted(node):
+    if not replicator.admitted(signed.node):
         raise Forbidden("not_authority", "this node is not admitted here (no node.admit record)")
-    replicator.heard_from(node, request.headers.get("X-ATS-Advertise"))
-    return node
+    request.app[REPLAY_GUARD_KEY].check(signed, now_ms)
+    replicator.heard_from(signed.node, signed.advertise)
+    return signed
 
 
 async def frontier(request: web.Request) -> web.Response:
@@ -41,23 +48,25 @@ async def frontier(request: web.Request) -> web.Response:
 async def notify(request: web.Request) -> web.Response:
     """POST /v1/peer/notify {"digest"}: a peer stored new events; pull from it now, unless our
     digest already equals its digest."""
-    body = await request.content.read(COSIGN_BODY_BYTES_MAX + 1)
-    node = await authenticate(request, body)
+    body = await request.read()  # in memory already (node.httpserver.request_bounds)
+    if len(body) > COSIGN_BODY_BYTES_MAX:
+        raise TooLarge("body_too_large", "a notification is a few dozen bytes")
+    signed = await authenticate(request, body)
     try:
         digest = json_doc(body).get("digest") if body else None
     except (LedgerError, AttributeError):
         digest = None  # the notification itself is the news; its digest only saves a pull
-    await request.app[REPLICATOR_KEY].notified(node, request.headers.get("X-ATS-Advertise"),
+    await request.app[REPLICATOR_KEY].notified(signed.node, signed.advertise,
                                                digest if isinstance(digest, str) else None)
     return web.Response(status=204)
 
 
 async def cosign(request: web.Request) -> web.Response:
     """POST /v1/peer/cosign {"size", "line"}: a witness's cosignature of our checkpoint at size."""
-    body = await request.content.read(COSIGN_BODY_BYTES_MAX + 1)
+    body = await request.read()  # in memory already (node.httpserver.request_bounds)
     if len(body) > COSIGN_BODY_BYTES_MAX:
         raise TooLarge("body_too_large", "a cosignature is a few hundred bytes")
-    witness = await authenticate(request, body)
+    witness = (await authenticate(request, body)).node
     try:
         doc = json_doc(body)
         size, line = doc["size"], doc["line"]

@@ -16,7 +16,6 @@ from aiohttp import web
 
 from ledger.errors import Invalid, Malformed, NotFound
 from ledger.pricing import format_t
-from node.aio import read_at_most
 from node.appkeys import CLOCK_KEY, CONFIG_KEY, METER_KEY
 from node.gateway.auth import bearer_agent
 
@@ -33,7 +32,7 @@ def _agent(request: web.Request) -> bytes:
 
 
 async def _doc(request: web.Request) -> dict[str, Any]:
-    raw = await read_at_most(request.content, TASK_BODY_BYTES_MAX)
+    raw = await request.read()  # in memory already (node.httpserver.request_bounds)
     if len(raw) > TASK_BODY_BYTES_MAX:
         raise Malformed("bad_request", f"a task body is at most {TASK_BODY_BYTES_MAX} bytes")
     try:

@@ -128,7 +128,7 @@ class Gateway:
         limit = self._config.llm_body_bytes_max
         if request.content_length is not None and request.content_length > limit:
             raise TooLarge("prompt_too_large", f"request body is over {limit} bytes")
-        raw = await read_at_most(request.content, limit)
+        raw = await request.read()  # in memory already, within body_bytes_max (node.httpserver.request_bounds)
         if len(raw) > limit:
             raise TooLarge("prompt_too_large", f"request body is over {limit} bytes")
         try:

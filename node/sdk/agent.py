@@ -34,7 +34,7 @@ from node.clock import SystemClock
 from node.tls import client_ssl, connector
 from node.sdk.errors import AtsError, AtsUnreachable, parse_retry_after
 
-BATCH_EVENTS_MAX = 1000  # the node's default batch_events_max (node/config.py)
+BATCH_EVENTS_MAX = 256  # the node's default batch_events_max (node/config.py)
 BACKOFF_MS_MAX = 10_000  # no single wait between retries is longer than this
 RESPONSE_BYTES_MAX = 16 * 1024 * 1024  # a node's answer is bounded before it is decoded (P6)
 

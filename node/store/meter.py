@@ -52,7 +52,10 @@ CREATE TABLE IF NOT EXISTS meter_calls (
 
 
 def ensure_table(conn: sqlite3.Connection) -> None:
-    conn.execute(_CREATE)
+    """Create the table if it is missing; a read only when it exists (so a reload after a failed
+    commit, while another process may hold the write lock, takes no lock)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meter_calls'").fetchone() is None:
+        conn.execute(_CREATE)
 
 
 def open_calls(conn: sqlite3.Connection) -> list[OpenCall]:

@@ -48,6 +48,8 @@ class HostilePeer:
         self.frontier_body = json.dumps({"node": self.node.hex(), "origins": [], "peers": []}).encode()
         self.entries: dict[str, list[bytes]] = {}
         self.requests = 0
+        self.captured: tuple[str, dict[str, str]] | None = None  # the last signed frontier request received
+        self.callers: set[str] = set()  # X-ATS-Node of every node that called this peer
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -78,6 +80,8 @@ class HostilePeer:
 
     async def _frontier(self, request):
         self.requests += 1
+        self.captured = (request.path_qs, {k: v for k, v in request.headers.items() if k.startswith("X-ATS-")})
+        self.callers.add(request.headers.get("X-ATS-Node", ""))
         return web.Response(body=self.frontier_body, content_type="application/json")
 
     async def _entries(self, request):
@@ -238,3 +242,21 @@ def test_a_bad_consistency_proof_penalises_the_peer_but_never_forks_the_origin(h
     assert view["last_error"].startswith("bad_proof")
     assert get(victim.url, "/v1/forks").json()["forks"] == []
     assert held_sizes(victim)[origin.key.hex()] == 2
+
+
+def test_a_captured_peer_request_with_a_forged_advertise_is_refused_and_replays_count_once(hostile, victim, make_node):
+    """Issue 10 class 5: a peer (here `hostile`) captures the victim's signed frontier request and
+    presents it to another node, with its own URL in X-ATS-Advertise, then again as it was."""
+    other = make_node("other", host="127.0.0.7", env={"ATS_OPEN_MEMBERSHIP": "true"}).start()
+    hostile.captured = None  # one signed after `other` started: it refuses requests signed before
+    path_qs, headers = wait_for(lambda: hostile.captured, "a signed frontier request from the victim")
+    assert headers["X-ATS-Advertise"] == victim.url and len(headers["X-ATS-Nonce"]) == 32
+    forged = request(other.url, "GET", path_qs, headers={**headers, "X-ATS-Advertise": hostile.url})
+    assert (forged.status, forged.code) == (401, "bad_signature")
+    first = request(other.url, "GET", path_qs, headers=headers)
+    assert first.status in (200, 204)  # the signer's own request, unchanged: it asked for a frontier
+    again = request(other.url, "GET", path_qs, headers=headers)
+    assert (again.status, again.code) == (409, "peer_request_replayed")
+    time.sleep(1.5)  # a peer added to the table would be called within a round
+    urls = {p["url"] for p in get(other.url, "/v1/peers").json()["peers"]}
+    assert hostile.url not in urls and other.origin not in hostile.callers

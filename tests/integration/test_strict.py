@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from consensus.messages import request_message
+from consensus.messages import peer_headers
 from ledger import escrow
 from ledger.events import parse_envelope
-from ledger.signing import public_key_from_seed, sign_raw
+from ledger.signing import public_key_from_seed
 from node.keys import write_key
 from tests.agentkit import TestAgent
 from tests.integration.http import get, post_cbor, request
@@ -163,9 +163,7 @@ def signed_ask(node: NodeProcess, seed: bytes, doc: dict) -> object:
     """POST /v1/peer/escrow/ask signed as the node with this seed (a peer request)."""
     body = json.dumps(doc).encode()
     now = int(time.time() * 1000)
-    sig = sign_raw(request_message("POST", "/v1/peer/escrow/ask", now, body), seed)
-    headers = {"X-ATS-Node": public_key_from_seed(seed).hex(), "X-ATS-Time": str(now),
-               "X-ATS-Signature": base64.b64encode(sig).decode()}
+    headers = peer_headers("POST", "/v1/peer/escrow/ask", body, now, public_key_from_seed(seed), seed, os.urandom(16))
     return request(node.url, "POST", "/v1/peer/escrow/ask", body, "application/json", headers=headers)
 
 

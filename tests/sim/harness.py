@@ -163,6 +163,7 @@ class Simulation:
             interval_ms=self.sc.interval_ms, entries_max=self.sc.entries_max, peer_count_max=64, witness_quorum=1,
             anchor_sink="", transport=SimTransport(self.net, node.host),
             rng=random.Random(f"replicator/{self.sc.seed}/{node.index}/{self.loop.time()}"),
+            nonce=random.Random(f"peer-nonce/{self.sc.seed}/{node.index}/{self.loop.time()}").randbytes,
         )
         replicator.own_url = node.url
         nonces = random.Random(f"nonce/{self.sc.seed}/{node.index}/{self.loop.time()}")

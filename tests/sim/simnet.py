@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import cbor2
 
-from consensus.messages import check_peer_request
+from consensus.messages import ReplayGuard, check_peer_request
 from ledger.errors import LedgerError
 
 
@@ -134,6 +134,7 @@ class SimServer:
 
     def __init__(self, replicator: Any, queries: Any, clock: Any, skew_ms: int):
         self.replicator, self.queries, self.clock, self.skew_ms = replicator, queries, clock, skew_ms
+        self.replays = ReplayGuard(skew_ms, 20_000, floor_ms=clock.now_ms())
 
     async def __call__(self, method: str, url: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         parts = urlsplit(url)
@@ -141,16 +142,18 @@ class SimServer:
         q = {k: v[0] for k, v in parse_qs(parts.query).items()}
         try:
             if parts.path.startswith("/v1/peer/"):
-                node = check_peer_request(headers, method, path_qs, body, self.clock.now_ms(), self.skew_ms)
+                signed = check_peer_request(headers, method, path_qs, body, self.clock.now_ms(), self.skew_ms)
+                node = signed.node
                 if not self.replicator.admitted(node):
                     return 403, b'{"error":"not_authority"}'
-                self.replicator.heard_from(node, headers.get("X-ATS-Advertise"))
+                self.replays.check(signed, self.clock.now_ms())
+                self.replicator.heard_from(node, signed.advertise)
             if parts.path == "/v1/peer/frontier":
                 doc = await self.replicator.frontier_answer(q.get("digest"))
                 return (204, b"") if doc is None else (200, json.dumps(doc).encode())
             if parts.path == "/v1/peer/notify":
                 digest = json.loads(body).get("digest") if body else None
-                await self.replicator.notified(node, headers.get("X-ATS-Advertise"), digest)
+                await self.replicator.notified(node, signed.advertise, digest)
                 return 204, b""
             if parts.path == "/v1/peer/cosign":
                 doc = json.loads(body)

@@ -1,0 +1,283 @@
+"""The HTTP listener: bounded connections, timed-out request heads, JSON for malformed HTTP.
+
+aiohttp's defaults suit a service behind a proxy, not one facing hostile
+clients (issue 10, classes 6 and 8):
+
+- an idle or slow connection was kept for `keepalive_timeout` (3630 s), so
+  slowloris clients held sockets until the open-files limit stopped `accept()`;
+  here the request head must be complete within `http_head_timeout_ms` of the
+  connection opening or of the previous response (aiohttp's keep-alive timer
+  runs from those moments and closes a connection still waiting for a head);
+- one client could make the node read as many bytes as it could send (1 MiB bodies, huge headers,
+  in a loop), taking the event loop from every other client; here each client (remote address)
+  has a byte rate (`client_bytes_per_s`, bursts up to `body_bytes_max`): past it, its connections
+  stop being read until its budget refills;
+- nothing bounded the connections; here `NodeSite` answers a connection over
+  `connections_max`, or over `connections_per_client_max` from one address,
+  with a JSON `503 too_many_connections` and closes it at once, and
+  `raise_open_files_limit` lifts RLIMIT_NOFILE's soft limit to the hard one so
+  that the bound sits well below it;
+- a request the HTTP parser refuses (bad request line, header too long, bad
+  chunking) was answered `text/plain` with no code and logged with a traceback
+  each time; here `NodeRequestHandler.handle_error` answers the contract's JSON
+  (`400 malformed_http`, `400 header_too_large`) and logs nothing above debug.
+
+aiohttp has no public hook for parser errors (aio-libs/aiohttp#3287), so the
+handler subclasses its `RequestHandler` and overrides `handle_error`, the method
+aiohttp calls to render them; the site passes it to `loop.create_server` as
+the protocol factory in place of `runner.server`, with the same arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+from ledger.errors import TimedOut, TooLarge
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+logger = logging.getLogger("ats.http")
+
+BUDGETS_MAX = 4096  # clients' byte budgets kept before the refilled ones are forgotten
+FDS_RESERVED = 256  # files and sockets besides client connections: SQLite, peers, webhooks, mDNS
+
+
+def raise_open_files_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to its hard limit; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            logger.warning("could not raise the open-files limit from %d to %d: %s", soft, target, e)
+    return soft
+
+
+def connections_bound(configured: int, open_files_soft: int) -> int:
+    """The connections to allow: configured, but always FDS_RESERVED below the open-files limit."""
+    return max(1, min(configured, open_files_soft - FDS_RESERVED))
+
+
+def _json_bytes(status: int, code: str, message: str, extra_headers: str = "") -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra_headers}\r\n")
+    return head.encode() + body
+
+
+class NodeRequestHandler(RequestHandler):
+    """aiohttp's connection handler, counted per client, with contract-shaped parser errors."""
+
+    __slots__ = ("_site", "_client", "_rate_paused")
+
+    def __init__(self, site: "NodeSite", **kwargs: Any):
+        super().__init__(site.web_server, **kwargs)
+        self._site = site
+        self._client: str | None = None
+        self._rate_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        refusal = self._site.admit(client)
+        if refusal is not None:  # answered and closed before aiohttp sets anything up for it
+            transport.write(refusal)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self._client = client
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._client is not None and data:
+            wait_s = self._site.spend(self._client, len(data))
+            if wait_s > 0 and not self._rate_paused and self.transport is not None:
+                # over its client's byte rate: read nothing more from this connection for a while
+                self._rate_paused = True
+                self.transport.pause_reading()
+                self._loop.call_later(wait_s, self._rate_resume)
+        super().data_received(data)
+
+    def _rate_resume(self) -> None:
+        self._rate_paused = False
+        if not self._reading_paused and not self._buffer_paused:
+            self._resume_transport_reading()
+
+    def _resume_transport_reading(self) -> None:
+        # aiohttp resumes reading when its own buffers drain (base_protocol flow control); a
+        # connection paused for its client's byte rate stays paused until _rate_resume
+        if not self._rate_paused:
+            super()._resume_transport_reading()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._client is not None:
+            self._site.release(self._client)
+            self._client = None
+        super().connection_lost(exc)
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A parser error (or an error escaping the app) in the contract's JSON shape."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response was already started; cannot send an error")
+        if isinstance(exc, LineTooLong) or (isinstance(exc, HttpProcessingError) and "too long" in str(exc).lower()):
+            code, text = "header_too_large", "a request line or header is longer than http_header_bytes_max"
+        elif status == 400:
+            code, text = "malformed_http", f"the request is not valid HTTP/1.1: {_reason(exc, message)}"
+        else:
+            code, text = "internal", "internal error"
+            if isinstance(exc, ConnectionError):  # the client went away: nothing to report
+                logger.debug("client %s disconnected", request.remote)
+            else:
+                logger.error("error outside the application serving %s", request.remote, exc_info=exc)
+        if status == 400:
+            logger.debug("malformed HTTP from %s: %s", request.remote, exc)
+            self._site.malformed += 1
+        resp = web.json_response({"error": {"code": code, "message": text}}, status=status)
+        resp.force_close()
+        return resp
+
+
+def _reason(exc: BaseException | None, message: str | None) -> str:
+    text = (getattr(exc, "message", None) or message or str(exc or "bad request")).splitlines()
+    return (text[0] if text else "bad request")[:200]
+
+
+class NodeSite(web.BaseSite):
+    """A TCP listener whose connections are NodeRequestHandlers, bounded in number."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, connections_max: int,
+                 per_client_max: int, handler_args: dict[str, Any], bytes_per_s: int, burst_bytes: int,
+                 backlog: int = 128, ssl_context: Any = None):
+        super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
+        self._rate, self._burst = float(bytes_per_s), float(burst_bytes)
+        self._budgets: dict[str, list[float]] = {}  # client -> [bytes it may still send, loop time then]
+        self._host, self._port = host, port
+        self._connections_max, self._per_client_max = connections_max, per_client_max
+        self._handler_args = handler_args
+        self._open: dict[str, int] = {}
+        self.connections = 0
+        self.refused = 0  # connections answered 503 too_many_connections
+        self.malformed = 0  # requests the HTTP parser refused
+        self._refused_logged = 0
+
+    @property
+    def name(self) -> str:
+        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self._port}"
+
+    @property
+    def web_server(self) -> web.Server:
+        assert self._runner.server is not None
+        return self._runner.server
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: NodeRequestHandler(self, loop=loop, **self._handler_args), self._host, self._port,
+            backlog=self._backlog, reuse_address=True, ssl=self._ssl_context,
+        )
+
+    def admit(self, client: str) -> bytes | None:
+        """Count a new connection from client; the bytes of a 503 answer if it is one too many."""
+        if self.connections >= self._connections_max or self._open.get(client, 0) >= self._per_client_max:
+            self.refused += 1
+            if self.refused >= 2 * self._refused_logged:  # log 1, 2, 4, 8, ... refusals, not each one
+                self._refused_logged = self.refused
+                logger.warning("refused %d connections so far (over connections_max %d or %d from one client; "
+                               "latest from %s)", self.refused, self._connections_max, self._per_client_max, client)
+            return _json_bytes(503, "too_many_connections", "this node has too many open connections; retry later",
+                               "Retry-After: 1\r\n")
+        self.connections += 1
+        self._open[client] = self._open.get(client, 0) + 1
+        return None
+
+    def release(self, client: str) -> None:
+        self.connections -= 1
+        left = self._open.get(client, 0) - 1
+        if left > 0:
+            self._open[client] = left
+        else:
+            self._open.pop(client, None)
+            if self.spend(client, 0) == 0 and self._budgets[client][0] >= self._burst:
+                del self._budgets[client]  # refilled: forgetting it changes nothing (reconnecting must not refill it)
+
+    def spend(self, client: str, size: int) -> float:
+        """Take size bytes from client's budget (a token bucket: bytes_per_s, up to burst_bytes);
+        the seconds its connections should stop reading for the budget to be positive again."""
+        now = asyncio.get_running_loop().time()
+        if client not in self._budgets and len(self._budgets) >= BUDGETS_MAX:  # forget every refilled one
+            self._budgets = {c: b for c, b in self._budgets.items() if b[0] + (now - b[1]) * self._rate < self._burst}
+        budget = self._budgets.setdefault(client, [self._burst, now])
+        budget[0] = min(self._burst, budget[0] + (now - budget[1]) * self._rate) - size
+        budget[1] = now
+        return -budget[0] / self._rate if budget[0] < 0 else 0.0
+
+
+LIGHT_BODY_BYTES_MAX = 16 * 1024  # a single envelope (at most ~4.2 KB as CBOR, ~5.7 KB as JSON) fits
+# Endpoints whose body is one envelope (or a small JSON estimate): a longer body is refused unread.
+ONE_ENVELOPE_PATHS = frozenset({"/v1/events", "/v1/quota/check"})
+
+
+class HeavyGate:
+    """Slots for heavy requests (a body over LIGHT_BODY_BYTES_MAX, or of unknown length): at most
+    per_client_max at a time per client (remote address) and total_max in all.
+
+    One client's big batches are then read, parsed, verified and committed one (or a few) at a time
+    however many connections it opens, so it cannot take the event loop and the cores from other
+    clients' single events; and the bodies held in memory are bounded by total_max ×
+    body_bytes_max. Single events never wait here.
+    """
+
+    def __init__(self, total_max: int, per_client_max: int):
+        self._total = asyncio.Semaphore(total_max)
+        self._per_client_max = per_client_max
+        self._clients: dict[str, list] = {}  # client -> [semaphore, users]: dropped when unused
+
+    async def __call__(self, client: str, work):
+        entry = self._clients.setdefault(client, [asyncio.Semaphore(self._per_client_max), 0])
+        entry[1] += 1
+        try:
+            async with entry[0], self._total:
+                return await work()
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._clients[client]
+
+
+def request_bounds(timeout_ms: int, gate: HeavyGate):
+    """Middleware: a heavy request waits for its client's slot (HeavyGate); then the whole body
+    (up to client_max_size) is read within timeout_ms, or 408 body_timeout. Handlers then read the
+    body from memory (request.read() returns it again)."""
+
+    async def read_and_handle(request: web.Request, handler):
+        length = request.content_length
+        limit = LIGHT_BODY_BYTES_MAX if request.path in ONE_ENVELOPE_PATHS else request.client_max_size
+        if length is not None and length > limit:  # refused before a byte of it is read
+            raise TooLarge("body_too_large", f"request body is larger than this endpoint accepts ({limit} bytes)")
+        if request.body_exists:
+            try:
+                await asyncio.wait_for(request.read(), timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                raise TimedOut("body_timeout", f"the request body did not arrive within http_body_timeout_ms "
+                                               f"({timeout_ms} ms)") from None
+        return await handler(request)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        length = request.content_length
+        if request.body_exists and (length is None or length > LIGHT_BODY_BYTES_MAX):
+            return await gate(request.remote or "", lambda: read_and_handle(request, handler))
+        return await read_and_handle(request, handler)
+
+    return middleware
