@@ -164,4 +164,12 @@ CODES: dict[str, str] = {
     "not_member": "Forbidden",
     "insufficient_rights": "Conflict",
     "not_strict": "Invalid",
+    # owner budgets per scope (ledger/scoped.py)
+    "invalid_scope": "Invalid",
+    "unknown_metric": "Invalid",
+    "unknown_window": "Invalid",
+    "invalid_limit": "Invalid",
+    "effective_in_past": "Invalid",
+    "budget_exists": "Conflict",
+    "budget_not_found": "Invalid",
 }

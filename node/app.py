@@ -16,6 +16,7 @@ from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
+from node.api import budgets as budgets_api
 from node.api import dashboard, events, info, log, peer
 from node.api.errors import error_middleware
 from node.alerts import AlertSender
@@ -140,6 +141,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/peer/escrow/ask", escrow_api.ask)
     app.router.add_get("/v1/escrow", escrow_api.rights)
     app.router.add_get("/v1/reports/{scope}/{id}", report_api.report)
+    app.router.add_get("/v1/budgets", budgets_api.listing)
     app.router.add_get("/", dashboard.index)
     app.router.add_get("/static/{name}", dashboard.static)
     app.router.add_get("/v1/dashboard/agents", dashboard.agents)

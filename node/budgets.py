@@ -32,6 +32,7 @@ from ledger.plans import QUOTA_METRICS, plan_named
 from ledger.pricing import estimate_milli
 from ledger.policy import AUTHORITY_KINDS, NODE_KINDS, ORACLE_KINDS, RUN_KINDS
 from ledger.reputation import Rating, anomaly_penalty_milli, performance_trust, score_ppm
+from ledger.scoped import OWNER_KINDS, OwnerBudget, OwnerBudgets, from_record
 from ledger.windows import DAY_MS, window_bounds
 from ledger import escrow as escrow_rules
 from node.escrow import EscrowBook
@@ -113,14 +114,18 @@ class Admitted:
 
 class BudgetBook:
     def __init__(self, *, node_key: bytes, authorities: tuple[bytes, ...], oracles: tuple[bytes, ...],
-                 threshold: int, unregistered: str, default_plan: str, enforce: bool, escrow: EscrowBook | None = None):
+                 threshold: int, unregistered: str, default_plan: str, enforce: bool, escrow: EscrowBook | None = None,
+                 team_admins: tuple[tuple[str, bytes], ...] = ()):
         # strict mode (node/escrow.py): the same EscrowBook survives a reload, with its want callback
         self.escrow = escrow or EscrowBook(node_key, strict=(), members=())
         self._args = dict(node_key=node_key, authorities=authorities, oracles=oracles, threshold=threshold,
-                          unregistered=unregistered, default_plan=default_plan, enforce=enforce, escrow=self.escrow)
+                          unregistered=unregistered, default_plan=default_plan, enforce=enforce, escrow=self.escrow,
+                          team_admins=team_admins)
         self.node_key = node_key
         self.authorities = frozenset(authorities)
         self.oracles = frozenset(oracles)
+        self.team_admins = frozenset(team_admins)  # (team, key): may sign owner budgets of that team
+        self.owner_budgets = OwnerBudgets()  # budget.set / budget.rm (ledger/scoped.py)
         m = threshold or (len(authorities) // 2 + 1 if authorities else 1)
         self.governance = Governance(self.authorities, m) if authorities else Governance(frozenset({node_key}), 1)
         self.unregistered = unregistered
@@ -154,6 +159,7 @@ class BudgetBook:
             default_plan=config.default_plan,
             enforce=config.budgets,
             escrow=EscrowBook.from_config(config, node_key),
+            team_admins=tuple((t, bytes.fromhex(k)) for t, _, k in (e.partition("=") for e in config.team_admins)),
         )
 
     # -- start-up ---------------------------------------------------------------------
@@ -231,12 +237,13 @@ class BudgetBook:
                 i for i, b in enumerate(policy.bursts)
                 if b.scope == scope and b.scope_id == scope_id and b.start_ms <= at_ms < b.end_ms
             ) if policy.bursts else ()
-            key = (id(policy), self.version, day if scope == "agent" else 0, bursts)
+            owned = self.owner_budgets.in_force(scope, scope_id, at_ms) if self.owner_budgets.version else ()
+            key = (id(policy), self.version, day if scope == "agent" else 0, bursts, owned)
             cached = self._rule_cache.get((scope, scope_id))
             if cached is None or cached[0] != key:
                 if len(self._rule_cache) >= RULE_CACHE_SCOPES_MAX:
                     self._rule_cache.clear()
-                cached = (key, self._scope_rules(conn, policy, scope, scope_id, at_ms))
+                cached = (key, self._owned(self._scope_rules(conn, policy, scope, scope_id, at_ms), owned, at_ms))
                 self._rule_cache[(scope, scope_id)] = cached
             out.extend(cached[1])
         return out
@@ -268,6 +275,23 @@ class BudgetBook:
             out.append(self._burst(Rule(scope, scope_id, metric, window, base, rules_mod.PLAN_QUOTA_OVERAGE, quota), at_ms))
         return out
 
+    def _owned(self, rules: list[Rule], owned: tuple[OwnerBudget, ...], at_ms: int) -> list[Rule]:
+        """The scope's rules with its owner budgets in force (ledger/scoped.py): an owner budget
+        replaces the default of its metric and window; defaults of its metric in other windows
+        stop limiting but are still counted (the balance shows them)."""
+        if not owned:
+            return rules
+        metrics = {b.metric for b in owned}
+        keys = {(b.metric, b.window) for b in owned}
+        out = [
+            r if r.metric not in metrics else Rule(r.scope, r.scope_id, r.metric, r.window, None, r.overage, r.source)
+            for r in rules if (r.metric, r.window) not in keys
+        ]
+        for b in owned:
+            o = Overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
+            out.append(self._burst(Rule(b.scope, b.scope_id, b.metric, b.window, b.limit, o, "budget.set"), at_ms))
+        return out
+
     def _burst(self, rule: Rule, at_ms: int) -> Rule:
         factor = self.governance.active_bursts(rule.scope, rule.scope_id, rule.metric, at_ms)
         if factor == 100 or rule.limit is None:
@@ -293,6 +317,9 @@ class BudgetBook:
             raise Forbidden("not_authority", f"{ev.kind} must be signed by an oracle of this node")
         if ev.kind in NODE_KINDS and ev.signer != self.node_key:
             raise Forbidden("not_authority", f"{ev.kind} records are written by nodes, not submitted")
+        if ev.kind in OWNER_KINDS and not self._may_sign(ev):
+            raise Forbidden("not_authority", f"{ev.kind} must be signed by a governance authority of this node,"
+                            " or for a team's own budget by one of its team_admins")
         if ev.kind == "escrow.transfer" and ev.signer != self.node_key:
             raise Forbidden("not_authority", "escrow.transfer records are written by the node that gives, not submitted")
 
@@ -304,6 +331,9 @@ class BudgetBook:
             return ev.signer in self.oracles
         if ev.kind in NODE_KINDS:
             return ev.signer in self.nodes
+        if ev.kind in OWNER_KINDS:
+            b = ev.body
+            return ev.signer in self.authorities or (b.scope == "team" and (b.id, ev.signer) in self.team_admins)
         return True
 
     def observe(self, conn: Connection, ev: Event, now_ms: int) -> dict[tuple[str, str, str, str, int], int]:
@@ -675,6 +705,11 @@ class BudgetBook:
             self.version += 1
         elif ev.kind == "node.admit":
             self.nodes.add(b.node)
+        elif ev.kind in OWNER_KINDS:
+            record = from_record(ev.kind, b, ev.ts, ev.id, ev.signer)  # raises before anything moves
+            if not replay:
+                self.owner_budgets.check(record)
+            self.owner_budgets.add(record)
         elif ev.kind == "agent.suspend":
             self.suspensions.setdefault(b.agent, []).append(Suspension(ev.ts, None, b.reason, "*"))
             if out is not None:
@@ -738,6 +773,20 @@ class BudgetBook:
             view["window_start"] = start
             budgets.append(view)
         return budgets
+
+    def owner_listing(self, conn: Connection, scope: str | None, scope_id: str | None, now_ms: int) -> dict[str, Any]:
+        """Owner budgets (in force and scheduled) with their current window's use: GET /v1/budgets."""
+        listing = self.owner_budgets.listing(scope, scope_id, now_ms)
+        for item in listing:
+            current = item["in_force"]
+            if current is None:
+                continue
+            start, end = window_bounds(item["window"], now_ms)
+            consumed = self.consumed(conn, (item["scope"], item["id"], item["metric"], item["window"], start))
+            held = self.holds.get((item["scope"], item["id"]), 0) if item["metric"] == "act.cost" else 0
+            item.update(window_start=start, window_end=end, consumed=consumed, held=held,
+                        remaining=max(0, current["limit"] - consumed - held))
+        return {"now": now_ms, "budgets": listing}
 
     def balance(self, conn: Connection, agent: bytes, now_ms: int) -> dict[str, Any]:
         """Every budget of the agent and its scopes, as of now_ms."""

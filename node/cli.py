@@ -78,6 +78,16 @@ def cmd_verify_db(args: argparse.Namespace) -> int:
     return verify_data_dir(args.data_dir, quiet=args.quiet, as_json=args.json, config_file=args.config)
 
 
+@command("budget")
+def cmd_budget(args: argparse.Namespace) -> int:
+    from node import clibudget
+
+    problem = clibudget.validate(args)
+    if problem:
+        return fail(problem, EXIT_USAGE)
+    return clibudget.run(args)
+
+
 def _sdk_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from node import clicmds
@@ -147,6 +157,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--since", help="a checkpoint file saved earlier: prove the log grew from it")
     s.add_argument("--save", help="save the verified checkpoint to this file")
     s.add_argument("--origin", help="another origin's log held by this node")
+
+    from node import clibudget
+
+    clibudget.add_parser(sub, os.environ.get("ATS_URL", DEFAULT_URL))
     return p
 
 

@@ -8,6 +8,7 @@ as constructor arguments: nothing else reads the environment or a file.
 
 from __future__ import annotations
 
+import re
 import ipaddress
 import os
 import tomllib
@@ -42,6 +43,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "info", "level", "diagnostics level: debug, info, warning, error"),
     Setting("authorities", (), "hex keys", "governance authority public keys: may sign registrations, plans, suspensions, proposals and votes"),
     Setting("oracles", (), "hex keys", "oracle public keys: may sign stake.set records"),
+    Setting("team_admins", (), "team=hex key", "team admin keys (team=64 hex digits each): may sign budget.set and budget.rm for their own team's scope, as an authority may for any scope; every node of a cluster needs the same list"),
     Setting("governance_threshold", 0, "votes", "approvals that adopt a proposal (m of n; 0: a majority of the authorities)"),
     Setting("unregistered_agents", "default", "mode", "an agent with no agent.register record: 'default' (put on default_plan) or 'refuse' (422 unknown_agent)"),
     Setting("default_plan", "freemium", "plan", "the plan of agents with no agent.register record (when unregistered_agents is default)"),
@@ -101,6 +103,7 @@ class Config:
     log_level: str = "info"
     authorities: tuple[str, ...] = ()
     oracles: tuple[str, ...] = ()
+    team_admins: tuple[str, ...] = ()
     governance_threshold: int = 0
     unregistered_agents: str = "default"
     default_plan: str = "freemium"
@@ -235,6 +238,10 @@ def validate(config: Config) -> list[str]:
         for key in getattr(config, name):
             if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
                 problems.append(f"{name}: {key!r} is not 64 lowercase hex digits")
+    for entry in config.team_admins:
+        team, _, key = entry.partition("=")
+        if not re.fullmatch(r"[a-z0-9._-]{1,64}", team) or not re.fullmatch(r"[0-9a-f]{64}", key):
+            problems.append(f"team_admins: {entry!r} is not team=64 lowercase hex digits")
     if config.governance_threshold < 0 or config.governance_threshold > max(1, len(config.authorities)):
         problems.append("governance_threshold must be between 0 and the number of authorities")
     from ledger.plans import PLANS

@@ -242,6 +242,10 @@ class Queries:
         agent = parse_hex32(agent_hex, "agent")
         return await self._db.write(self._book.balance, agent, now_ms)
 
+    async def owner_budgets(self, scope: str | None, scope_id: str | None, now_ms: int) -> dict[str, Any]:
+        """Owner budgets (budget.set) in force and scheduled, with their use; on the writer thread."""
+        return await self._db.write(self._book.owner_listing, scope, scope_id, now_ms)
+
     async def quota_check(self, event: Event, now_ms: int) -> dict[str, Any]:
         """Would this event be admitted now? Decided like a submission; nothing is recorded."""
 
