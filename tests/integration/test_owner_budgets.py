@@ -176,3 +176,27 @@ def test_cli_sets_gets_lists_and_removes_a_budget(onode, tmp_path):
     assert out.returncode == 0, out.stderr
     out = ats("budget", "list", *url)
     assert out.returncode == 0 and "no owner budgets" in out.stdout
+
+
+def test_a_budget_set_on_one_node_is_enforced_by_its_peer(tmp_path):
+    env = {**policy_env(), "ATS_OPEN_MEMBERSHIP": "true", "ATS_REPLICATION_INTERVAL_MS": "200"}
+    a = NodeProcess(str(tmp_path / "a"), host="127.0.0.2", env=env).start()
+    try:
+        b = NodeProcess(str(tmp_path / "b"), host="127.0.0.3", env={**env, "ATS_PEERS": a.url}).start()
+        try:
+            agent = TestAgent()
+            register(a, agent)
+            body = {"scope": "agent", "id": agent.public_key.hex(), "metric": "cost", "window": "week", "limit": 700}
+            assert submit(a, AUTH[0], "budget.set", body).status == 201
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not budgets(b):
+                time.sleep(0.2)
+            [item] = budgets(b)
+            assert item["in_force"]["limit"] == 700
+            assert submit(b, agent, "act", act(700)).status == 201
+            refused = submit(b, agent, "act", act(1))
+            assert refused.code == "budget_exceeded" and "act.cost limit 700 per week" in refused.json()["error"]["message"]
+        finally:
+            b.kill()
+    finally:
+        a.kill()
