@@ -172,4 +172,7 @@ CODES: dict[str, str] = {
     "effective_in_past": "Invalid",
     "budget_exists": "Conflict",
     "budget_not_found": "Invalid",
+    # readable names of agents and users (agent.register name, user_name)
+    "name_taken": "Conflict",
+    "unknown_name": "NotFound",
 }

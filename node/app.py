@@ -142,6 +142,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/escrow", escrow_api.rights)
     app.router.add_get("/v1/reports/{scope}/{id}", report_api.report)
     app.router.add_get("/v1/budgets", budgets_api.listing)
+    app.router.add_get("/v1/names/{name}", budgets_api.name)
     app.router.add_get("/", dashboard.index)
     app.router.add_get("/static/{name}", dashboard.static)
     app.router.add_get("/v1/dashboard/agents", dashboard.agents)

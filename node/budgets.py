@@ -133,6 +133,8 @@ class BudgetBook:
         self.enforce = enforce
         self.registrations: dict[bytes, Registration] = {}
         self.users: set[bytes] = set()
+        self.names: dict[str, bytes] = {}  # readable name -> agent or user key (agent.register)
+        self.key_names: dict[bytes, str] = {}
         self.plans: dict[tuple[str, str], str] = {}
         self.stakes: dict[bytes, int] = {}
         self.suspensions: dict[bytes, list[Suspension]] = {}
@@ -690,6 +692,22 @@ class BudgetBook:
         b = ev.body
         if ev.kind == "agent.register":
             plan_named(b.plan)
+            named = [(n, k) for n, k in ((b.name, b.agent), (b.user_name, b.user)) if n is not None]
+            if b.name is not None and b.name == b.user_name and b.agent != b.user:
+                raise Conflict("name_taken", f"name {b.name!r} given to both the agent and its user")
+            for n, k in list(named):
+                if self.names.get(n, k) != k:
+                    if replay:  # a replicated record that lost the race for a name keeps its key only
+                        logger.warning("name %s of %s is taken by %s: not applied", n, k.hex(), self.names[n].hex())
+                        named.remove((n, k))
+                        continue
+                    raise Conflict("name_taken", f"name {n!r} is already the name of {self.names[n].hex()}")
+            for n, k in named:
+                old = self.key_names.get(k)
+                if old is not None:
+                    self.names.pop(old, None)
+                self.names[n] = k
+                self.key_names[k] = n
             self.registrations[b.agent] = Registration(
                 b.user.hex(), b.team, b.platform, b.plan, b.max_tokens_per_run, b.max_cost_per_run,
                 b.max_parallel_runs, b.allowed_tools,
@@ -774,6 +792,20 @@ class BudgetBook:
             budgets.append(view)
         return budgets
 
+    def resolve(self, text: str) -> bytes | None:
+        """The agent or user key of a readable name or a 64-hex key; None if neither."""
+        if len(text) == 64:
+            try:
+                return bytes.fromhex(text)
+            except ValueError:
+                return None
+        return self.names.get(text)
+
+    def _name_field(self, scope: str, scope_id: str) -> dict[str, str]:
+        """{"name": ...} for an agent or user scope with a readable name, else {}."""
+        name = self.key_names.get(bytes.fromhex(scope_id)) if scope in ("agent", "user") and self.key_names else None
+        return {"name": name} if name else {}
+
     def owner_listing(self, conn: Connection, scope: str | None, scope_id: str | None, now_ms: int) -> dict[str, Any]:
         """Owner budgets (in force and scheduled) with their current window's use: GET /v1/budgets."""
         listing = self.owner_budgets.listing(scope, scope_id, now_ms)
@@ -799,9 +831,10 @@ class BudgetBook:
         score = self.score(conn, agent, now_ms)
         return {
             "agent": agent.hex(),
+            "name": self.key_names.get(agent),
             "now": now_ms,
             "registered": reg is not None,
-            "scopes": [{"scope": s, "id": i, "plan": self._plan_of(s, i)} for s, i in chain],
+            "scopes": [{"scope": s, "id": i, "plan": self._plan_of(s, i), **self._name_field(s, i)} for s, i in chain],
             "stake": stake,
             "reputation_ppm": score,
             "multipliers": {

@@ -125,14 +125,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
     s.add_argument("--body", required=True, help='event body as JSON, e.g. \'{"op": "llm.call", "cost": 3200}\'; bytes as hex')
     s.add_argument("--ts", type=int, help="timestamp in ms (default: now)")
+    s.add_argument("--json", action="store_true", help="print the whole receipt as JSON (default: the event id)")
 
     s = sub.add_parser("balance", help="print an agent's budgets, scopes, suspension, runs and alerts")
-    s.add_argument("agent", help="the agent's public key (64 hex digits)")
+    s.add_argument("agent", help="the agent: its name, public key (64 hex digits) or key file")
+    s.add_argument("--json", action="store_true", help="print the raw JSON (default: a table with names and times)")
     s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
 
     s = sub.add_parser("report", help="a usage report of an agent, user, team, platform or the node (docs/reports.md)")
     s.add_argument("scope", help="agent, user, team, platform or node")
-    s.add_argument("id", help="the scope's id: an agent's or user's key in hex, a team or platform name, or all (node)")
+    s.add_argument("id", help="the scope's id: an agent's or user's name, key (hex) or key file, a team or platform name, or all (node)")
     s.add_argument("--period", choices=["day", "week", "month"], default="day", help="the UTC period holding --at")
     s.add_argument("--at", type=int, help="a time in ms in the period (default: now)")
     out = s.add_mutually_exclusive_group()

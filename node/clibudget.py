@@ -20,6 +20,7 @@ from typing import Any
 from ledger.scoped import INT_MAX, METRIC_ALIASES, SCOPES, metric_name
 from node.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 from node.sdk import AgentClient, AtsError, AtsUnreachable
+from node.cliident import human_time
 from node.sdk.agent import HttpTransport
 
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "t": 1_000_000_000_000}
@@ -67,12 +68,6 @@ def parse_time(text: str | None) -> int | None:
     return int(when.timestamp() * 1000)
 
 
-def human_time(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def human_amount(metric: str, value: int | None) -> str:
     if value is None:
         return "unlimited"
@@ -117,6 +112,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if args.scope in ("agent", "user") and args.id is not None:
+        from node.cliident import resolve
+
+        http = HttpTransport(args.url, timeout_s=10, retries=2, backoff_ms=100)
+        try:
+            args.id = await resolve(http, args.id)  # a name, a hex key or a key file
+        finally:
+            await http.close()
     if args.action in ("set", "rm"):
         from node.keys import KeyFileError, read_key
 
@@ -170,7 +173,7 @@ def add_parser(sub: Any, default_url: str) -> None:
     s = sub.add_parser("budget", help="set, get, list or remove an owner budget of an agent, user, team or platform")
     s.add_argument("action", choices=["set", "get", "list", "rm"])
     s.add_argument("scope", nargs="?", choices=list(SCOPES), help="agent, user, team or platform")
-    s.add_argument("id", nargs="?", help="the scope: an agent's or user's key (hex), a team or platform name")
+    s.add_argument("id", nargs="?", help="the scope: an agent's or user's name, key (hex) or key file; a team or platform name")
     s.add_argument("--metric", default="cost", help=f"one of {', '.join(METRIC_ALIASES)} (default: cost, in T)")
     s.add_argument("--limit", help="200T (cost), 2M (tokens), 10G (bytes), 500 (runs, events, ...)")
     s.add_argument("--window", default="month", choices=["hour", "day", "week", "month"], help="default: month")

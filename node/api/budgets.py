@@ -1,4 +1,4 @@
-"""GET /v1/budgets: the owner budgets (budget.set records) in force and scheduled, with their use."""
+"""GET /v1/budgets (owner budgets in force and scheduled, with their use) and GET /v1/names/{name}."""
 
 from __future__ import annotations
 
@@ -18,5 +18,12 @@ async def listing(request: web.Request) -> web.Response:
         raise Invalid("invalid_scope", f"scope must be one of {', '.join(SCOPES)}")
     if scope_id is not None and (len(scope_id) > 64 or scope is None):
         raise Invalid("bad_parameter", "id needs a scope and is at most 64 characters")
+    if scope in ("agent", "user") and scope_id is not None:
+        scope_id = request.app[QUERIES_KEY].identity(scope_id, "id").hex()  # a readable name, or hex
     at_ms = int_param(request, "at", request.app[CLOCK_KEY].now_ms())
     return web.json_response(await request.app[QUERIES_KEY].owner_budgets(scope, scope_id, at_ms))
+
+
+async def name(request: web.Request) -> web.Response:
+    """GET /v1/names/{name}: the agent's or user's key of a readable name (agent.register)."""
+    return web.json_response(request.app[QUERIES_KEY].name_of(request.match_info["name"]))

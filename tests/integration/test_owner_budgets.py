@@ -200,3 +200,46 @@ def test_a_budget_set_on_one_node_is_enforced_by_its_peer(tmp_path):
             b.kill()
     finally:
         a.kill()
+
+
+def test_names_from_registration_work_wherever_an_identity_is_taken(onode, tmp_path):
+    alice, bob = TestAgent(), TestAgent()
+    body = {"agent": alice.public_key, "user": USER.public_key, "team": "ops", "platform": "edge", "plan": "freemium",
+            "name": "alice", "user_name": "carol"}
+    assert submit(onode, AUTH[0], "agent.register", body).status == 201
+    # a name already taken (by an agent or a user) is refused, and nothing of the record applies
+    clash_body = {k: v for k, v in body.items() if k != "user_name"}
+    clash = submit(onode, AUTH[0], "agent.register", {**clash_body, "agent": bob.public_key, "name": "carol"})
+    assert (clash.status, clash.code) == (409, "name_taken")
+    assert get(onode.url, f"/v1/agents/{bob.public_key.hex()}/balance").json()["registered"] is False
+    bad = submit_unchecked(onode, AUTH[0], "agent.register", {**body, "agent": bob.public_key, "name": "ab" * 32})
+    assert bad.code == "invalid_body"
+    # the API takes a name where it takes an agent
+    bal = get(onode.url, "/v1/agents/alice/balance").json()
+    assert (bal["agent"], bal["name"], bal["scopes"][1]["name"]) == (alice.public_key.hex(), "alice", "carol")
+    assert get(onode.url, "/v1/agents/nobody/balance").code == "unknown_name"
+    assert get(onode.url, "/v1/names/carol").json() == {"name": "carol", "key": USER.public_key.hex(), "scope": "user"}
+    # the CLI takes a name, a hex key or a key file, and prints names and human times
+    key = str(tmp_path / "alice.key")
+    write_key(key, alice.seed)
+    for who in ("alice", alice.public_key.hex(), key):
+        out = ats("balance", who, "--url", onode.url)
+        assert out.returncode == 0 and out.stdout.startswith(f"agent alice  ({alice.public_key.hex()})"), out.stderr
+        assert "carol (" in out.stdout and " UTC" in out.stdout
+    out = ats("budget", "set", "agent", "alice", "--metric", "runs", "--limit", "1", "--window", "day",
+              "--key", str(_authority_key(tmp_path)), "--url", onode.url)
+    assert out.returncode == 0, out.stderr
+    # `ats submit` prints the id; a refusal prints its reason and Retry-After
+    out = ats("submit", "act", "--key", key, "--url", onode.url, "--body", '{"op": "agent.run", "cost": 1}')
+    assert out.returncode == 0 and len(out.stdout.strip()) == 64, out.stderr
+    out = ats("submit", "act", "--key", key, "--url", onode.url, "--body", '{"op": "agent.run", "cost": 1}')
+    assert out.returncode == 1 and out.stderr.startswith("ats: budget_exceeded: ") and "Retry-After: " in out.stderr
+    out = ats("balance", "nobody", "--url", onode.url)
+    assert out.returncode == 1 and "unknown_name" in out.stderr
+
+
+def _authority_key(tmp_path):
+    path = tmp_path / "authority.key"
+    if not path.exists():
+        write_key(str(path), AUTH[0].seed)
+    return path
