@@ -465,7 +465,7 @@ class BudgetBook:
                 local = self.local_held(key, run, hold_delta)
                 refusal = self.escrow.decide(self, conn, key, local, spend)[0]
                 if refusal is not None:
-                    return out, refusal
+                    return out, self._spent_or(refusal, rule, consumed, held, amount, now_ms, window[1])
                 strict_spends.append((key, spend))
             if rule.limit is not None:
                 # optimistic mode: the union's overspend of the previous window is a debt counted here
@@ -511,6 +511,18 @@ class BudgetBook:
                     if flag in flags and (alert != "reserve" or "hard_crossed" in flags):
                         out.alerts.append(self._alert(alert, rule, now_ms, {"consumed": consumed, "limit": rule.limit}))
         return out, None
+
+    @staticmethod
+    def _spent_or(refusal: LedgerError, rule: Rule, consumed: int, held: int, amount: int, now_ms: int,
+                  window_end_ms: int) -> LedgerError:
+        """Strict mode: "ask again soon" (no_rights, short Retry-After) only while the cluster has
+        room; when the merged use already leaves no room for this event, the budget is spent until
+        the window ends (budget_exceeded, Retry-After to the window's end), as in optimistic mode."""
+        verdict = evaluate(rule, consumed, held, max(0, amount), now_ms, window_end_ms, None)
+        if verdict.ok or verdict.code != "budget_exceeded":
+            return refusal
+        return OverBudget("budget_exceeded", verdict.message + " across the cluster (strict mode)",
+                          details={"retry_after_ms": verdict.retry_after_ms})
 
     def _budget_view(self, rule: Rule, consumed: int, held: int, window_end: int, flags: list[str]) -> dict[str, Any]:
         limit = rule.limit

@@ -8,6 +8,7 @@ is computed in memory, so a proof costs O(log n) point reads.
 
 from __future__ import annotations
 
+import re
 import base64
 from typing import Any
 
@@ -247,6 +248,8 @@ class Queries:
         raises bad_parameter or unknown_name. (A dict read: the writer thread only adds names.)"""
         if len(text) == 64:
             return parse_hex32(text, what)
+        if not re.fullmatch(r"[a-z0-9._-]{1,64}", text):
+            raise Invalid("bad_parameter", f"{what} must be 64 hex digits or a name (a-z0-9._-)")
         key = self._book.names.get(text)
         if key is None:
             raise NotFound("unknown_name", f"no agent or user is named {text[:64]!r} (names come from agent.register)")

@@ -33,6 +33,15 @@ NOT_REACHABLE_OVER_HTTP = {
 }
 # Codes that need state (a spent budget, an open run): walked by the named test.
 WALKED_ELSEWHERE = {
+    "budget_exists": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "budget_not_found": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "effective_in_past": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "invalid_limit": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "invalid_scope": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "unknown_metric": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "unknown_window": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "name_taken": "test_owner_budgets.test_names_from_registration_work_wherever_an_identity_is_taken",
+    "unknown_name": "test_owner_budgets.test_names_from_registration_work_wherever_an_identity_is_taken",
     "read_only": "test_ingest.test_tampered_log_makes_node_read_only",
     "unknown_agent": "test_budgets.test_unregistered_agents_get_the_default_plan_or_are_refused",
     "budget_exceeded": "test_budgets.test_reserve_then_hard_limit_rejects_with_retry_after_and_suspends_until_lifted",

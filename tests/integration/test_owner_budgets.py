@@ -243,3 +243,23 @@ def _authority_key(tmp_path):
     if not path.exists():
         write_key(str(path), AUTH[0].seed)
     return path
+
+
+def test_strict_mode_tells_ask_again_soon_from_spent_until_the_window_ends(tmp_path):
+    """Issue 12: a cluster-wide exhausted strict budget answered 429 no_rights, Retry-After: 1."""
+    from tests.integration.test_strict import CAPACITY, KEYS, RUN, SEEDS, strict_env
+
+    data = str(tmp_path / "n0")
+    write_key(os.path.join(data, "node.key"), SEEDS[0])
+    # one member holds every right: when it has none left, nobody has
+    node = NodeProcess(data, env=strict_env(ATS_STRICT_MEMBERS=KEYS[0])).start()
+    try:
+        agent = TestAgent()
+        for _ in range(CAPACITY):
+            assert submit(node, agent, "act", RUN).status == 201
+        refused = submit(node, agent, "act", RUN)
+        assert (refused.status, refused.code, refused.headers["x-should-retry"]) == (429, "budget_exceeded", "false")
+        day_ms = 86_400_000
+        assert abs(int(refused.headers["retry-after"]) - (day_ms - now_ms() % day_ms) / 1000) <= 2
+    finally:
+        node.kill()
