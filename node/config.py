@@ -48,7 +48,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("unregistered_agents", "default", "mode", "an agent with no agent.register record: 'default' (put on default_plan) or 'refuse' (422 unknown_agent)"),
     Setting("default_plan", "freemium", "plan", "the plan of agents with no agent.register record (when unregistered_agents is default)"),
     Setting("budgets", True, "bool", "enforce budgets at admission (false: record only)"),
-    Setting("alert_webhooks", (), "URLs", "URLs that receive every alert as a JSON POST (retried, never blocking admission)"),
+    Setting("alert_webhooks", (), "URLs", "URLs that receive every alert as a JSON POST (retried, never blocking admission); URL#secret=S signs each POST (ATS-Signature: t=…,v1=HMAC-SHA256); slack+URL posts Slack's {\"text\": …}"),
     Setting("alert_retry_max", 5, "attempts", "delivery attempts per alert and webhook"),
     Setting("peers", (), "URLs", "static peer list: nodes to replicate with (http://host:port), for networks without multicast"),
     Setting("open_membership", False, "bool", "development only: merge every origin and accept every peer, admitted by a node.admit record or not"),
@@ -250,9 +250,13 @@ def validate(config: Config) -> list[str]:
         problems.append(f"default_plan must be one of {', '.join(sorted(PLANS))}")
     if config.unregistered_agents not in ("default", "refuse"):
         problems.append("unregistered_agents must be default or refuse")
+    from ledger.webhooks import parse_target
+
     for url in config.alert_webhooks:
-        if not url.startswith(("http://", "https://")):
-            problems.append(f"alert_webhooks: {url!r} is not an http(s) URL")
+        try:
+            parse_target(url)
+        except ValueError as e:
+            problems.append(f"alert_webhooks: {e}")
     for url in config.peers:
         if not url.startswith(("http://", "https://")):
             problems.append(f"peers: {url!r} is not an http(s) URL")
