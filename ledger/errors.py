@@ -175,4 +175,10 @@ CODES: dict[str, str] = {
     # readable names of agents and users (agent.register name, user_name)
     "name_taken": "Conflict",
     "unknown_name": "NotFound",
+    # who may read what (node/readauth.py, ledger/readgrants.py)
+    "read_token_required": "BadSignature",
+    "bad_token": "BadSignature",
+    "token_expired": "BadSignature",
+    "token_revoked": "BadSignature",
+    "token_scope": "Forbidden",
 }

@@ -19,6 +19,7 @@ from aiohttp import web
 from node.api import budgets as budgets_api
 from node.api import dashboard, events, info, log, peer
 from node.api.errors import error_middleware
+from node.readauth import read_auth_middleware
 from node.alerts import AlertSender
 from node.anomaly import AnomalyWatch
 from node.reports import Reports
@@ -47,7 +48,7 @@ logger = logging.getLogger("ats.node")
 
 def build_app(config: Config, clock: SystemClock | None = None) -> web.Application:
     """The node's aiohttp application for this config (nothing is opened until startup)."""
-    app = web.Application(client_max_size=config.body_bytes_max, middlewares=[error_middleware])
+    app = web.Application(client_max_size=config.body_bytes_max, middlewares=[error_middleware, read_auth_middleware])
     app[CONFIG_KEY] = config
     app[CLOCK_KEY] = clock or SystemClock()
     os.makedirs(config.data_dir, exist_ok=True)

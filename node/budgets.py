@@ -32,6 +32,7 @@ from ledger.plans import QUOTA_METRICS, plan_named
 from ledger.pricing import estimate_milli
 from ledger.policy import AUTHORITY_KINDS, NODE_KINDS, ORACLE_KINDS, RUN_KINDS
 from ledger.reputation import Rating, anomaly_penalty_milli, performance_trust, score_ppm
+from ledger.readgrants import GRANT_KINDS, Grants
 from ledger.scoped import OWNER_KINDS, OwnerBudget, OwnerBudgets, from_record
 from ledger.windows import DAY_MS, window_bounds
 from ledger import escrow as escrow_rules
@@ -126,6 +127,7 @@ class BudgetBook:
         self.oracles = frozenset(oracles)
         self.team_admins = frozenset(team_admins)  # (team, key): may sign owner budgets of that team
         self.owner_budgets = OwnerBudgets()  # budget.set / budget.rm (ledger/scoped.py)
+        self.grants = Grants()  # read.grant / read.revoke (ledger/readgrants.py)
         m = threshold or (len(authorities) // 2 + 1 if authorities else 1)
         self.governance = Governance(self.authorities, m) if authorities else Governance(frozenset({node_key}), 1)
         self.unregistered = unregistered
@@ -319,6 +321,8 @@ class BudgetBook:
             raise Forbidden("not_authority", f"{ev.kind} must be signed by an oracle of this node")
         if ev.kind in NODE_KINDS and ev.signer != self.node_key:
             raise Forbidden("not_authority", f"{ev.kind} records are written by nodes, not submitted")
+        if ev.kind in GRANT_KINDS and ev.signer not in self.authorities:
+            raise Forbidden("not_authority", f"{ev.kind} must be signed by a governance authority of this node")
         if ev.kind in OWNER_KINDS and not self._may_sign(ev):
             raise Forbidden("not_authority", f"{ev.kind} must be signed by a governance authority of this node,"
                             " or for a team's own budget by one of its team_admins")
@@ -333,6 +337,8 @@ class BudgetBook:
             return ev.signer in self.oracles
         if ev.kind in NODE_KINDS:
             return ev.signer in self.nodes
+        if ev.kind in GRANT_KINDS:
+            return ev.signer in self.authorities
         if ev.kind in OWNER_KINDS:
             b = ev.body
             return ev.signer in self.authorities or (b.scope == "team" and (b.id, ev.signer) in self.team_admins)
@@ -735,6 +741,8 @@ class BudgetBook:
             self.version += 1
         elif ev.kind == "node.admit":
             self.nodes.add(b.node)
+        elif ev.kind in GRANT_KINDS:
+            self.grants.apply(ev.kind, b, ev.ts)  # raises before anything moves
         elif ev.kind in OWNER_KINDS:
             record = from_record(ev.kind, b, ev.ts, ev.id, ev.signer)  # raises before anything moves
             if not replay:

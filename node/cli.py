@@ -88,6 +88,13 @@ def cmd_budget(args: argparse.Namespace) -> int:
     return clibudget.run(args)
 
 
+@command("token")
+def cmd_token(args: argparse.Namespace) -> int:
+    from node import clitoken
+
+    return clitoken.run(args)
+
+
 def _sdk_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from node import clicmds
@@ -163,6 +170,9 @@ def parser() -> argparse.ArgumentParser:
     from node import clibudget
 
     clibudget.add_parser(sub, os.environ.get("ATS_URL", DEFAULT_URL))
+    from node import clitoken
+
+    clitoken.add_parser(sub, os.environ.get("ATS_URL", DEFAULT_URL))
     return p
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -116,6 +117,7 @@ async def _run(args: argparse.Namespace) -> int:
         from node.cliident import resolve
 
         http = HttpTransport(args.url, timeout_s=10, retries=2, backoff_ms=100)
+        http.read_token = os.environ.get("ATS_TOKEN") or None
         try:
             args.id = await resolve(http, args.id)  # a name, a hex key or a key file
         finally:
@@ -144,6 +146,7 @@ async def _run(args: argparse.Namespace) -> int:
     if args.id:
         params["id"] = args.id
     http = HttpTransport(args.url, timeout_s=10, retries=2, backoff_ms=100)
+    http.read_token = os.environ.get("ATS_TOKEN") or None
     try:
         doc = await http.json("GET", "/v1/budgets", params=params)
     finally:

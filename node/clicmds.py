@@ -219,6 +219,7 @@ async def _balance(args: argparse.Namespace) -> int:
     from node.cliident import resolve
 
     async with AgentClient(args.url, bytes(32)) as client:
+        client.http.read_token = os.environ.get("ATS_TOKEN") or None
         doc = await client.balance(await resolve(client.http, args.agent))
     print(json.dumps(doc, indent=2) if args.json else balance_text(doc))
     return EXIT_OK
@@ -311,6 +312,7 @@ async def _report(args: argparse.Namespace) -> int:
 
     params = {"period": args.period, **({"at": str(args.at)} if args.at is not None else {})}
     async with AgentClient(args.url, bytes(32)) as client:
+        client.http.read_token = os.environ.get("ATS_TOKEN") or None
         scope_id = await resolve(client.http, args.id) if args.scope in ("agent", "user") else args.id
         path = f"/v1/reports/{quote(args.scope, safe='')}/{quote(scope_id, safe='')}"
         if args.csv:

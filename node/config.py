@@ -48,6 +48,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("unregistered_agents", "default", "mode", "an agent with no agent.register record: 'default' (put on default_plan) or 'refuse' (422 unknown_agent)"),
     Setting("default_plan", "freemium", "plan", "the plan of agents with no agent.register record (when unregistered_agents is default)"),
     Setting("budgets", True, "bool", "enforce budgets at admission (false: record only)"),
+    Setting("read_auth", "auto", "mode", "who may read balances, usage, reports, budgets, metrics: 'auto' (anyone on a loopback listen address, a read token or the agent's JWT elsewhere), 'token' (always a credential) or 'open' (anyone, anywhere)"),
+    Setting("log_public", True, "bool", "the log, events and proofs are open to anyone (false: an audit or all-scope read token is needed off loopback; peers replicating from this node then need one too)"),
+    Setting("read_jwt_lifetime_max_s", 86_400, "s", "longest an agent's read JWT may live (exp - now)"),
     Setting("alert_webhooks", (), "URLs", "URLs that receive every alert as a JSON POST (retried, never blocking admission); URL#secret=S signs each POST (ATS-Signature: t=…,v1=HMAC-SHA256); slack+URL posts Slack's {\"text\": …}"),
     Setting("alert_retry_max", 5, "attempts", "delivery attempts per alert and webhook"),
     Setting("peers", (), "URLs", "static peer list: nodes to replicate with (http://host:port), for networks without multicast"),
@@ -108,6 +111,9 @@ class Config:
     unregistered_agents: str = "default"
     default_plan: str = "freemium"
     budgets: bool = True
+    read_auth: str = "auto"
+    log_public: bool = True
+    read_jwt_lifetime_max_s: int = 86_400
     alert_webhooks: tuple[str, ...] = ()
     alert_retry_max: int = 5
     peers: tuple[str, ...] = ()
@@ -238,6 +244,8 @@ def validate(config: Config) -> list[str]:
         for key in getattr(config, name):
             if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
                 problems.append(f"{name}: {key!r} is not 64 lowercase hex digits")
+    if config.read_auth not in ("auto", "token", "open"):
+        problems.append("read_auth must be auto, token or open")
     for entry in config.team_admins:
         team, _, key = entry.partition("=")
         if not re.fullmatch(r"[a-z0-9._-]{1,64}", team) or not re.fullmatch(r"[0-9a-f]{64}", key):

@@ -243,6 +243,11 @@ class Queries:
         agent = self.identity(agent_hex, "agent")
         return await self._db.write(self._book.balance, agent, now_ms)
 
+    @property
+    def book(self) -> BudgetBook:
+        """The budget book (node/readauth.py reads its grants, names and scopes)."""
+        return self._book
+
     def identity(self, text: str, what: str) -> bytes:
         """An agent's or user's key from 64 hex digits or its readable name (agent.register);
         raises bad_parameter or unknown_name. (A dict read: the writer thread only adds names.)"""

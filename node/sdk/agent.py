@@ -68,6 +68,7 @@ class HttpTransport:
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
         self.retry_count = 0  # retries made so far, over all requests (for metrics and tests)
+        self.read_token: str | None = None  # sent as Authorization: Bearer on reads (docs/read-access.md)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -100,7 +101,9 @@ class HttpTransport:
 
         A 503 is retried; if it persists, it is returned like any other answer.
         """
-        headers = {"Content-Type": content_type} if content_type else None
+        headers = {"Content-Type": content_type} if content_type else {}
+        if self.read_token and method == "GET":
+            headers["Authorization"] = f"Bearer {self.read_token}"
         last = ""
         for attempt in range(self.retries + 1):
             retry_after_s = None

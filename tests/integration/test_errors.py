@@ -33,6 +33,11 @@ NOT_REACHABLE_OVER_HTTP = {
 }
 # Codes that need state (a spent budget, an open run): walked by the named test.
 WALKED_ELSEWHERE = {
+    "read_token_required": "test_read_access.test_read_tokens_from_the_cli_open_reads_and_revoked_or_foreign_ones_do_not",
+    "bad_token": "test_read_access.test_read_tokens_from_the_cli_open_reads_and_revoked_or_foreign_ones_do_not",
+    "token_expired": "test_read_access.test_read_tokens_from_the_cli_open_reads_and_revoked_or_foreign_ones_do_not",
+    "token_revoked": "test_read_access.test_read_tokens_from_the_cli_open_reads_and_revoked_or_foreign_ones_do_not",
+    "token_scope": "test_read_access.test_read_tokens_from_the_cli_open_reads_and_revoked_or_foreign_ones_do_not",
     "budget_exists": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
     "budget_not_found": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
     "effective_in_past": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
