@@ -112,18 +112,20 @@ class Rule:
     source: str  # the metering kind of a per-kind budget, or the plan quota name
     key: tuple[str, str, str, str] = field(init=False, repr=False, compare=False)
     scope_key: tuple[str, str] = field(init=False, repr=False, compare=False)
+    amounts: tuple[int, int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # precomputed: the admission loop looks rules up by these on every event
         object.__setattr__(self, "key", (self.scope, self.scope_id, self.metric, self.window))
         object.__setattr__(self, "scope_key", (self.scope, self.scope_id))
+        limit, o = self.limit or 0, self.overage
+        object.__setattr__(self, "amounts", (limit * o.soft_pct // 100, limit * o.hard_pct // 100,
+                                             limit * o.reserve_pct // 100))
 
 
 def thresholds(rule: Rule) -> tuple[int, int, int]:
-    """(soft, hard, reserve) amounts of a limited rule, floored to integers."""
-    limit = rule.limit or 0
-    o = rule.overage
-    return limit * o.soft_pct // 100, limit * o.hard_pct // 100, limit * o.reserve_pct // 100
+    """(soft, hard, reserve) amounts of a limited rule, floored to integers (computed once per rule)."""
+    return rule.amounts
 
 
 def status(consumed: int, rule: Rule) -> str:

@@ -248,6 +248,9 @@ class OwnerBudgets:
         self._by_scope: dict[tuple[str, str], dict[tuple[str, str, str, str], list[OwnerBudget]]] = {}
         self._ids: set[bytes] = set()
         self.version = 0
+        # (scope, id) -> (version, valid from, valid until, in_force): the answer holds between two
+        # changes, and is the same tuple object, so callers compare it by identity cheaply
+        self._cache: dict[tuple[str, str], tuple[int, int, int, tuple[OwnerBudget, ...]]] = {}
 
     def check(self, record: OwnerBudget) -> None:
         """Refuse a live record that collides with one already held: same key, same effective time
@@ -283,12 +286,23 @@ class OwnerBudgets:
         keys = self._by_scope.get((scope, scope_id))
         if not keys:
             return ()
+        cached = self._cache.get((scope, scope_id))
+        if cached is not None and cached[0] == self.version and cached[1] <= at_ms < cached[2]:
+            return cached[3]
         out = []
-        for key in keys:
+        lo, hi = 0, 2**63
+        for key, history in keys.items():
+            for r in history:
+                if r.effective_ms <= at_ms:
+                    lo = max(lo, r.effective_ms)
+                else:
+                    hi = min(hi, r.effective_ms)
             r = self.in_force_record(key, at_ms)
             if r is not None:
                 out.append(r)
-        return tuple(out)
+        result = tuple(out)
+        self._cache[(scope, scope_id)] = (self.version, lo, hi, result)
+        return result
 
     def listing(self, scope: str | None, scope_id: str | None, at_ms: int) -> list[dict[str, Any]]:
         """Every key's budget in force at at_ms and its scheduled changes, for `ats budget list/get`."""

@@ -67,13 +67,15 @@ def valid_window(window: str) -> bool:
     return base in CALENDAR_WINDOWS and zone(tz) is not None
 
 
-_last: dict[str, tuple[int, int]] = {}  # window -> the last bounds computed: most events fall in them
+_recent: dict[str, list[tuple[int, int]]] = {}  # window -> the last few bounds computed (this one, the previous)
+_RECENT_MAX = 4
 
 
 def _calendar_bounds(window: str, ts_ms: int) -> tuple[int, int]:
-    last = _last.get(window)
-    if last is not None and last[0] <= ts_ms < last[1]:
-        return last
+    recent = _recent.setdefault(window, [])
+    for bounds in recent:
+        if bounds[0] <= ts_ms < bounds[1]:
+            return bounds
     base, _, tz = window.partition("@")
     tzinfo = zone(tz) if tz else timezone.utc
     if tzinfo is None:
@@ -90,7 +92,8 @@ def _calendar_bounds(window: str, ts_ms: int) -> tuple[int, int]:
     else:
         raise ValueError(f"unknown window {window!r}")
     bounds = (_midnight_ms(start, tzinfo), _midnight_ms(end, tzinfo))
-    _last[window] = bounds
+    recent.insert(0, bounds)
+    del recent[_RECENT_MAX:]
     return bounds
 
 

@@ -466,7 +466,8 @@ class BudgetBook:
                 consumed = self.consumed(conn, key)
             held = self.holds.get(rule.scope_key, 0) if metric == "act.cost" else 0
             flags: list[str] = []
-            if self.enforce and rule.limit is not None and self.escrow.is_strict(rule):
+            strict = rule.limit is not None and self.escrow.is_strict(rule)
+            if self.enforce and strict:
                 # strict mode: only against the rights this node holds (node/escrow.py)
                 local = self.local_held(key, run, hold_delta)
                 refusal = self.escrow.decide(self, conn, key, local, spend)[0]
@@ -475,7 +476,7 @@ class BudgetBook:
                 strict_spends.append((key, spend))
             if rule.limit is not None:
                 # optimistic mode: the union's overspend of the previous window is a debt counted here
-                debt = 0 if self.escrow.is_strict(rule) else self._debt(conn, rule, window[0], dry_run, out)
+                debt = 0 if strict else self._debt(conn, rule, window[0], dry_run, out)
                 verdict = evaluate(rule, consumed + debt, held, max(0, amount), now_ms, window[1], self.buckets.get(rule.key))
                 if verdict.bucket is not None and not dry_run:
                     self.buckets[rule.key] = verdict.bucket
