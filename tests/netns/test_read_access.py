@@ -103,7 +103,8 @@ def test_reads_off_loopback_need_a_credential_that_covers_them(cluster):
     # the owner closes the log: only an auditor (or an all reader) reads it; an auditor reads no balances
     audit = grant(c, "all", "all", role="audit")
     team2 = grant(c, "team", "ops")
-    c.restart(0, env={**ENV, "ATS_LOG_PUBLIC": "false"})
+    dash = "netns-dashboard-token-0123"
+    c.restart(0, env={**ENV, "ATS_LOG_PUBLIC": "false", "ATS_DASHBOARD_TOKEN": dash})
     assert read(c, "/v1/log/checkpoint") == (401, "read_token_required")
     assert read(c, "/v1/log/entries?start=0&end=1") == (401, "read_token_required")
     assert read(c, "/v1/log/checkpoint", team2) == (403, "token_scope")
@@ -111,3 +112,10 @@ def test_reads_off_loopback_need_a_credential_that_covers_them(cluster):
     assert read(c, "/v1/log/checkpoint", everything) == (200, None)
     assert read(c, f"{alice}/balance", audit) == (403, "token_scope")
     assert read(c, f"{alice}/balance", team2) == (200, None)  # grants survive the restart (the log is folded)
+    # the dashboard's own token keeps working; a team's read token opens that team's dashboard data
+    assert read(c, "/v1/dashboard/budgets?team=ops", dash) == (200, None)
+    assert read(c, "/v1/dashboard/budgets?team=ops") == (401, "token_required")
+    assert read(c, "/v1/dashboard/budgets?team=ops", team2) == (200, None)
+    assert read(c, "/v1/dashboard/budgets?team=research", team2) == (403, "token_scope")
+    assert read(c, "/v1/dashboard/agents", team2) == (403, "token_scope")
+    assert read(c, "/v1/dashboard/agents", everything) == (200, None)
