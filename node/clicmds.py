@@ -329,7 +329,9 @@ def report_table(doc: dict[str, Any]) -> str:
 
     p = doc["period"]
     trend = doc["trend"]["cost_pct"]
-    lines = [f"{doc['scope']} {doc['id']}: {p['kind']} from {p['start_ms']} to {p['end_ms']} (ms, UTC)",
+    from node.cliident import human_time
+
+    lines = [f"{doc['scope']} {doc['id']}: {p['kind']} from {human_time(p['start_ms'])} to {human_time(p['end_ms'])}",
              f"cost {doc['cost_T']} T" + ("" if trend is None else f" ({trend:+.1f} % vs previous {format_t(doc['previous']['cost_mT'])} T)"),
              "", f"{'kind':6s} {'metric':16s} {'total':>14s}"]
     for kind, fields in doc["totals"].items():

@@ -219,6 +219,9 @@ def test_names_from_registration_work_wherever_an_identity_is_taken(onode, tmp_p
     assert (bal["agent"], bal["name"], bal["scopes"][1]["name"]) == (alice.public_key.hex(), "alice", "carol")
     assert get(onode.url, "/v1/agents/nobody/balance").code == "unknown_name"
     assert get(onode.url, "/v1/names/carol").json() == {"name": "carol", "key": USER.public_key.hex(), "scope": "user"}
+    assert get(onode.url, "/v1/reports/agent/alice").json()["id"] == alice.public_key.hex()
+    out = ats("report", "agent", "alice", "--url", onode.url)
+    assert out.returncode == 0 and f"agent {alice.public_key.hex()}: day from " in out.stdout and " UTC to " in out.stdout
     # the CLI takes a name, a hex key or a key file, and prints names and human times
     key = str(tmp_path / "alice.key")
     write_key(key, alice.seed)
