@@ -11,7 +11,6 @@ Exit codes (node/cli.py): 0 ok; 1 the node refused; 2 usage; 3 the node could no
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -19,17 +18,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ledger.scoped import INT_MAX, METRIC_ALIASES, SCOPES, metric_name
-from node.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
-from node.sdk import AgentClient, AtsError, AtsUnreachable
+from node.cli import EXIT_OK
+from node.clicmds import UsageError
+from node.clicmds import _run as _run_command
+from node.sdk import AgentClient
 from node.cliident import human_time
 from node.sdk.agent import HttpTransport
 
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "t": 1_000_000_000_000}
 _AMOUNT_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
-
-
-class UsageError(Exception):
-    pass
 
 
 def parse_limit(metric: str, text: str) -> int:
@@ -102,14 +99,7 @@ def _body(args: argparse.Namespace, remove: bool) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_run(args))
-    except UsageError as e:
-        return fail(str(e), EXIT_USAGE)
-    except AtsUnreachable as e:
-        return fail(f"cannot reach the node: {e.message}", EXIT_UNREACHABLE)
-    except AtsError as e:
-        return fail(f"{e.code}: {e.message}", EXIT_FAILED)
+    return _run_command(_run, args)  # UsageError: exit 2; refused: 1 (with Retry-After); unreachable: 3
 
 
 async def _run(args: argparse.Namespace) -> int:

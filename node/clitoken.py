@@ -11,7 +11,6 @@ holds its SHA-256. Readers send it as `Authorization: Bearer <token>`; the CLI s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import os
@@ -20,16 +19,14 @@ import sys
 from typing import Any
 
 from ledger.readgrants import GRANT_SCOPES, TOKEN_PREFIX, token_hash
-from node.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
+from node.cli import EXIT_OK, EXIT_USAGE, fail
+from node.clicmds import UsageError
+from node.clicmds import _run as _run_command
 from node.cliident import human_time
-from node.sdk import AgentClient, AtsError, AtsUnreachable
+from node.sdk import AgentClient
 
 DAY_MS = 86_400_000
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
-
-
-class UsageError(Exception):
-    pass
 
 
 def new_token() -> str:
@@ -43,14 +40,7 @@ def run(args: argparse.Namespace) -> int:
         seed = read_key(args.key)
     except KeyFileError as e:
         return fail(str(e), EXIT_USAGE)
-    try:
-        return asyncio.run(_run(args, seed))
-    except UsageError as e:
-        return fail(str(e), EXIT_USAGE)
-    except AtsUnreachable as e:
-        return fail(f"cannot reach the node: {e.message}", EXIT_UNREACHABLE)
-    except AtsError as e:
-        return fail(f"{e.code}: {e.message}", EXIT_FAILED)
+    return _run_command(lambda a: _run(a, seed), args)  # exit 2 usage, 1 refused, 3 unreachable
 
 
 async def _run(args: argparse.Namespace, seed: bytes) -> int:
