@@ -84,22 +84,7 @@ def authorize(request: web.Request) -> None:
             f"{why} and no dashboard token is set: set dashboard_token (ATS_DASHBOARD_TOKEN, at least 16 characters)"
             " and open /?token=<token>, or listen on 127.0.0.1",
         )
-    expected = _digest(config.dashboard_token)
-    header = request.headers.get("Authorization", "")
-    candidates = []
-    if header.startswith("Bearer "):
-        candidates.append(_digest(header[7:].strip()))
-    if "token" in request.query:
-        candidates.append(_digest(request.query["token"]))
-    try:
-        candidates.append(bytes.fromhex(request.cookies.get(COOKIE, "")))  # the cookie holds the digest
-    except ValueError:
-        pass
-    # every candidate is compared, so the time taken does not say which one matched
-    ok = False
-    for candidate in candidates:
-        ok |= hmac.compare_digest(candidate, expected)
-    if not ok:
+    if not dashboard_token_presented(request):
         raise BadSignature(
             "token_required",
             "the dashboard needs this node's dashboard_token: open /?token=<token> once (a cookie keeps it),"
@@ -119,6 +104,32 @@ def _read_grant(request: web.Request) -> bool:
         return True
     raise Forbidden("token_scope", f"this token reads {grant.scope} {grant.scope_id}: a dashboard view of one team"
                     " needs ?team=<that team>, of every team an all-scope token")
+
+
+def dashboard_token_presented(request: web.Request) -> bool:
+    """Whether the request carries the configured dashboard token (Bearer, ?token= or the cookie).
+
+    node/readauth.py also takes it as the owner's all-scope read credential, so the page's own
+    reads (reports, metrics, the log) work off loopback with the cookie alone."""
+    config = request.app[CONFIG_KEY]
+    if not config.dashboard_token:
+        return False
+    expected = _digest(config.dashboard_token)
+    header = request.headers.get("Authorization", "")
+    candidates = []
+    if header.startswith("Bearer "):
+        candidates.append(_digest(header[7:].strip()))
+    if "token" in request.query:
+        candidates.append(_digest(request.query["token"]))
+    try:
+        candidates.append(bytes.fromhex(request.cookies.get(COOKIE, "")))  # the cookie holds the digest
+    except ValueError:
+        pass
+    # every candidate is compared, so the time taken does not say which one matched
+    ok = False
+    for candidate in candidates:
+        ok |= hmac.compare_digest(candidate, expected)
+    return ok
 
 
 @lru_cache(maxsize=len(ASSETS))

@@ -114,6 +114,13 @@ def test_reads_off_loopback_need_a_credential_that_covers_them(cluster):
     assert read(c, f"{alice}/balance", team2) == (200, None)  # grants survive the restart (the log is folded)
     # the dashboard's own token keeps working; a team's read token opens that team's dashboard data
     assert read(c, "/v1/dashboard/budgets?team=ops", dash) == (200, None)
+    # the dashboard token is the owner's: the page's own reads (reports, metrics, the log) work with it
+    for path in ("/v1/reports/team/ops", "/metrics", "/v1/log/checkpoint", f"{alice}/balance"):
+        assert read(c, path, dash) == (200, None), path
+    status, headers, _ = c.request(0, "GET", f"/?token={dash}")
+    cookie = headers["set-cookie"].split(";")[0]
+    status, _, _ = c.request(0, "GET", "/v1/reports/team/ops?period=day", headers={"Cookie": cookie})
+    assert status == 200
     assert read(c, "/v1/dashboard/budgets?team=ops") == (401, "token_required")
     assert read(c, "/v1/dashboard/budgets?team=ops", team2) == (200, None)
     assert read(c, "/v1/dashboard/budgets?team=research", team2) == (403, "token_scope")
