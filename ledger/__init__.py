@@ -54,5 +54,7 @@ from ledger.merkle import (
 from ledger.signing import event_id, public_key_from_seed, sign, verify
 from ledger import policy  # registers the policy, governance, run and node-record kinds
 from ledger import escrow  # registers escrow.transfer (strict mode)
+from ledger import scoped  # registers budget.set and budget.rm (owner budgets per scope)
+from ledger import readgrants  # registers read.grant and read.revoke (who may read what)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -112,18 +112,20 @@ class Rule:
     source: str  # the metering kind of a per-kind budget, or the plan quota name
     key: tuple[str, str, str, str] = field(init=False, repr=False, compare=False)
     scope_key: tuple[str, str] = field(init=False, repr=False, compare=False)
+    amounts: tuple[int, int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # precomputed: the admission loop looks rules up by these on every event
         object.__setattr__(self, "key", (self.scope, self.scope_id, self.metric, self.window))
         object.__setattr__(self, "scope_key", (self.scope, self.scope_id))
+        limit, o = self.limit or 0, self.overage
+        object.__setattr__(self, "amounts", (limit * o.soft_pct // 100, limit * o.hard_pct // 100,
+                                             limit * o.reserve_pct // 100))
 
 
 def thresholds(rule: Rule) -> tuple[int, int, int]:
-    """(soft, hard, reserve) amounts of a limited rule, floored to integers."""
-    limit = rule.limit or 0
-    o = rule.overage
-    return limit * o.soft_pct // 100, limit * o.hard_pct // 100, limit * o.reserve_pct // 100
+    """(soft, hard, reserve) amounts of a limited rule, floored to integers (computed once per rule)."""
+    return rule.amounts
 
 
 def status(consumed: int, rule: Rule) -> str:
@@ -146,7 +148,7 @@ def status(consumed: int, rule: Rule) -> str:
 @dataclass
 class Bucket:
     """A token bucket for a scope past its soft limit: refills so that the rest of
-    the budget lasts until the window ends."""
+    the budget lasts until the window ends. Negative: in debt after an event bigger than it."""
 
     tokens: int
     updated_ms: int
@@ -193,6 +195,8 @@ def evaluate(
             flags.append("reserve")
             if before <= hard:
                 flags.append("hard_crossed")
+            if before < soft:  # one event jumped past soft and hard: each crossing is reported
+                flags.append("soft_crossed")
             return Verdict(ok=True, flags=flags)
         return Verdict(
             ok=False,
@@ -216,18 +220,34 @@ def evaluate(
 def _throttle(
     rule: Rule, room: int, amount: int, now_ms: int, remaining_ms: int, bucket: Bucket | None, flags: list[str]
 ) -> Verdict:
-    """Token bucket: refills at room/remaining_ms so the rest of the budget lasts the window."""
+    """Token bucket: refills at room/remaining_ms so the rest of the budget lasts the window.
+
+    The pace follows what is left (`room`, up to the hard limit) and the time left in the window.
+    An event is admitted once the bucket holds its amount, or is full: an event larger than the
+    burst capacity goes through on a full bucket and leaves it in debt (negative), so the wait
+    comes after a big event rather than before it and the pace is kept either way. The wait is
+    for min(amount, capacity) less what the bucket holds. Refill is exact: time that has not yet
+    added a whole unit is kept.
+    """
     check(rule.limit is not None, "a throttled rule has a limit")
     capacity = max(1, rule.limit * BUCKET_CAPACITY_PCT // 100)
     if bucket is None:
         bucket = Bucket(tokens=capacity, updated_ms=now_ms)
     elapsed = max(0, now_ms - bucket.updated_ms)
-    # integer refill: room × elapsed / remaining, capped at the capacity
-    bucket = Bucket(tokens=min(capacity, bucket.tokens + room * elapsed // remaining_ms), updated_ms=now_ms)
-    if bucket.tokens >= amount or bucket.tokens >= capacity:
-        bucket.tokens = max(0, bucket.tokens - amount)
+    # integer refill: room × elapsed / remaining, capped at the capacity; the clock moves on only
+    # by the time the whole units added took, so frequent calls never round the refill to nothing
+    added = room * elapsed // remaining_ms
+    if bucket.tokens + added >= capacity:
+        bucket = Bucket(tokens=capacity, updated_ms=now_ms)
+    elif added:
+        bucket = Bucket(tokens=bucket.tokens + added, updated_ms=bucket.updated_ms + added * remaining_ms // max(1, room))
+    else:
+        bucket = Bucket(tokens=bucket.tokens, updated_ms=bucket.updated_ms)
+    need = min(amount, capacity)
+    if bucket.tokens >= need:
+        bucket.tokens -= amount  # may go negative: a big event's debt, paid back before the next
         return Verdict(ok=True, flags=flags + ["throttled"], bucket=bucket)
-    missing = amount - bucket.tokens
+    missing = need - bucket.tokens
     wait_ms = -(-missing * remaining_ms // max(1, room))
     return Verdict(
         ok=False,

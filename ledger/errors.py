@@ -208,4 +208,20 @@ CODES: dict[str, str] = {
     "too_many_connections": "NotReady",  # over connections_max or connections_per_client_max
     "disk_full": "NotReady",  # /healthz: data_dir has less than disk_free_bytes_min free, or a commit found it full
     "write_failing": "NotReady",  # /healthz: the last commit failed (storage error) and none succeeded since
+    # owner budgets per scope (ledger/scoped.py)
+    "invalid_scope": "Invalid",
+    "unknown_metric": "Invalid",
+    "unknown_window": "Invalid",
+    "invalid_limit": "Invalid",
+    "effective_in_past": "Invalid",
+    "budget_exists": "Conflict",
+    "budget_not_found": "Invalid",
+    # readable names of agents and users (agent.register name, user_name)
+    "name_taken": "Conflict",
+    "unknown_name": "NotFound",
+    # who may read what (node/readauth.py, ledger/readgrants.py)
+    "read_token_required": "BadSignature",
+    "bad_token": "BadSignature",
+    "token_revoked": "BadSignature",
+    "token_scope": "Forbidden",
 }

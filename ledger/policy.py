@@ -40,6 +40,13 @@ def _scope_id(name: str, value: Any) -> str:
     return value
 
 
+def _name(name: str, value: Any) -> str:
+    """A readable name of an agent or user: a name that cannot be mistaken for a 64-hex key."""
+    if type(value) is not str or not _ID_RE.fullmatch(value) or re.fullmatch(r"[0-9a-f]{64}", value):
+        raise Invalid("invalid_body", f"{name} must be 1-64 characters of a-z0-9._-, not a 64-hex key")
+    return value
+
+
 def _reason(name: str, value: Any) -> str:
     if type(value) is not str or len(value) > REASON_CHARS_MAX:
         raise Invalid("invalid_body", f"{name} must be text of at most {REASON_CHARS_MAX} characters")
@@ -103,6 +110,8 @@ class AgentRegisterBody(PolicyBody):
     max_cost_per_run: int | None = spec(_uint, required=False)
     max_parallel_runs: int | None = spec(_uint, required=False)
     allowed_tools: tuple[str, ...] | None = spec(_tools, required=False)
+    name: str | None = spec(_name, required=False)  # the agent's readable name (unique among agents and users)
+    user_name: str | None = spec(_name, required=False)  # the user's readable name
 
 
 @register_kind

@@ -5,6 +5,9 @@ Alerts are written in the same transaction as the event that raised them (the
 bounded queue, by one background task. An alert that cannot be delivered after
 `alert_retry_max` attempts stays undelivered in the table (and is logged);
 the queue drops the oldest alerts when full rather than grow without bound.
+
+Each target (ledger/webhooks.py) gets the alert with a readable `text` line, or a Slack-compatible
+`{"text": ...}`; a target with a secret gets an `ATS-Signature: t=…,v1=…` header (HMAC-SHA256).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
+from ledger import webhooks as hooks
 from node.aio import cancel_and_wait
+from node.clock import SystemClock
 from node.store import budgets as budget_store
 from node.store.sqlite import Database
 
@@ -32,7 +37,8 @@ TIMEOUT_S = 5
 class AlertSender:
     def __init__(self, db: Database, webhooks: tuple[str, ...], retry_max: int, origin: str):
         self._db = db
-        self._webhooks = webhooks
+        self._webhooks = tuple(hooks.parse_target(w) for w in webhooks)
+        self._clock = SystemClock()
         self._retry_max = retry_max
         self._origin = origin
         self._queue: deque[dict[str, Any]] = deque(maxlen=QUEUE_ALERTS_MAX)
@@ -68,14 +74,19 @@ class AlertSender:
                     if ok and "id" in alert:
                         await self._db.write(budget_store.mark_delivered_tx, alert["id"])
 
-    async def _deliver(self, session: aiohttp.ClientSession, url: str, alert: dict[str, Any]) -> bool:
-        payload = {**alert, "node": self._origin}
-        if isinstance(payload.get("detail"), str):
-            payload["detail"] = json.loads(payload["detail"])
+    async def _deliver(self, session: aiohttp.ClientSession, target: hooks.Target, alert: dict[str, Any]) -> bool:
+        doc = {**alert, "node": self._origin}
+        if isinstance(doc.get("detail"), str):
+            doc["detail"] = json.loads(doc["detail"])
+        body = hooks.payload(doc, target, hooks.text_line(doc))
+        url = target.shown  # for logs: never the secret
         backoff = BACKOFF_MS_FIRST
         for attempt in range(1, self._retry_max + 1):
+            headers = {"Content-Type": "application/json"}
+            if target.secret is not None:  # signed at each attempt: its t is the time it is sent
+                headers[hooks.SIGNATURE_HEADER] = hooks.sign(target.secret, self._clock.now_ms() // 1000, body)
             try:
-                async with session.post(url, json=payload) as resp:
+                async with session.post(target.url, data=body, headers=headers) as resp:
                     if resp.status < 300:
                         self.delivered += 1
                         return True
@@ -88,3 +99,4 @@ class AlertSender:
         self.failed += 1
         logger.error("alert %s not delivered to %s after %d attempts", alert.get("type"), url, self._retry_max)
         return False
+

@@ -21,6 +21,8 @@ from node import datadir
 from node.api import dashboard, events, info, log, peer, tasks
 from node.api.errors import error_middleware
 from node.httpserver import HeavyGate, NodeSite, connections_bound, raise_open_files_limit, request_bounds
+from node.api import budgets as budgets_api
+from node.readauth import read_auth_middleware
 from node.alerts import AlertSender
 from node.anomaly import AnomalyWatch
 from node.reports import Reports
@@ -57,7 +59,7 @@ SWITCH_INTERVAL_S = 0.001
 def build_app(config: Config, clock: SystemClock | None = None) -> web.Application:
     """The node's aiohttp application for this config (nothing is opened until startup)."""
     app = web.Application(client_max_size=config.body_bytes_max,
-                          middlewares=[error_middleware, request_bounds(
+                          middlewares=[error_middleware, read_auth_middleware, request_bounds(
                               config.http_body_timeout_ms,
                               HeavyGate(config.heavy_requests_max, config.heavy_requests_per_client_max))])
     app[CONFIG_KEY] = config
@@ -185,6 +187,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/peer/escrow/ask", escrow_api.ask)
     app.router.add_get("/v1/escrow", escrow_api.rights)
     app.router.add_get("/v1/reports/{scope}/{id}", report_api.report)
+    app.router.add_get("/v1/budgets", budgets_api.listing)
+    app.router.add_get("/v1/names/{name}", budgets_api.name)
     app.router.add_get("/", dashboard.index)
     app.router.add_get("/static/{name}", dashboard.static)
     app.router.add_get("/v1/dashboard/agents", dashboard.agents)

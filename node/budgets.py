@@ -33,6 +33,8 @@ from ledger.plans import QUOTA_METRICS, plan_named
 from ledger.pricing import estimate_milli, llm_cost_milli
 from ledger.policy import AUTHORITY_KINDS, NODE_KINDS, ORACLE_KINDS, RUN_KINDS
 from ledger.reputation import Rating, anomaly_penalty_milli, performance_trust, score_ppm
+from ledger.readgrants import GRANT_KINDS, Grants
+from ledger.scoped import OWNER_KINDS, OwnerBudget, OwnerBudgets, from_record
 from ledger.windows import DAY_MS, window_bounds
 from ledger import escrow as escrow_rules
 from node.escrow import EscrowBook
@@ -126,12 +128,12 @@ def call_amounts(call: OpenCall) -> dict[str, int]:
 class BudgetBook:
     def __init__(self, *, node_key: bytes, authorities: tuple[bytes, ...], oracles: tuple[bytes, ...],
                  threshold: int, unregistered: str, default_plan: str, enforce: bool, escrow: EscrowBook | None = None,
-                 meters: tuple[bytes, ...] = ()):
+                 meters: tuple[bytes, ...] = (), team_admins: tuple[tuple[str, bytes], ...] = ()):
         # strict mode (node/escrow.py): the same EscrowBook survives a reload, with its want callback
         self.escrow = escrow or EscrowBook(node_key, strict=(), members=())
         self._args = dict(node_key=node_key, authorities=authorities, oracles=oracles, threshold=threshold,
                           unregistered=unregistered, default_plan=default_plan, enforce=enforce, escrow=self.escrow,
-                          meters=meters)
+                          meters=meters, team_admins=team_admins)
         self.node_key = node_key
         # keys that may sign metered events naming another agent (PROTOCOL.md §6): this node, and configured meters
         self.meters = frozenset(meters) | {node_key}
@@ -139,6 +141,9 @@ class BudgetBook:
         self.call_holds: dict[tuple[str, str, str], int] = {}  # (scope, scope_id, metric) -> held by open calls
         self.authorities = frozenset(authorities)
         self.oracles = frozenset(oracles)
+        self.team_admins = frozenset(team_admins)  # (team, key): may sign owner budgets of that team
+        self.owner_budgets = OwnerBudgets()  # budget.set / budget.rm (ledger/scoped.py)
+        self.grants = Grants()  # read.grant / read.revoke (ledger/readgrants.py)
         m = threshold or (len(authorities) // 2 + 1 if authorities else 1)
         self.governance = Governance(self.authorities, m) if authorities else Governance(frozenset({node_key}), 1)
         self.unregistered = unregistered
@@ -146,6 +151,8 @@ class BudgetBook:
         self.enforce = enforce
         self.registrations: dict[bytes, Registration] = {}
         self.users: set[bytes] = set()
+        self.names: dict[str, bytes] = {}  # readable name -> agent or user key (agent.register)
+        self.key_names: dict[bytes, str] = {}
         self.plans: dict[tuple[str, str], str] = {}
         self.stakes: dict[bytes, int] = {}
         self.suspensions: dict[bytes, list[Suspension]] = {}
@@ -173,6 +180,7 @@ class BudgetBook:
             enforce=config.budgets,
             escrow=EscrowBook.from_config(config, node_key),
             meters=tuple(bytes.fromhex(k) for k in getattr(config, "meters", ())),
+            team_admins=tuple((t, bytes.fromhex(k)) for t, _, k in (e.partition("=") for e in config.team_admins)),
         )
 
     # -- start-up ---------------------------------------------------------------------
@@ -252,12 +260,13 @@ class BudgetBook:
                 i for i, b in enumerate(policy.bursts)
                 if b.scope == scope and b.scope_id == scope_id and b.start_ms <= at_ms < b.end_ms
             ) if policy.bursts else ()
-            key = (id(policy), self.version, day if scope == "agent" else 0, bursts)
+            owned = self.owner_budgets.in_force(scope, scope_id, at_ms) if self.owner_budgets.version else ()
+            key = (id(policy), self.version, day if scope == "agent" else 0, bursts, owned)
             cached = self._rule_cache.get((scope, scope_id))
             if cached is None or cached[0] != key:
                 if len(self._rule_cache) >= RULE_CACHE_SCOPES_MAX:
                     self._rule_cache.clear()
-                cached = (key, self._scope_rules(conn, policy, scope, scope_id, at_ms))
+                cached = (key, self._owned(self._scope_rules(conn, policy, scope, scope_id, at_ms), owned, at_ms))
                 self._rule_cache[(scope, scope_id)] = cached
             out.extend(cached[1])
         return out
@@ -289,6 +298,23 @@ class BudgetBook:
             out.append(self._burst(Rule(scope, scope_id, metric, window, base, rules_mod.PLAN_QUOTA_OVERAGE, quota), at_ms))
         return out
 
+    def _owned(self, rules: list[Rule], owned: tuple[OwnerBudget, ...], at_ms: int) -> list[Rule]:
+        """The scope's rules with its owner budgets in force (ledger/scoped.py): an owner budget
+        replaces the default of its metric and window; defaults of its metric in other windows
+        stop limiting but are still counted (the balance shows them)."""
+        if not owned:
+            return rules
+        metrics = {b.metric for b in owned}
+        keys = {(b.metric, b.window) for b in owned}
+        out = [
+            r if r.metric not in metrics else Rule(r.scope, r.scope_id, r.metric, r.window, None, r.overage, r.source)
+            for r in rules if (r.metric, r.window) not in keys
+        ]
+        for b in owned:
+            o = Overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
+            out.append(self._burst(Rule(b.scope, b.scope_id, b.metric, b.window, b.limit, o, "budget.set"), at_ms))
+        return out
+
     def _burst(self, rule: Rule, at_ms: int) -> Rule:
         factor = self.governance.active_bursts(rule.scope, rule.scope_id, rule.metric, at_ms)
         if factor == 100 or rule.limit is None:
@@ -316,6 +342,11 @@ class BudgetBook:
             raise Forbidden("not_authority", f"{ev.kind} must be signed by an oracle of this node")
         if ev.kind in NODE_KINDS and ev.signer != self.node_key:
             raise Forbidden("not_authority", f"{ev.kind} records are written by nodes, not submitted")
+        if ev.kind in GRANT_KINDS and ev.signer not in self.authorities:
+            raise Forbidden("not_authority", f"{ev.kind} must be signed by a governance authority of this node")
+        if ev.kind in OWNER_KINDS and not self._may_sign(ev):
+            raise Forbidden("not_authority", f"{ev.kind} must be signed by a governance authority of this node,"
+                            " or for a team's own budget by one of its team_admins")
         if ev.kind == "escrow.transfer" and ev.signer != self.node_key:
             raise Forbidden("not_authority", "escrow.transfer records are written by the node that gives, not submitted")
 
@@ -327,6 +358,11 @@ class BudgetBook:
             return ev.signer in self.oracles
         if ev.kind in NODE_KINDS:
             return ev.signer in self.nodes
+        if ev.kind in GRANT_KINDS:
+            return ev.signer in self.authorities
+        if ev.kind in OWNER_KINDS:
+            b = ev.body
+            return ev.signer in self.authorities or (b.scope == "team" and (b.id, ev.signer) in self.team_admins)
         return True
 
     def observe(self, conn: Connection, ev: Event, now_ms: int, origin: bytes | None = None) -> dict[tuple[str, str, str, str, int], int]:
@@ -470,16 +506,17 @@ class BudgetBook:
                               f" {COUNTER_MAX}, the largest usage counter this node keeps")
             held = self.held(rule.scope_key, metric)
             flags: list[str] = []
-            if self.enforce and rule.limit is not None and self.escrow.is_strict(rule):
+            strict = rule.limit is not None and self.escrow.is_strict(rule)
+            if self.enforce and strict:
                 # strict mode: only against the rights this node holds (node/escrow.py)
                 local = self.local_held(key, run, hold_delta)
                 refusal = self.escrow.decide(self, conn, key, local, spend)[0]
                 if refusal is not None and not metered:
-                    return out, refusal
+                    return out, self._spent_or(refusal, rule, consumed, held, amount, now_ms, window[1])
                 strict_spends.append((key, spend))
             if rule.limit is not None:
                 # optimistic mode: the union's overspend of the previous window is a debt counted here
-                debt = 0 if self.escrow.is_strict(rule) else self._debt(conn, rule, window[0], dry_run, out)
+                debt = 0 if strict else self._debt(conn, rule, window[0], dry_run, out)
                 verdict = evaluate(rule, consumed + debt, held, max(0, amount), now_ms, window[1], self.buckets.get(rule.key))
                 if verdict.bucket is not None and not dry_run:
                     self.buckets[rule.key] = verdict.bucket
@@ -523,6 +560,18 @@ class BudgetBook:
                     if flag in flags and (alert != "reserve" or "hard_crossed" in flags):
                         out.alerts.append(self._alert(alert, rule, now_ms, {"consumed": consumed, "limit": rule.limit}))
         return out, None
+
+    @staticmethod
+    def _spent_or(refusal: LedgerError, rule: Rule, consumed: int, held: int, amount: int, now_ms: int,
+                  window_end_ms: int) -> LedgerError:
+        """Strict mode: "ask again soon" (no_rights, short Retry-After) only while the cluster has
+        room; when the merged use already leaves no room for this event, the budget is spent until
+        the window ends (budget_exceeded, Retry-After to the window's end), as in optimistic mode."""
+        verdict = evaluate(rule, consumed, held, max(0, amount), now_ms, window_end_ms, None)
+        if verdict.ok or verdict.code != "budget_exceeded":
+            return refusal
+        return OverBudget("budget_exceeded", verdict.message + " across the cluster (strict mode)",
+                          details={"retry_after_ms": verdict.retry_after_ms})
 
     def _budget_view(self, rule: Rule, consumed: int, held: int, window_end: int, flags: list[str]) -> dict[str, Any]:
         limit = rule.limit
@@ -802,6 +851,22 @@ class BudgetBook:
         b = ev.body
         if ev.kind == "agent.register":
             plan_named(b.plan)
+            named = [(n, k) for n, k in ((b.name, b.agent), (b.user_name, b.user)) if n is not None]
+            if b.name is not None and b.name == b.user_name and b.agent != b.user:
+                raise Conflict("name_taken", f"name {b.name!r} given to both the agent and its user")
+            for n, k in list(named):
+                if self.names.get(n, k) != k:
+                    if replay:  # a replicated record that lost the race for a name keeps its key only
+                        logger.warning("name %s of %s is taken by %s: not applied", n, k.hex(), self.names[n].hex())
+                        named.remove((n, k))
+                        continue
+                    raise Conflict("name_taken", f"name {n!r} is already the name of {self.names[n].hex()}")
+            for n, k in named:
+                old = self.key_names.get(k)
+                if old is not None:
+                    self.names.pop(old, None)
+                self.names[n] = k
+                self.key_names[k] = n
             self.registrations[b.agent] = Registration(
                 b.user.hex(), b.team, b.platform, b.plan, b.max_tokens_per_run, b.max_cost_per_run,
                 b.max_parallel_runs, b.allowed_tools,
@@ -817,6 +882,13 @@ class BudgetBook:
             self.version += 1
         elif ev.kind == "node.admit":
             self.nodes.add(b.node)
+        elif ev.kind in GRANT_KINDS:
+            self.grants.apply(ev.kind, b, ev.ts)  # raises before anything moves
+        elif ev.kind in OWNER_KINDS:
+            record = from_record(ev.kind, b, ev.ts, ev.id, ev.signer)  # raises before anything moves
+            if not replay:
+                self.owner_budgets.check(record)
+            self.owner_budgets.add(record)
         elif ev.kind == "agent.suspend":
             self.suspensions.setdefault(b.agent, []).append(Suspension(ev.ts, None, b.reason, "*"))
             if out is not None:
@@ -881,6 +953,34 @@ class BudgetBook:
             budgets.append(view)
         return budgets
 
+    def resolve(self, text: str) -> bytes | None:
+        """The agent or user key of a readable name or a 64-hex key; None if neither."""
+        if len(text) == 64:
+            try:
+                return bytes.fromhex(text)
+            except ValueError:
+                return None
+        return self.names.get(text)
+
+    def _name_field(self, scope: str, scope_id: str) -> dict[str, str]:
+        """{"name": ...} for an agent or user scope with a readable name, else {}."""
+        name = self.key_names.get(bytes.fromhex(scope_id)) if scope in ("agent", "user") and self.key_names else None
+        return {"name": name} if name else {}
+
+    def owner_listing(self, conn: Connection, scope: str | None, scope_id: str | None, now_ms: int) -> dict[str, Any]:
+        """Owner budgets (in force and scheduled) with their current window's use: GET /v1/budgets."""
+        listing = self.owner_budgets.listing(scope, scope_id, now_ms)
+        for item in listing:
+            current = item["in_force"]
+            if current is None:
+                continue
+            start, end = window_bounds(item["window"], now_ms)
+            consumed = self.consumed(conn, (item["scope"], item["id"], item["metric"], item["window"], start))
+            held = self.holds.get((item["scope"], item["id"]), 0) if item["metric"] == "act.cost" else 0
+            item.update(window_start=start, window_end=end, consumed=consumed, held=held,
+                        remaining=max(0, current["limit"] - consumed - held))
+        return {"now": now_ms, "budgets": listing}
+
     def balance(self, conn: Connection, agent: bytes, now_ms: int) -> dict[str, Any]:
         """Every budget of the agent and its scopes, as of now_ms."""
         chain = self.chain(agent)
@@ -892,9 +992,10 @@ class BudgetBook:
         score = self.score(conn, agent, now_ms)
         return {
             "agent": agent.hex(),
+            "name": self.key_names.get(agent),
             "now": now_ms,
             "registered": reg is not None,
-            "scopes": [{"scope": s, "id": i, "plan": self._plan_of(s, i)} for s, i in chain],
+            "scopes": [{"scope": s, "id": i, "plan": self._plan_of(s, i), **self._name_field(s, i)} for s, i in chain],
             "stake": stake,
             "reputation_ppm": score,
             "multipliers": {

@@ -59,10 +59,18 @@ def parse_duration_s(text: str) -> int:
 
 @command("token")
 def cmd_token(args: argparse.Namespace) -> int:
+    """`ats token --key agent.key`: mint a gateway token (offline); `ats token grant|revoke`: an
+    authority's read tokens (node/clitoken.py)."""
     from ledger.credentials import mint
     from node.clock import SystemClock
     from node.keys import KeyFileError, read_key
 
+    if args.action in ("grant", "revoke"):
+        from node import clitoken
+
+        return clitoken.run(args)
+    if args.scope is not None:
+        return fail("ats token: mint takes no scope (did you mean `ats token grant SCOPE ID`?)", EXIT_USAGE)
     try:
         seed = read_key(args.key)
         ttl_s = parse_duration_s(args.ttl)
@@ -172,6 +180,16 @@ def cmd_verify_db(args: argparse.Namespace) -> int:
     return verify_data_dir(args.data_dir, quiet=args.quiet, as_json=args.json, config_file=args.config)
 
 
+@command("budget")
+def cmd_budget(args: argparse.Namespace) -> int:
+    from node import clibudget
+
+    problem = clibudget.validate(args)
+    if problem:
+        return fail(problem, EXIT_USAGE)
+    return clibudget.run(args)
+
+
 def _sdk_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from node import clicmds
@@ -190,10 +208,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("path", help="key file to create")
     s.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    s = sub.add_parser("token", help="mint a bearer token for a node's LLM gateway from an agent key (offline; docs/gateway.md)")
-    s.add_argument("--key", required=True, help="agent key file (from `ats keygen`)")
-    s.add_argument("--ttl", default="30d", help="lifetime: 30d, 12h, 15m or seconds (default 30d; nodes refuse more than llm_token_lifetime_s_max)")
-    s.add_argument("--jti", help="a token id to put in the jti claim")
+    s = sub.add_parser("token", help="mint a bearer token for a node's LLM gateway from an agent key (offline; docs/gateway.md),"
+                                     " or grant or revoke a read token (docs/read-access.md)")
+    s.add_argument("action", nargs="?", choices=["mint", "grant", "revoke"], default="mint",
+                   help="mint (default): a gateway token from --key; grant, revoke: an authority's read tokens")
+    s.add_argument("--key", required=True, help="mint: the agent's key file (from `ats keygen`); grant, revoke: an authority's key file")
+    s.add_argument("--ttl", default="30d", help="mint: lifetime: 30d, 12h, 15m or seconds (default 30d; nodes refuse more than llm_token_lifetime_s_max)")
+    s.add_argument("--jti", help="mint: a token id to put in the jti claim")
+    from node import clitoken
+
+    clitoken.add_arguments(s, os.environ.get("ATS_URL", DEFAULT_URL))
 
     s = sub.add_parser("exec", help="run a command as a metered task of an agent: reserve, run, measure, record (docs/gateway.md)")
     s.add_argument("--key", required=True, help="agent key file (from `ats keygen`)")
@@ -242,14 +266,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
     s.add_argument("--body", required=True, help='event body as JSON, e.g. \'{"op": "llm.call", "cost": 3200}\'; bytes as hex')
     s.add_argument("--ts", type=int, help="timestamp in ms (default: now)")
+    s.add_argument("--json", action="store_true", help="print the whole receipt as JSON (default: the event id)")
 
     s = sub.add_parser("balance", help="print an agent's budgets, scopes, suspension, runs and alerts")
-    s.add_argument("agent", help="the agent's public key (64 hex digits)")
+    s.add_argument("agent", help="the agent: its name, public key (64 hex digits) or key file")
+    s.add_argument("--json", action="store_true", help="print the raw JSON (default: a table with names and times)")
     s.add_argument("--url", default=os.environ.get("ATS_URL", DEFAULT_URL), help="node URL")
 
     s = sub.add_parser("report", help="a usage report of an agent, user, team, platform or the node (docs/reports.md)")
     s.add_argument("scope", help="agent, user, team, platform or node")
-    s.add_argument("id", help="the scope's id: an agent's or user's key in hex, a team or platform name, or all (node)")
+    s.add_argument("id", help="the scope's id: an agent's or user's name, key (hex) or key file, a team or platform name, or all (node)")
     s.add_argument("--period", choices=["day", "week", "month"], default="day", help="the UTC period holding --at")
     s.add_argument("--at", type=int, help="a time in ms in the period (default: now)")
     out = s.add_mutually_exclusive_group()
@@ -274,6 +300,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--since", help="a checkpoint file saved earlier: prove the log grew from it")
     s.add_argument("--save", help="save the verified checkpoint to this file")
     s.add_argument("--origin", help="another origin's log held by this node")
+
+    from node import clibudget
+
+    clibudget.add_parser(sub, os.environ.get("ATS_URL", DEFAULT_URL))
     return p
 
 

@@ -66,7 +66,16 @@ def _run(coro_fn: Any, args: argparse.Namespace) -> int:
     except AtsUnreachable as e:
         return fail(f"cannot reach the node: {e.message}", EXIT_UNREACHABLE)
     except AtsError as e:
-        return fail(f"{e.code}: {e.message}", EXIT_FAILED)
+        return fail(f"{e.code}: {e.message}{_retry_note(e)}", EXIT_FAILED)
+
+
+def _retry_note(e: AtsError) -> str:
+    """Why and when to ask again, from a refusal's Retry-After."""
+    if e.retry_after_s is None:
+        return ""
+    from node.cliident import human_wait
+
+    return f" (Retry-After: {e.retry_after_s:g} s; ask again in {human_wait(int(e.retry_after_s * 1000))})"
 
 
 def _warn_tofu(auditor: Auditor) -> None:
@@ -102,7 +111,7 @@ async def _submit(args: argparse.Namespace, seed: bytes) -> int:
     body = body_from_json(args.kind, args.body)
     async with AgentClient(args.url, seed, **tls_env()) as agent:
         receipt = await agent.submit(args.kind, body, args.ts)
-    print(json.dumps(receipt, indent=2))
+    print(json.dumps(receipt, indent=2) if args.json else receipt.get("id"))
     return EXIT_OK
 
 
@@ -221,10 +230,43 @@ def balance(args: argparse.Namespace) -> int:
 
 
 async def _balance(args: argparse.Namespace) -> int:
+    from node.cliident import resolve
+
     async with AgentClient(args.url, bytes(32), **tls_env()) as client:
-        doc = await client.balance(args.agent)
-    print(json.dumps(doc, indent=2))
+        client.http.read_token = os.environ.get("ATS_TOKEN") or None
+        doc = await client.balance(await resolve(client.http, args.agent))
+    print(json.dumps(doc, indent=2) if args.json else balance_text(doc))
     return EXIT_OK
+
+
+def balance_text(doc: dict[str, Any]) -> str:
+    """A balance for a terminal: names, human amounts and times (raw values: --json)."""
+    from ledger.pricing import format_t
+    from node.cliident import human_time
+
+    def who(scope: dict[str, Any]) -> str:
+        name = scope.get("name")
+        return f"{name} ({scope['id'][:12]}…)" if name else scope["id"]
+
+    def amount(metric: str, value: int | None) -> str:
+        return "unlimited" if value is None else (f"{format_t(value)} T" if metric == "act.cost" else f"{value:,}")
+
+    lines = [f"agent {doc.get('name') or doc['agent']}  ({doc['agent']})  at {human_time(doc['now'])}"]
+    lines += [f"  {s['scope']:8s} {who(s)}" + (f"  plan {s['plan']}" if s.get("plan") else "") for s in doc["scopes"]]
+    if doc.get("suspended"):
+        s = doc["suspension"]
+        lines.append(f"SUSPENDED since {human_time(s['since'])} until {human_time(s['until']) if s['until'] else 'lifted'}: {s['reason']}")
+    lines += ["", f"{'scope':9s} {'metric':15s} {'window':18s} {'used':>14s} {'limit':>14s} {'status':9s} window ends"]
+    for b in doc["budgets"]:
+        if b["allocated"] is None and not b["consumed"]:
+            continue
+        lines.append(f"{b['scope']:9s} {b['metric']:15s} {b['window']:18s} {amount(b['metric'], b['consumed']):>14s}"
+                     f" {amount(b['metric'], b['allocated']):>14s} {b['status']:9s} {human_time(b['window_end'])}")
+    for r in doc.get("runs", []):
+        lines.append(f"run {r['run']}: reserved {format_t(r['reserved'])} T, spent {format_t(r['spent'])} T, expires {human_time(r['expires'])}")
+    for a in doc.get("alerts", []):
+        lines.append(f"alert {a.get('type')} {a.get('scope')} {a.get('metric')} at {human_time(a.get('ts_ms'))}")
+    return "\n".join(lines)
 
 
 # -- peers ----------------------------------------------------------------------
@@ -283,9 +325,13 @@ def report(args: argparse.Namespace) -> int:
 async def _report(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
+    from node.cliident import resolve
+
     params = {"period": args.period, **({"at": str(args.at)} if args.at is not None else {})}
-    path = f"/v1/reports/{quote(args.scope, safe='')}/{quote(args.id, safe='')}"
     async with AgentClient(args.url, bytes(32), **tls_env()) as client:
+        client.http.read_token = os.environ.get("ATS_TOKEN") or None
+        scope_id = await resolve(client.http, args.id) if args.scope in ("agent", "user") else args.id
+        path = f"/v1/reports/{quote(args.scope, safe='')}/{quote(scope_id, safe='')}"
         if args.csv:
             sys.stdout.write(await client.http.text(path, params={**params, "format": "csv"}))
             return EXIT_OK
@@ -300,7 +346,9 @@ def report_table(doc: dict[str, Any]) -> str:
 
     p = doc["period"]
     trend = doc["trend"]["cost_pct"]
-    lines = [f"{doc['scope']} {doc['id']}: {p['kind']} from {p['start_ms']} to {p['end_ms']} (ms, UTC)",
+    from node.cliident import human_time
+
+    lines = [f"{doc['scope']} {doc['id']}: {p['kind']} from {human_time(p['start_ms'])} to {human_time(p['end_ms'])}",
              f"cost {doc['cost_T']} T" + ("" if trend is None else f" ({trend:+.1f} % vs previous {format_t(doc['previous']['cost_mT'])} T)"),
              "", f"{'kind':6s} {'metric':16s} {'total':>14s}"]
     for kind, fields in doc["totals"].items():

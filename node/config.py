@@ -8,6 +8,7 @@ as constructor arguments: nothing else reads the environment or a file.
 
 from __future__ import annotations
 
+import re
 import ipaddress
 import os
 import tomllib
@@ -49,11 +50,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "info", "level", "diagnostics level: debug, info, warning, error"),
     Setting("authorities", (), "hex keys", "governance authority public keys: may sign registrations, plans, suspensions, proposals and votes"),
     Setting("oracles", (), "hex keys", "oracle public keys: may sign stake.set records"),
+    Setting("team_admins", (), "team=hex key", "team admin keys (team=64 hex digits each): may sign budget.set and budget.rm for their own team's scope, as an authority may for any scope; every node of a cluster needs the same list"),
     Setting("governance_threshold", 0, "votes", "approvals that adopt a proposal (m of n; 0: a majority of the authorities)"),
     Setting("unregistered_agents", "default", "mode", "an agent with no agent.register record: 'default' (put on default_plan) or 'refuse' (422 unknown_agent)"),
     Setting("default_plan", "freemium", "plan", "the plan of agents with no agent.register record (when unregistered_agents is default)"),
     Setting("budgets", True, "bool", "enforce budgets at admission (false: record only)"),
-    Setting("alert_webhooks", (), "URLs", "URLs that receive every alert as a JSON POST (retried, never blocking admission)"),
+    Setting("read_auth", "auto", "mode", "who may read balances, usage, reports, budgets, metrics: 'auto' (anyone on a loopback listen address, a read token or the agent's JWT elsewhere), 'token' (always a credential) or 'open' (anyone, anywhere)"),
+    Setting("log_public", True, "bool", "the log, events and proofs are open to anyone (false: an audit or all-scope read token is needed off loopback; peers replicating from this node then need one too)"),
+    Setting("read_jwt_lifetime_max_s", 86_400, "s", "longest an agent's read JWT may live (exp - now)"),
+    Setting("alert_webhooks", (), "URLs", "URLs that receive every alert as a JSON POST (retried, never blocking admission); URL#secret=S signs each POST (ATS-Signature: t=…,v1=HMAC-SHA256); slack+URL posts Slack's {\"text\": …}"),
     Setting("alert_retry_max", 5, "attempts", "delivery attempts per alert and webhook"),
     Setting("peers", (), "URLs", "static peer list: nodes to replicate with (http://host:port), for networks without multicast"),
     Setting("open_membership", False, "bool", "development only: merge every origin and accept every peer, admitted by a node.admit record or not"),
@@ -162,10 +167,14 @@ class Config:
     log_level: str = "info"
     authorities: tuple[str, ...] = ()
     oracles: tuple[str, ...] = ()
+    team_admins: tuple[str, ...] = ()
     governance_threshold: int = 0
     unregistered_agents: str = "default"
     default_plan: str = "freemium"
     budgets: bool = True
+    read_auth: str = "auto"
+    log_public: bool = True
+    read_jwt_lifetime_max_s: int = 86_400
     alert_webhooks: tuple[str, ...] = ()
     alert_retry_max: int = 5
     peers: tuple[str, ...] = ()
@@ -353,6 +362,12 @@ def validate(config: Config) -> list[str]:
         for key in getattr(config, name):
             if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
                 problems.append(f"{name}: {key!r} is not 64 lowercase hex digits")
+    if config.read_auth not in ("auto", "token", "open"):
+        problems.append("read_auth must be auto, token or open")
+    for entry in config.team_admins:
+        team, _, key = entry.partition("=")
+        if not re.fullmatch(r"[a-z0-9._-]{1,64}", team) or not re.fullmatch(r"[0-9a-f]{64}", key):
+            problems.append(f"team_admins: {entry!r} is not team=64 lowercase hex digits")
     if config.governance_threshold < 0 or config.governance_threshold > max(1, len(config.authorities)):
         problems.append("governance_threshold must be between 0 and the number of authorities")
     from ledger.plans import PLANS
@@ -361,9 +376,13 @@ def validate(config: Config) -> list[str]:
         problems.append(f"default_plan must be one of {', '.join(sorted(PLANS))}")
     if config.unregistered_agents not in ("default", "refuse"):
         problems.append("unregistered_agents must be default or refuse")
+    from ledger.webhooks import parse_target
+
     for url in config.alert_webhooks:
-        if not url.startswith(("http://", "https://")):
-            problems.append(f"alert_webhooks: {url!r} is not an http(s) URL")
+        try:
+            parse_target(url)
+        except ValueError as e:
+            problems.append(f"alert_webhooks: {e}")
     for url in config.peers:
         if not url.startswith(("http://", "https://")):
             problems.append(f"peers: {url!r} is not an http(s) URL")

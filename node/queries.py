@@ -8,6 +8,7 @@ is computed in memory, so a proof costs O(log n) point reads.
 
 from __future__ import annotations
 
+import re
 import base64
 from typing import Any
 
@@ -209,7 +210,7 @@ class Queries:
     # -- agents ---------------------------------------------------------------
 
     async def usage(self, agent_hex: str, since: int, until: int, kind: str | None) -> dict[str, Any]:
-        agent = parse_hex32(agent_hex, "agent")
+        agent = self.identity(agent_hex, "agent")
         if kind is not None and kind not in KINDS:
             raise Invalid("unknown_kind", f"unknown kind {kind[:64]!r}")
         if since > until:
@@ -239,8 +240,35 @@ class Queries:
 
     async def balance(self, agent_hex: str, now_ms: int) -> dict[str, Any]:
         """Every budget of the agent and its scopes; read on the writer thread for a consistent view."""
-        agent = parse_hex32(agent_hex, "agent")
+        agent = self.identity(agent_hex, "agent")
         return await self._db.write(self._book.balance, agent, now_ms)
+
+    @property
+    def book(self) -> BudgetBook:
+        """The budget book (node/readauth.py reads its grants, names and scopes)."""
+        return self._book
+
+    def identity(self, text: str, what: str) -> bytes:
+        """An agent's or user's key from 64 hex digits or its readable name (agent.register);
+        raises bad_parameter or unknown_name. (A dict read: the writer thread only adds names.)"""
+        if len(text) == 64:
+            return parse_hex32(text, what)
+        if not re.fullmatch(r"[a-z0-9._-]{1,64}", text):
+            raise Invalid("bad_parameter", f"{what} must be 64 hex digits or a name (a-z0-9._-)")
+        key = self._book.names.get(text)
+        if key is None:
+            raise NotFound("unknown_name", f"no agent or user is named {text[:64]!r} (names come from agent.register)")
+        return key
+
+    def name_of(self, text: str) -> dict[str, Any]:
+        """GET /v1/names/{name}: the key of a name, and whether it names an agent or a user."""
+        key = self.identity(text, "name")
+        kind = "agent" if key in self._book.registrations else ("user" if key in self._book.users else "unknown")
+        return {"name": self._book.key_names.get(key), "key": key.hex(), "scope": kind}
+
+    async def owner_budgets(self, scope: str | None, scope_id: str | None, now_ms: int) -> dict[str, Any]:
+        """Owner budgets (budget.set) in force and scheduled, with their use; on the writer thread."""
+        return await self._db.write(self._book.owner_listing, scope, scope_id, now_ms)
 
     async def quota_check(self, event: Event, now_ms: int) -> dict[str, Any]:
         """Would this event be admitted now? Decided like a submission; nothing is recorded."""

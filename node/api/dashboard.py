@@ -21,7 +21,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from ledger.errors import BadSignature, Forbidden, Invalid, LedgerError, NotFound
-from node.appkeys import CLOCK_KEY, CONFIG_KEY, DASHBOARD_KEY, EXPORTS_KEY
+from ledger.readgrants import TOKEN_PREFIX
+from node.appkeys import CLOCK_KEY, CONFIG_KEY, DASHBOARD_KEY, EXPORTS_KEY, QUERIES_KEY
 from node.config import Config
 
 COOKIE = "ats_dashboard"
@@ -73,6 +74,8 @@ def authorize(request: web.Request) -> None:
     rule = token_rule(config)
     if rule == "open":
         return
+    if _read_grant(request):
+        return
     if rule == "unset":
         why = ("dashboard_auth is token" if config.dashboard_auth == "token"
                else f"this node listens on {config.listen_host}, which is not a loopback address,")
@@ -81,6 +84,36 @@ def authorize(request: web.Request) -> None:
             f"{why} and no dashboard token is set: set dashboard_token (ATS_DASHBOARD_TOKEN, at least 16 characters)"
             " and open /?token=<token>, or listen on 127.0.0.1",
         )
+    if not dashboard_token_presented(request):
+        raise BadSignature(
+            "token_required",
+            "the dashboard needs this node's dashboard_token: open /?token=<token> once (a cookie keeps it),"
+            " or send Authorization: Bearer <token>",
+        )
+
+
+def _read_grant(request: web.Request) -> bool:
+    """A read token (docs/read-access.md) in Authorization: Bearer also opens the dashboard's data:
+    an `all` token every team's, a team token its own team's (`?team=`). Raises its refusal."""
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.startswith("Bearer ") else ""
+    if not token.startswith(TOKEN_PREFIX) or not request.path.startswith("/v1/dashboard/"):
+        return False
+    grant = request.app[QUERIES_KEY].book.grants.check(token, request.app[CLOCK_KEY].now_ms())
+    if grant.role == "read" and (grant.scope == "all" or (grant.scope == "team" and _team(request) == grant.scope_id)):
+        return True
+    raise Forbidden("token_scope", f"this token reads {grant.scope} {grant.scope_id}: a dashboard view of one team"
+                    " needs ?team=<that team>, of every team an all-scope token")
+
+
+def dashboard_token_presented(request: web.Request) -> bool:
+    """Whether the request carries the configured dashboard token (Bearer, ?token= or the cookie).
+
+    node/readauth.py also takes it as the owner's all-scope read credential, so the page's own
+    reads (reports, metrics, the log) work off loopback with the cookie alone."""
+    config = request.app[CONFIG_KEY]
+    if not config.dashboard_token:
+        return False
     expected = _digest(config.dashboard_token)
     header = request.headers.get("Authorization", "")
     candidates = []
@@ -96,12 +129,7 @@ def authorize(request: web.Request) -> None:
     ok = False
     for candidate in candidates:
         ok |= hmac.compare_digest(candidate, expected)
-    if not ok:
-        raise BadSignature(
-            "token_required",
-            "the dashboard needs this node's dashboard_token: open /?token=<token> once (a cookie keeps it),"
-            " or send Authorization: Bearer <token>",
-        )
+    return ok
 
 
 @lru_cache(maxsize=len(ASSETS))

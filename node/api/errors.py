@@ -23,10 +23,18 @@ _HTTP_CODES = {
 }
 
 
+# x-should-retry (as Stainless-generated SDKs read it): whether retrying after Retry-After can
+# succeed. A spent budget or a suspension will not change by asking again before its time.
+SHOULD_RETRY = {"throttled": "true", "no_rights": "true", "too_many_runs": "true",
+                "budget_exceeded": "false", "suspended": "false"}
+
+
 def error_response(status: int, code: str, message: str, retry_after_ms: int | None = None) -> web.Response:
     resp = web.json_response({"error": {"code": code, "message": message}}, status=status)
     if retry_after_ms is not None:
         resp.headers["Retry-After"] = str(max(1, -(-retry_after_ms // 1000)))
+    if code in SHOULD_RETRY:
+        resp.headers["x-should-retry"] = SHOULD_RETRY[code]
     return resp
 
 

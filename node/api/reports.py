@@ -11,7 +11,7 @@ from aiohttp import web
 from ledger.constants import TIME_MS_MAX
 from ledger.errors import Invalid
 from node.api.params import int_param, str_param
-from node.appkeys import CLOCK_KEY, REPORTS_KEY
+from node.appkeys import CLOCK_KEY, QUERIES_KEY, REPORTS_KEY
 
 CSV_HEADER = ("section", "key", "field", "value")
 
@@ -23,7 +23,10 @@ async def report(request: web.Request) -> web.Response:
     fmt = str_param(request, "format") or ("csv" if "text/csv" in request.headers.get("Accept", "") else "json")
     if fmt not in ("json", "csv"):
         raise Invalid("bad_parameter", "format must be json or csv")
-    doc = await request.app[REPORTS_KEY].report(request.match_info["scope"], request.match_info["id"], period, at_ms)
+    scope, scope_id = request.match_info["scope"], request.match_info["id"]
+    if scope in ("agent", "user") and len(scope_id) != 64:  # a readable name (agent.register)
+        scope_id = request.app[QUERIES_KEY].identity(scope_id, "id").hex()
+    doc = await request.app[REPORTS_KEY].report(scope, scope_id, period, at_ms)
     if fmt == "json":
         return web.json_response(doc)
     name = f"ats-report-{doc['scope']}-{doc['id'][:16]}-{doc['period']['kind']}-{doc['period']['start_ms']}.csv"

@@ -73,6 +73,7 @@ class HttpTransport:
         self.retry_count = 0  # retries made so far, over all requests (for metrics and tests)
         # https URLs: verified against tls_ca (else the system's CAs), or the pinned certificates
         self._ssl = client_ssl(tls_ca, tls_pins)
+        self.read_token: str | None = None  # sent as Authorization: Bearer on reads (docs/read-access.md)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -107,7 +108,10 @@ class HttpTransport:
 
         A 503 is retried; if it persists, it is returned like any other answer.
         """
-        headers = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})} or None
+        headers = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})}
+        if self.read_token and method == "GET":
+            headers["Authorization"] = f"Bearer {self.read_token}"
+        headers = headers or None
         last = ""
         for attempt in range(self.retries + 1):
             retry_after_s = None

@@ -447,11 +447,11 @@ def test_cli_registers_an_agent_and_shows_its_balance(gnode, tmp_path):
     body = json.dumps({"agent": agent.public_key.hex(), "user": USER.public_key.hex(), "team": "ops",
                        "platform": "edge", "plan": "premium"})
     cli = [sys.executable, "-m", "node"]
-    out = subprocess.run(cli + ["submit", "agent.register", "--key", authority_key, "--body", body, "--url", gnode.url],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(cli + ["submit", "agent.register", "--key", authority_key, "--body", body, "--url", gnode.url,
+                                "--json"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "accepted"
-    out = subprocess.run(cli + ["balance", agent.public_key.hex(), "--url", gnode.url], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(cli + ["balance", agent.public_key.hex(), "--url", gnode.url, "--json"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["registered"] and doc["scopes"][2] == {"scope": "team", "id": "ops", "plan": None}

@@ -48,7 +48,7 @@ def vkey_of(node) -> str:
 
 
 def submit(node, key: str, body: str = ACT, kind: str = "act") -> dict:
-    run = ats("submit", kind, "--key", key, "--url", node.url, "--body", body)
+    run = ats("submit", kind, "--key", key, "--url", node.url, "--body", body, "--json")
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)
 

@@ -36,6 +36,20 @@ NOT_REACHABLE_OVER_HTTP = {
 }
 # Codes that need state (a spent budget, an open run): walked by the named test.
 WALKED_ELSEWHERE = {
+    "read_token_required": "test_read_access.test_read_tokens_from_the_cli_open_reads_and_revoked_or_foreign_ones_do_not",
+    "bad_token": "test_read_access.test_read_tokens_from_the_cli_open_reads_and_revoked_or_foreign_ones_do_not",
+    "token_expired": "test_read_access.test_read_tokens_from_the_cli_open_reads_and_revoked_or_foreign_ones_do_not",
+    "token_revoked": "test_read_access.test_read_tokens_from_the_cli_open_reads_and_revoked_or_foreign_ones_do_not",
+    "token_scope": "test_read_access.test_read_tokens_from_the_cli_open_reads_and_revoked_or_foreign_ones_do_not",
+    "budget_exists": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "budget_not_found": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "effective_in_past": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "invalid_limit": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "invalid_scope": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "unknown_metric": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "unknown_window": "test_owner_budgets.test_bad_budget_records_each_get_their_code_and_nothing_is_applied",
+    "name_taken": "test_owner_budgets.test_names_from_registration_work_wherever_an_identity_is_taken",
+    "unknown_name": "test_owner_budgets.test_names_from_registration_work_wherever_an_identity_is_taken",
     "read_only": "test_ingest.test_tampered_log_makes_node_read_only",
     "storage_error": "test_hostile_input.test_a_storage_error_fails_one_batch_and_the_writer_goes_on",
     "unknown_agent": "test_budgets.test_unregistered_agents_get_the_default_plan_or_are_refused",

@@ -109,7 +109,8 @@ def test_report_as_csv_has_a_header_and_one_row_per_section_key_field(spiked):
     ("/v1/reports/node/elsewhere", 404, "scope_not_found"),
     ("/v1/reports/team/no-such-team", 404, "scope_not_found"),
     ("/v1/reports/agent/" + "ab" * 32, 404, "scope_not_found"),
-    ("/v1/reports/agent/xyz", 422, "bad_parameter"),
+    ("/v1/reports/agent/xyz", 404, "unknown_name"),  # a name no agent.register gave
+    ("/v1/reports/agent/XYZ", 422, "bad_parameter"),  # neither a name nor a key
     ("/v1/reports/node/all?period=year", 422, "bad_period"),
     ("/v1/reports/node/all?at=yesterday", 422, "bad_parameter"),
     ("/v1/reports/node/all?format=xml", 422, "bad_parameter"),

@@ -132,12 +132,12 @@ class Cluster:
     """n nodes, each in its own namespace, behind one bridge in a hub namespace."""
 
     def __init__(self, n: int, *, base_dir: str, env: Mapping[str, str] | None = None, node_env: NodeEnv = None,
-                 multicast: bool = False):
+                 multicast: bool = False, prefix: str = "ats"):
         if not 1 <= n <= MAX_NODES:
             raise ValueError(f"1..{MAX_NODES} nodes, not {n}")
         taken = set(netns_list())
         while True:
-            p = f"ats{os.getpid()}x{next(_SEQ)}"
+            p = f"{prefix}{os.getpid()}x{next(_SEQ)}"  # prefix: whose namespaces these are
             if not any(name.startswith(p) for name in taken):
                 break
         if len(f"{p}h{n - 1}") > 15:

@@ -17,7 +17,7 @@ CONVERGE_S = 30
 
 def env_for(n):
     return lambda i: {"ATS_OPEN_MEMBERSHIP": "true", "ATS_PEERS": peers_of(i, n), "ATS_REPLICATION_INTERVAL_MS": "200",
-                      "ATS_DISCOVERY": "off"}
+                      "ATS_DISCOVERY": "off", "ATS_READ_AUTH": "open"}  # reads off loopback: docs/read-access.md
 
 
 def submit(c, i, envelope):

@@ -93,3 +93,45 @@ def test_never_admits_past_hard_plus_reserve(limit, consumed, amount):
         assert not v.ok
     elif consumed + amount < soft:
         assert v.ok and not v.flags
+
+
+HOUR_MS = 3_600_000
+
+
+def test_throttle_pace_follows_what_is_left_and_the_time_left():
+    """Issue 12: 1.5 T with 3.5 T left under the hard limit was throttled for 3.7 h."""
+    r = rule(10_000)  # 10 T: soft 8 T, hard 10 T, burst capacity 5 % = 0.5 T
+    now, end = 15 * HOUR_MS, 24 * HOUR_MS  # 9 h left in the day
+    drained = Bucket(tokens=200, updated_ms=now)  # 0.2 T in the bucket
+    v = evaluate(r, 6_500, 0, 1_500, now, end, drained)  # 3.5 T left
+    assert not v.ok and v.code == "throttled"
+    # the wait is for the bucket to fill (0.3 T at 3.5 T per 9 h), not for 1.5 T: 46 min, not 3.7 h
+    assert v.retry_after_ms == -(-300 * 9 * HOUR_MS // 3_500) < HOUR_MS
+    later = now + v.retry_after_ms
+    v2 = evaluate(r, 6_500, 0, 1_500, later, end, v.bucket)
+    assert v2.ok and "throttled" in v2.flags
+    # the big event left the bucket in debt: the pace is kept by waiting after it instead
+    assert v2.bucket.tokens == 500 - 1_500
+    v3 = evaluate(r, 8_000, 0, 100, later + 1000, end, v2.bucket)
+    assert not v3.ok and v3.retry_after_ms > HOUR_MS
+
+
+def test_throttle_refill_is_not_lost_to_rounding_when_asked_often():
+    r = rule(10_000)
+    end = 10 * HOUR_MS  # room 1 000 over 10 h: one unit every 36 s
+    bucket = Bucket(tokens=0, updated_ms=0)
+    t, admitted = 0, False
+    for _ in range(200):  # ask every second: a refill rounded down each time would never add a unit
+        t += 1000
+        v = evaluate(r, 9_000, 0, 1, t, end, bucket)
+        bucket = v.bucket
+        if v.ok:
+            admitted = True
+            break
+    assert admitted and t <= 37_000
+
+
+def test_a_jump_from_below_soft_into_the_reserve_reports_every_crossing():
+    r = rule(1000)  # soft 800, hard 1000, reserve 100
+    v = evaluate(r, 750, 0, 300, 0, 10, None)  # 75 % -> 105 %
+    assert v.ok and {"soft_crossed", "hard_crossed", "reserve"} <= set(v.flags)
