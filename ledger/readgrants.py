@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ledger.errors import BadSignature, Forbidden, Invalid
-from ledger.events import Body, _bytes32, _uint, register_kind, spec
+from ledger.events import Body, _bytes32, _time_ms, _uint, register_kind, spec
 
 GRANT_SCOPES = ("agent", "user", "team", "platform", "all")
 ROLES = ("read", "audit")
@@ -70,7 +70,7 @@ class ReadGrantBody(_GrantBody):
     scope: str = spec(_grant_scope)
     id: str = spec(_grant_id)
     role: str = spec(_role)
-    expires: int = spec(_uint)
+    expires: int = spec(_time_ms)
     label: str | None = spec(_label, required=False)
 
 

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ledger.errors import Conflict, Invalid
-from ledger.events import Body, _uint, register_kind, spec
+from ledger.constants import COUNTER_MAX
+from ledger.events import Body, _time_ms, _uint, register_kind, spec
 from ledger.windows import CALENDAR_WINDOWS, OWNER_WINDOWS, valid_window, zone
 
-INT_MAX = 2**63 - 1  # every limit fits a signed 64-bit SQLite INTEGER
 SCOPES = ("agent", "user", "team", "platform")
 _NAME_RE = re.compile(r"[a-z0-9._-]{1,64}")
 _HEX_RE = re.compile(r"[0-9a-f]{64}")
@@ -120,8 +120,9 @@ def _tz(name: str, value: Any) -> str:
 
 
 def _limit(name: str, value: Any) -> int:
-    if type(value) is not int or not 0 <= value <= INT_MAX:
-        raise Invalid("invalid_limit", f"{name} must be an integer 0..{INT_MAX}")
+    # a usage counter saturates at COUNTER_MAX (ledger/constants.py): a larger limit could never be reached
+    if type(value) is not int or not 0 <= value <= COUNTER_MAX:
+        raise Invalid("invalid_limit", f"{name} must be an integer 0..{COUNTER_MAX}")
     return value
 
 
@@ -158,7 +159,7 @@ class BudgetSetBody(_OwnerBody):
     reserve_pct: int | None = spec(_pct, required=False)
     throttle: bool | None = spec(_flag, required=False)
     suspend: bool | None = spec(_flag, required=False)
-    effective: int | None = spec(_uint, required=False)
+    effective: int | None = spec(_time_ms, required=False)
 
 
 @register_kind
@@ -172,7 +173,7 @@ class BudgetRmBody(_OwnerBody):
     metric: str = spec(_metric)
     window: str = spec(_window)
     tz: str | None = spec(_tz, required=False)
-    effective: int | None = spec(_uint, required=False)
+    effective: int | None = spec(_time_ms, required=False)
 
 
 OWNER_KINDS = frozenset({"budget.set", "budget.rm"})
@@ -235,7 +236,7 @@ def from_record(kind: str, body: Any, ts_ms: int, event_id: bytes, signer: bytes
     p = {k: (DEFAULT_POLICY[k] if getattr(body, k) is None else getattr(body, k)) for k in DEFAULT_POLICY}
     if not 0 < p["soft_pct"] <= p["hard_pct"] <= 100:
         raise Invalid("invalid_policy", "soft_pct and hard_pct must satisfy 0 < soft_pct <= hard_pct <= 100")
-    if body.limit * (p["hard_pct"] + p["reserve_pct"]) // 100 > INT_MAX:
+    if body.limit * (p["hard_pct"] + p["reserve_pct"]) // 100 > COUNTER_MAX:
         raise Invalid("invalid_limit", "limit × (hard_pct + reserve_pct) overflows a 64-bit counter")
     return OwnerBudget(body.scope, body.id, metric, window, body.limit, p["soft_pct"], p["hard_pct"],
                        p["reserve_pct"], p["throttle"], p["suspend"], effective, ts_ms, event_id, signer)

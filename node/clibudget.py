@@ -17,7 +17,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from ledger.scoped import INT_MAX, METRIC_ALIASES, SCOPES, metric_name
+from ledger.constants import COUNTER_MAX
+from ledger.scoped import METRIC_ALIASES, SCOPES, metric_name
 from node.cli import EXIT_OK
 from node.clicmds import UsageError
 from node.clicmds import _run as _run_command
@@ -46,7 +47,7 @@ def parse_limit(metric: str, text: str) -> int:
             raise UsageError(f"--limit {text!r}: unknown suffix {suffix!r} (k, M, G)")
     whole, _, frac = number.partition(".")
     value = int(whole) * scale + (int(frac) * scale // 10 ** len(frac) if frac else 0)
-    if value > INT_MAX:
+    if value > COUNTER_MAX:
         raise UsageError(f"--limit {text!r} is too large")
     return value
 

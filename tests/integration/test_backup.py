@@ -37,8 +37,10 @@ def batch(envelopes: list[bytes]) -> bytes:
 
 
 def submit(node: NodeProcess, agent: TestAgent, n: int) -> None:
-    reply = post_cbor(node.url, "/v1/events/batch", batch([agent.envelope() for _ in range(n)]))
-    assert reply.status == 200 and reply.json()["accepted"] == n, reply.body
+    for start in range(0, n, 256):  # batch_events_max
+        k = min(256, n - start)
+        reply = post_cbor(node.url, "/v1/events/batch", batch([agent.envelope() for _ in range(k)]))
+        assert reply.status == 200 and reply.json()["accepted"] == k, reply.body
 
 
 def size_of(node: NodeProcess) -> int:

@@ -135,6 +135,9 @@ def test_bad_budget_records_each_get_their_code_and_nothing_is_applied(onode):
         (AUTH[0], {**good, "limit": -1}, 422, "invalid_limit"),
         (AUTH[0], {**good, "limit": 2**63}, 422, "invalid_limit"),
         (AUTH[0], {**good, "limit": 2**62, "reserve_pct": 100}, 422, "invalid_limit"),
+        (AUTH[0], {**good, "limit": 2**62}, 422, "invalid_limit"),  # past the largest usage counter
+        (AUTH[0], {**good, "limit": 2**61, "reserve_pct": 100}, 422, "invalid_limit"),  # hard + reserve past it
+        (AUTH[0], {**good, "effective": 2**47}, 422, "amount_out_of_range"),  # after the last instant
         (AUTH[0], {**good, "soft_pct": 90, "hard_pct": 80}, 422, "invalid_policy"),
         (AUTH[0], {**good, "effective": now_ms() - 600_000}, 422, "effective_in_past"),
         (AUTH[0], {**good, "scope": "agent", "id": "ops"}, 422, "invalid_body"),
