@@ -118,7 +118,7 @@ def test_node_key_from_the_environment_and_submit_key_from_ats_key_file(tmp_path
     node = NodeProcess(str(tmp_path / "n"), env={"ATS_NODE_KEY": seed.hex()}).start()
     try:
         assert node.origin == public_key_from_seed(seed).hex()
-        sent = ats("submit", "act", "--url", node.url, "--body", ACT, env={"ATS_KEY_FILE": ssh})
+        sent = ats("submit", "act", "--url", node.url, "--body", ACT, "--json", env={"ATS_KEY_FILE": ssh})
         assert sent.returncode == 0, sent.stderr
         assert json.loads(sent.stdout)["status"] == "accepted"
         none = ats("submit", "act", "--url", node.url, "--body", ACT, env={"ATS_KEY_FILE": "", "ATS_KEY": ""})
