@@ -114,7 +114,12 @@ def _prepare(root: Path) -> tuple[list[str], dict[str, str]]:
     shutil.copy(DOCKER / "healthcheck.py", bin_dir / "ats-healthcheck")
     for f in bin_dir.iterdir():
         os.chmod(f, 0o755)
-    env = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+    # the code as the image holds it, where the image's user can read it (the checkout may sit in a
+    # folder only root can enter, as a CI clone under a 0700 temp folder does)
+    app = root / "app"
+    for package in ("ledger", "consensus", "node"):
+        shutil.copytree(ROOT / package, app / package, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(app),
            "LD_LIBRARY_PATH": str(root / "py" / "lib")}
     if not as_root:
         return [], env
