@@ -24,3 +24,4 @@ REPLICATOR_KEY = web.AppKey("replicator", "Replicator")
 DASHBOARD_KEY = web.AppKey("dashboard", "Dashboard")
 REPORTS_KEY = web.AppKey("reports", "Reports")
 EXPORTS_KEY = web.AppKey("exports", "Exports")
+WORKERS_KEY = web.AppKey("workers", "WorkerPool")  # node/workers.py

@@ -144,6 +144,7 @@ class Replicator:
         self._verified_notes: dict[tuple[bytes, str], Checkpoint] = {}
         self._push = False
         self.on_store: Callable[[], None] | None = None  # after each page of a peer's entries is stored
+        self.workers: Any = None  # node/workers.py WorkerPool: pages are verified in another process
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -610,6 +611,8 @@ class Replicator:
             if not verify_consistency(end, cp.size, work.root(), cp.root, proof):
                 raise PeerProtocolError("bad_root", f"entries {start}..{end} are not a prefix of the signed log")
             page_cp = Checkpoint(cp.origin, end, work.root())
+        if self.workers is not None and self.workers.worth(len(raw)):  # node/workers.py: another process
+            return await self.workers.verify_range(origin, frontier, start, raw, page_cp, note)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, verify_range, origin, frontier, start, raw, page_cp, note)
 

@@ -9,7 +9,7 @@ from ledger.errors import Invalid, Malformed
 from ledger.signing import verify
 from ledger.events import Event, body_from_json, unsigned_event
 from node.api import bodies
-from node.appkeys import CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, QUERIES_KEY
+from node.appkeys import CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, QUERIES_KEY, WORKERS_KEY
 from node.api.errors import render
 from node.queries import parse_hex32
 
@@ -26,8 +26,9 @@ async def submit(request: web.Request) -> web.Response:
 
 async def submit_batch(request: web.Request) -> web.Response:
     """POST /v1/events/batch: 200 with one receipt or error per envelope, in order."""
-    items = await bodies.batch(request, request.app[CONFIG_KEY].batch_events_max)
-    outcomes = await request.app[INGESTOR_KEY].submit(items)
+    items, verified = await bodies.batch(request, request.app[CONFIG_KEY].batch_events_max,
+                                         request.app.get(WORKERS_KEY))
+    outcomes = await request.app[INGESTOR_KEY].submit(items, verified=verified)
     results = [o.receipt if o.receipt else o.error.to_json() for o in outcomes]  # type: ignore[union-attr]
     accepted = sum(1 for o in outcomes if o.receipt and o.receipt["status"] == "accepted")
     duplicates = sum(1 for o in outcomes if o.receipt and o.receipt["status"] == "duplicate")
