@@ -65,7 +65,8 @@ def build_app(config: Config, clock: SystemClock | None = None) -> web.Applicati
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     config, clock, own, metrics = app[CONFIG_KEY], app[CLOCK_KEY], app[OWN_LOG_KEY], app[METRICS_KEY]
-    workers = WorkerPool(config.verify_processes if config.verify_processes >= 0 else (os.cpu_count() or 1))
+    # default: one core for this process (event loop and writer), the others for workers
+    workers = WorkerPool(config.verify_processes if config.verify_processes >= 0 else max(1, (os.cpu_count() or 1) - 1))
     app[WORKERS_KEY] = workers
     starting = asyncio.create_task(workers.start())  # meanwhile batches are checked in this process
     db = Database(config.db_path, synchronous=config.sqlite_synchronous, reader_threads=config.reader_threads)

@@ -14,10 +14,11 @@ Only what pays the hop goes to a worker: a batch (hundreds of envelopes per
 round trip) or a page. A single event is parsed and verified in the front
 process as before (one round trip to a worker costs more than its parse).
 
-Workers are started with the `forkserver` method from the event loop's
-thread, each with PR_SET_PDEATHSIG: if the node is killed (even SIGKILL), the
-fork server sees its pipe close and exits, and its children, the workers, get
-SIGKILL from the kernel, so no worker outlives the node. They hold no state,
+Workers are started with the `spawn` method (a fresh interpreter: forking a
+process that runs SQLite and thread pools is unsafe, and a fork server would
+be one more process of ~27 MB) from the event loop's thread, each with
+PR_SET_PDEATHSIG: if the node is killed (even SIGKILL) the kernel kills its
+workers, so none outlives the node. They hold no state,
 no file of the data directory and no socket: a worker's death loses nothing
 acknowledged (the pool is rebuilt and the request answered with 503
 `not_ready`; replication retries the page).
@@ -35,7 +36,6 @@ import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import forkserver
 from typing import Any, Sequence
 
 import cbor2
@@ -50,29 +50,18 @@ logger = logging.getLogger("ats.workers")
 PR_SET_PDEATHSIG = 1
 # What a worker is worth sending: fewer envelopes than this are parsed in the front process.
 BATCH_MIN = 8
-_PRELOAD = ["ledger.events", "ledger.signing", "consensus.verify", "node.workers", "cbor2", "nacl.bindings"]
 
 
 # -- in the worker --------------------------------------------------------------------------
 
 
 def _die_with_parent(node_pid: int) -> None:
-    """Worker initializer: the kernel kills this process when its parent (the fork server) dies;
-    the fork server exits when the node does (its pipe from the node closes)."""
+    """Worker initializer: the kernel kills this process when the node (its parent) dies."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the pool's pipes still end the worker
         pass
-    # the fork server hands each child a copy of the node's end of its "alive" pipe, which would keep
-    # the server (and so us) alive after the node dies: the workers start no processes, so close it
-    alive = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
-    if alive is not None:
-        try:
-            os.close(alive)
-        except OSError:
-            pass
-        forkserver._forkserver._forkserver_alive_fd = None
     try:
         os.kill(node_pid, 0)  # the node died before prctl took effect: nobody would kill us
     except ProcessLookupError:
@@ -158,30 +147,25 @@ class WorkerPool:
         self.ready = False
 
     async def start(self) -> None:
-        """Start the workers, in a thread (the loop serves meanwhile; batches are checked in this
-        process until the workers answer)."""
+        """Start the workers from the event loop's thread (PR_SET_PDEATHSIG is tied to the thread
+        that starts a process: this one lives as long as the node); the loop serves meanwhile,
+        and batches are checked in this process until the workers answer."""
         if self.processes <= 0:
             return
-        try:
-            pool = await asyncio.get_running_loop().run_in_executor(None, self._start)
-        except Exception as e:  # no workers (no /dev/shm, a sandbox): the node runs as before
-            logger.warning("worker processes unavailable, verifying in threads: %s", e)
-            return
-        self._pool, self.ready = pool, True
-
-    def _start(self) -> ProcessPoolExecutor:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
+        ctx = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_die_with_parent,
                                    initargs=(os.getpid(),))
+        loop = asyncio.get_running_loop()
         try:
-            # one task per worker, submitted together: each submit starts one more process
-            for f in [pool.submit(_ping) for _ in range(self.processes)]:
-                f.result(timeout=60)
-        except BaseException:
+            # one task per worker, submitted together: each submit starts one more process (a
+            # fork and exec, ~ms; the imports run in the new process)
+            futures = [loop.run_in_executor(pool, _ping) for _ in range(self.processes)]
+            await asyncio.wait_for(asyncio.gather(*futures), 60)
+        except Exception as e:  # no workers (no /dev/shm, a sandbox): the node runs as before
+            logger.warning("worker processes unavailable, verifying in threads: %s", e)
             pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        return pool
+            return
+        self._pool, self.ready = pool, True
 
     def pids(self) -> list[int]:
         pool = self._pool
