@@ -4,7 +4,7 @@
                                    [--rate 2000] [--seconds 5] [--clients 1] [--limit 256]
                                    [--schedule poisson|fixed] [--ceiling-seconds 3]
                                    [--synchronous full|normal] [--plan platformium] [--keep]
-                                   [--py-spy DIR]
+                                   [--py-spy DIR] [--big N]
 
 In one run, printing each figure as it goes and a summary table at the end:
   b. pre-signs --events envelopes for the batch phase, rate x seconds more for the single phase and
@@ -27,6 +27,15 @@ In one run, printing each figure as it goes and a summary table at the end:
      that falls behind shows as latency. The service time (from the actual send) and the client's
      own lag (actual - scheduled send) are printed too: a large lag means the client, not the
      node, fell behind. Target: p99 <= 2 ms at 2,000 requests/s.
+  e. catch-up: a fresh node (open membership, budgets off, pages of 1000, as scripts/bench_cluster.py)
+     with this node as its static peer fetches its whole log over loopback: its steady rate (from its
+     own entries.accepted_ms after the first page) as a ratio of the ceiling, and the CPU all its
+     processes used per replicated event; then the memory of this node (RSS and PSS, all processes);
+  f. with --big N: the node is filled to N events (batches as in c), its memory (all processes) is
+     read (target <= 150 MB), it is restarted and the time from exec to its ready line is printed
+     (target <= 1 s).
+CPU and memory figures count the node's worker processes (node/workers.py) with it; "writer time
+per event" is ats_commit_seconds / events committed in phase c (target <= 30 us).
 --py-spy DIR records the node with py-spy during c and d (raw collapsed stacks, all threads).
 The data dir is a temp folder under /tmp, removed at the end unless --keep. Only 127.0.0.1 is
 contacted. Every node process started is killed on exit, Ctrl-C or error. Exit code 1 if any
