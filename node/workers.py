@@ -167,10 +167,6 @@ class WorkerPool:
             return
         self._pool, self.ready = pool, True
 
-    def pids(self) -> list[int]:
-        pool = self._pool
-        return list(pool._processes) if pool is not None else []  # type: ignore[attr-defined]
-
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
