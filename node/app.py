@@ -32,11 +32,12 @@ from node.escrow import ESCROW_KEY, EscrowAgent
 from node.export import Exports
 from node.appkeys import REPORTS_KEY
 from node.appkeys import ALERTS_KEY, REPLICATOR_KEY, CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, METRICS_KEY, OWN_LOG_KEY, QUERIES_KEY
-from node.appkeys import DASHBOARD_KEY, EXPORTS_KEY, GATEWAY_KEY, METER_KEY, REPLAY_GUARD_KEY
+from node.appkeys import DASHBOARD_KEY, EXPORTS_KEY, GATEWAY_KEY, METER_KEY, REPLAY_GUARD_KEY, WORKERS_KEY
 from node.gateway import Gateway
 from node.gateway.dialects import ANTHROPIC
 from node.meter import Meter
 from consensus.messages import ReplayGuard
+from node.workers import WorkerPool
 from node.dashboard import Dashboard
 from ledger.checkpoint import verifier_key
 from node.budgets import BudgetBook
@@ -83,6 +84,10 @@ def build_app(config: Config, clock: SystemClock | None = None) -> web.Applicati
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     config, clock, own, metrics = app[CONFIG_KEY], app[CLOCK_KEY], app[OWN_LOG_KEY], app[METRICS_KEY]
+    # default: one core for this process (event loop and writer), the others for workers
+    workers = WorkerPool(config.verify_processes if config.verify_processes >= 0 else max(1, (os.cpu_count() or 1) - 1))
+    app[WORKERS_KEY] = workers
+    starting = asyncio.create_task(workers.start())  # meanwhile batches are checked in this process
     db = Database(config.db_path, synchronous=config.sqlite_synchronous, reader_threads=config.reader_threads)
     await db.open()
     await db.write(own.open, clock.now_ms())
@@ -98,6 +103,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     )
     replicator.v1_compat = config.peer_protocol_v1
     app[REPLICATOR_KEY] = replicator
+    replicator.workers = workers
     anomalies = AnomalyWatch(
         metrics, threshold_milli=config.anomaly_threshold_milli, warmup_events=config.anomaly_warmup_events,
         agents_max=config.anomaly_agents_max,
@@ -153,6 +159,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await delivery.aclose()
         await committer.stop()
         ingestor.close()
+        await starting  # bounded: WorkerPool.start gives up after a minute
+        workers.close()
         await db.close()
         own.close()
 

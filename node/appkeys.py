@@ -27,3 +27,4 @@ EXPORTS_KEY = web.AppKey("exports", "Exports")
 METER_KEY = web.AppKey("meter", "Meter")
 GATEWAY_KEY = web.AppKey("gateway", "Gateway")
 REPLAY_GUARD_KEY = web.AppKey("replay_guard", "ReplayGuard")
+WORKERS_KEY = web.AppKey("workers", "WorkerPool")  # node/workers.py

@@ -43,6 +43,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sqlite_synchronous", "full", "mode", "SQLite synchronous pragma: full (durable on power loss) or normal (durable on process crash)"),
     Setting("startup_check_entries", 250, "entries", "at start, the newest this many entries of the node's own log and as many random others are rechecked against its signed checkpoint (docs/integrity.md; 0: off)"),
     Setting("verify_threads", 0, "threads", "threads verifying signatures (0: one per core)"),
+    Setting("verify_processes", -1, "processes", "worker processes parsing and verifying batches and fetched pages (-1: one per core but one, at least 1; 0: none, all in the node's own process)"),
     Setting("reader_threads", 4, "threads", "SQLite read connections"),
     Setting("entries_page_max", 1000, "entries", "most entries returned by one GET /v1/log/entries"),
     Setting("usage_events_max", 1000, "events", "most events listed by one GET /v1/agents/{agent}/usage"),
@@ -160,6 +161,7 @@ class Config:
     sqlite_synchronous: str = "full"
     startup_check_entries: int = 250
     verify_threads: int = 0
+    verify_processes: int = -1
     reader_threads: int = 4
     entries_page_max: int = 1000
     usage_events_max: int = 1000
@@ -350,6 +352,8 @@ def validate(config: Config) -> list[str]:
     for name in ("skew_ms", "checkpoint_ms_max", "verify_threads", "shutdown_timeout_ms", "startup_check_entries"):
         if getattr(config, name) < 0:
             problems.append(f"{name} must not be negative")
+    if config.verify_processes < -1:
+        problems.append("verify_processes must be -1 (one per core), 0 (none) or more")
     if not 0 <= config.listen_port <= 65535:
         problems.append("listen_port must be 0..65535")
     if config.sqlite_synchronous not in ("full", "normal"):

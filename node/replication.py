@@ -151,6 +151,7 @@ class Replicator:
         self.on_store: Callable[[], None] | None = None  # after each page of a peer's entries is stored
         self.v1_compat = False  # also sign as ats-peer/v1 for 0.1 nodes (peer_protocol_v1, consensus/messages.py)
         self.ssl = ssl  # how peers' certificates are verified (node/tls.py client_ssl); None: system CAs
+        self.workers: Any = None  # node/workers.py WorkerPool: pages are verified in another process
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -565,12 +566,15 @@ class Replicator:
     async def _fetch(self, peer: PeerState, origin: bytes, start: int, cp: Checkpoint, note: str) -> None:
         """Fetch [start, cp.size) page by page; each page verified against the signed root, then stored.
 
-        The next page is fetched while this one is verified and stored (at most two pages in
-        memory), so the network, the signature checks and the writer overlap.
+        The next page is fetched while this one is verified, and verified (in a worker process,
+        node/workers.py) while the previous one is stored (at most three pages in memory), so the
+        network, the signature checks and the writer overlap. A page is stored only after the
+        one before it was; a failed store stops the fetch before the next.
         """
         origin_id = await self._db.write(lambda c: log_store.ensure_origin(c, origin)[0])
         frontier = await self._db.read(merkle_store.load_frontier, origin_id, start)
         ahead = asyncio.create_task(self._page(peer, origin, start, cp))
+        storing: asyncio.Task | None = None
         try:
             while start < cp.size:
                 raw, proof = await ahead
@@ -578,8 +582,16 @@ class Replicator:
                 if end < cp.size:
                     ahead = asyncio.create_task(self._page(peer, origin, end, cp))
                 checked = await self._verify_page(origin, frontier, start, raw, cp, note, proof)
-                frontier = await self._db.write(self._store, origin_id, checked, note if end == cp.size else None)
+                if storing is not None:
+                    await storing
+                    if self.on_store is not None:
+                        self.on_store()
+                storing = asyncio.create_task(
+                    self._db.write(self._store, origin_id, checked, note if end == cp.size else None))
+                frontier = checked.frontier  # the range's frontier: the one _store appends to
                 start = end
+            if storing is not None:
+                await storing
                 if self.on_store is not None:
                     self.on_store()
         finally:
@@ -587,6 +599,12 @@ class Replicator:
                 await cancel_and_wait(ahead)
             elif not ahead.cancelled():
                 ahead.exception()  # a prefetch that failed after ours did: retrieved, not raised
+            if storing is not None:
+                # a verified page being written runs to its end (the writer thread would anyway):
+                # the next fetch of this origin then starts from what it committed
+                await asyncio.wait([storing])
+                if not storing.cancelled():
+                    storing.exception()
         self._changes += 1  # our digest changed
         self._relay = True  # relay: our peers may not reach the origin's holders directly
 
@@ -617,6 +635,8 @@ class Replicator:
             if not verify_consistency(end, cp.size, work.root(), cp.root, proof):
                 raise PeerProtocolError("bad_root", f"entries {start}..{end} are not a prefix of the signed log")
             page_cp = Checkpoint(cp.origin, end, work.root())
+        if self.workers is not None and self.workers.worth(len(raw)):  # node/workers.py: another process
+            return await self.workers.verify_range(origin, frontier, start, raw, page_cp, note)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, verify_range, origin, frontier, start, raw, page_cp, note)
 

@@ -16,7 +16,8 @@ Prints:
   4. catch-up: a fresh node fetching d events; bytes it received, from its interface counters,
      against the envelopes' own size (target <= 1.1 x), and its steady rate (from its own
      entries.accepted_ms, after the first page) against this machine's Ed25519 verify ceiling
-     measured in the same run (target >= 0.75); the end-to-end rate with start-up is printed too.
+     measured in the same run (target >= 0.75); the end-to-end rate with start-up is printed too,
+     and the CPU the receiving node (all its processes) used per replicated event.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import aiohttp  # noqa: E402
 
+from scripts.bench_ingest import tree_cpu_s  # noqa: E402
 from tests.agentkit import TestAgent  # noqa: E402
 from tests.netns.cluster import Cluster  # noqa: E402
 
@@ -211,6 +213,8 @@ def main() -> None:
     print(f"  catch-up wire bytes          {ratio:.3f} x payload   target <= 1.1: {'met' if ratio <= 1.1 else 'MISS'}")
     print(f"  catch-up end to end          {results['catchup_rate_end_to_end']:,.0f} events/s"
           f" ({results['catchup_events']} events in {results['catchup_s']:.2f} s, node start-up included)")
+    print(f"  catch-up CPU of the receiver {results['catchup_cpu_us']:.0f} us per replicated event (all its processes,"
+          " start-up included)")
     rate = results["catchup_rate"]
     print(f"  catch-up rate                {rate:,.0f} events/s = {rate / ceiling:.2f} of the verify ceiling"
           f"   target >= 0.75: {'met' if rate / ceiling >= 0.75 else 'MISS'}")
@@ -276,6 +280,9 @@ def catch_up(c: Cluster, spare: int, d: int, ceiling: float) -> dict:
         time.sleep(0.2)
     took = time.monotonic() - t0
     rx1, _tx1 = c.counters(spare)
+    # CPU of the receiving node, all its processes (workers too), start-up included
+    proc = c.nodes[spare].proc
+    cpu = tree_cpu_s(proc.pid) if proc is not None and proc.poll() is None else float("nan")
     # the steady rate, from the spare's own accepted_ms: pages after the first, without the
     # process start-up and the 0.2 s polling above
     conn = sqlite3.connect(f"file:{os.path.join(c.nodes[spare].data_dir, 'ledger.sqlite')}?mode=ro", uri=True)
@@ -289,7 +296,7 @@ def catch_up(c: Cluster, spare: int, d: int, ceiling: float) -> dict:
     steady = (len(times) - first) / max(1e-3, (times[-1] - times[0]) / 1000)
     return {"catchup_events": d, "catchup_payload_bytes": payload, "catchup_rx_bytes": rx1 - rx0,
             "catchup_wire_ratio": (rx1 - rx0) / payload, "catchup_s": took, "catchup_rate_end_to_end": d / took,
-            "catchup_rate": steady}
+            "catchup_rate": steady, "catchup_cpu_us": cpu / d * 1e6}
 
 
 if __name__ == "__main__":

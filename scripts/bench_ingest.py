@@ -4,7 +4,7 @@
                                    [--rate 2000] [--seconds 5] [--clients 1] [--limit 256]
                                    [--schedule poisson|fixed] [--ceiling-seconds 3]
                                    [--synchronous full|normal] [--plan platformium] [--keep]
-                                   [--py-spy DIR]
+                                   [--py-spy DIR] [--big N]
 
 In one run, printing each figure as it goes and a summary table at the end:
   b. pre-signs --events envelopes for the batch phase, rate x seconds more for the single phase and
@@ -27,6 +27,15 @@ In one run, printing each figure as it goes and a summary table at the end:
      that falls behind shows as latency. The service time (from the actual send) and the client's
      own lag (actual - scheduled send) are printed too: a large lag means the client, not the
      node, fell behind. Target: p99 <= 2 ms at 2,000 requests/s.
+  e. catch-up: a fresh node (open membership, budgets off, pages of 1000, as scripts/bench_cluster.py)
+     with this node as its static peer fetches its whole log over loopback: its steady rate (from its
+     own entries.accepted_ms after the first page) as a ratio of the ceiling, and the CPU all its
+     processes used per replicated event; then the memory of this node (RSS and PSS, all processes);
+  f. with --big N: the node is filled to N events (batches as in c), its memory (all processes) is
+     read (target <= 150 MB), it is restarted and the time from exec to its ready line is printed
+     (target <= 1 s).
+CPU and memory figures count the node's worker processes (node/workers.py) with it; "writer time
+per event" is ats_commit_seconds / events committed in phase c (target <= 30 us).
 --py-spy DIR records the node with py-spy during c and d (raw collapsed stacks, all threads).
 The data dir is a temp folder under /tmp, removed at the end unless --keep. Only 127.0.0.1 is
 contacted. Every node process started is killed on exit, Ctrl-C or error. Exit code 1 if any
@@ -192,6 +201,56 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_pids(pid: int) -> list[int]:
+    """pid and every live process below it (the node's fork server and worker processes)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(name))
+    out, todo = [pid], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of the node and all its processes (live ones)."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            total += proc_cpu_s(p)
+        except OSError:
+            pass
+    return total
+
+
+def tree_mem_mb(pid: int) -> tuple[float, float, int]:
+    """(sum of RSS, sum of PSS, process count) of the node and all its processes, MiB. RSS counts
+    pages the fork server shares with its workers once per process; PSS splits them."""
+    rss = pss = 0.0
+    pids = tree_pids(pid)
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key == "Rss":
+                        rss += int(value.split()[0]) / 1024
+                    elif key == "Pss":
+                        pss += int(value.split()[0]) / 1024
+        except OSError:
+            pass
+    return rss, pss, len(pids)
+
+
 def system_busy_s() -> float:
     """CPU seconds all processes of the machine have used (user+nice+system+irq+softirq+steal)."""
     with open("/proc/stat") as f:
@@ -322,6 +381,91 @@ async def batch_phase(url: str, bodies: list[bytes], sizes: list[int], conns: in
         "latency_p99": percentile(latencies, 99),
         "client_cpu": client_cpu,
     }
+
+
+# -- e. catch-up, f. a big log -------------------------------------------------------------------
+
+
+def db_size(data_dir: str) -> int:
+    """Entries a node's ledger holds (read-only from its SQLite file: no load on the node)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{os.path.join(data_dir, 'ledger.sqlite')}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute("SELECT coalesce(sum(size), 0) FROM origins").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+def catch_up(base: str, peer_url: str, size: int, ceiling: float, env: dict[str, str]) -> dict[str, Any]:
+    """A fresh node fetching `size` entries from peer_url: its steady rate (from its own
+    entries.accepted_ms, after the first page) and the CPU all its processes used per event."""
+    import sqlite3
+
+    data_dir = os.path.join(base, "fresh")
+    # as scripts/bench_cluster.py's catch-up: open membership, budgets off, pages of 1000
+    fresh = NodeProcess(data_dir, env={**env, "ATS_PEERS": peer_url, "ATS_OPEN_MEMBERSHIP": "true",
+                                       "ATS_BUDGETS": "false", "ATS_REPLICATION_ENTRIES_MAX": "1000"})
+    t0 = time.monotonic()
+    fresh.start()
+    ready_s = time.monotonic() - t0
+    pid = fresh.proc.pid  # type: ignore[union-attr]
+    try:
+        cpu0 = tree_cpu_s(pid)
+        deadline = time.monotonic() + 300
+        held = 0
+        while time.monotonic() < deadline:
+            held = db_size(data_dir)
+            if held >= size:
+                break
+            time.sleep(0.05)
+        total_s = time.monotonic() - t0
+        cpu = tree_cpu_s(pid) - cpu0
+        conn = sqlite3.connect(f"file:{os.path.join(data_dir, 'ledger.sqlite')}?mode=ro", uri=True)
+        times = [r[0] for r in conn.execute("SELECT accepted_ms FROM entries ORDER BY accepted_ms")]
+        conn.close()
+    finally:
+        fresh.kill()
+    first = sorted(set(times))
+    # steady rate: after the first stored page, until the last
+    after = [t for t in times if t > first[0]] if len(first) > 1 else times
+    span = (after[-1] - first[0]) / 1000 if len(first) > 1 else float("nan")
+    rate = len(after) / span if span and span == span else float("nan")
+    print(f"\n[e] catch-up: a fresh node (ready in {ready_s:.2f} s) fetched {held:,} of {size:,} entries; "
+          f"end to end {held / total_s:,.0f} events/s; steady {rate:,.0f} events/s = {rate / ceiling:.3f} of the ceiling; "
+          f"CPU of the receiving node (all processes) {cpu / max(1, held) * 1e6:.0f} us/event")
+    return {"catch_rate": rate, "catch_ratio": rate / ceiling, "catch_cpu_us": cpu / max(1, held) * 1e6}
+
+
+def big_phase(node: NodeProcess, args: Any, ts: int) -> dict[str, Any]:
+    """Fill the node to --big events (batches as in c, signed in chunks), then its memory (all
+    processes), a restart and the time from start to serving."""
+    pid = node.proc.pid  # type: ignore[union-attr]
+    size = db_size(node.data_dir)
+    t = time.monotonic()
+    while size < args.big:
+        n = min(100_000, args.big - size)
+        envs = presign(n, args.agents, ts)
+        bodies = [cbor_array(envs[i : i + args.batch]) for i in range(0, n, args.batch)]
+        res = asyncio.run(batch_phase(node.url, bodies, [len(cbor2.loads(b)) for b in bodies], args.conns))
+        if res["http_errors"] or res["accepted"] != n:
+            raise RuntimeError(f"filling to --big: {res['http_errors'][:2]} {res['statuses']}")
+        size = db_size(node.data_dir)
+        print(f"    filled to {size:,} events ({time.monotonic() - t:.0f} s)", flush=True)
+    rss, pss, count = tree_mem_mb(pid)
+    print(f"\n[f] at {size:,} events, after ingest: RSS {rss:.0f} MiB summed over {count} processes, PSS {pss:.0f} MiB")
+    node.stop()
+    t0 = time.monotonic()
+    node.start()
+    start_s = time.monotonic() - t0
+    pid = node.proc.pid  # type: ignore[union-attr]
+    time.sleep(3)  # the workers start after the node serves
+    rss2, pss2, count2 = tree_mem_mb(pid)
+    print(f"    restart: serving {start_s:.2f} s after exec (target <= 1 s); then RSS {rss2:.0f} MiB summed over "
+          f"{count2} processes, PSS {pss2:.0f} MiB (target <= 150 MB)")
+    return {"big": size, "big_rss": max(rss, rss2), "big_pss": max(pss, pss2), "big_start_s": start_s}
 
 
 # -- d. single events, open loop -----------------------------------------------------------------
@@ -544,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="ATS_DEFAULT_PLAN for the node: the plan of the (unregistered) bench agents; the default,"
                          " platformium, has no limits, so budgets are checked at admission but every event fits")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    ap.add_argument("--big", type=int, default=0, metavar="N",
+                    help="then fill the node to N events: memory of all its processes and start-up time (e.g. 1000000)")
     ap.add_argument("--py-spy", metavar="DIR", help="record the node with py-spy (if installed) during c and d into DIR")
     args = ap.parse_args(argv)
     if not 1 <= args.batch <= 1000:
@@ -576,8 +722,10 @@ def main(argv: list[str] | None = None) -> int:
 
     base = tempfile.mkdtemp(prefix="ats-bench-ingest-", dir="/tmp")
     data_dir = os.path.join(base, "data")
+    # batches up to 1000 (the node's default is smaller since issue 10); open membership: the
+    # catch-up node (e) may fetch this node's log
     env = {"ATS_SKEW_MS": str(SKEW_MS), "ATS_DEFAULT_PLAN": args.plan, "ATS_BATCH_EVENTS_MAX": str(max(args.batch, 1)),
-           "ATS_BODY_BYTES_MAX": str(8 << 20)}  # batches up to 1000 (the node's default is smaller since issue 10)
+           "ATS_BODY_BYTES_MAX": str(8 << 20), "ATS_OPEN_MEMBERSHIP": "true"}
     if args.synchronous:
         env["ATS_SQLITE_SYNCHRONOUS"] = args.synchronous
     node = NodeProcess(data_dir, env=env)
@@ -602,11 +750,11 @@ def main(argv: list[str] | None = None) -> int:
         chunks = [batch_envs[i : i + args.batch] for i in range(0, len(batch_envs), args.batch)]
         bodies = [cbor_array(c) for c in chunks]
         spy = PySpy(args.py_spy, pid, "batch")
-        cpu0, busy0 = proc_cpu_s(pid), system_busy_s()
+        cpu0, busy0, main0 = tree_cpu_s(pid), system_busy_s(), proc_cpu_s(pid)
         try:
             res = asyncio.run(batch_phase(node.url, bodies, [len(c) for c in chunks], args.conns))
         finally:
-            node_cpu, busy = proc_cpu_s(pid) - cpu0, system_busy_s() - busy0
+            node_cpu, busy, main_cpu = tree_cpu_s(pid) - cpu0, system_busy_s() - busy0, proc_cpu_s(pid) - main0
             spy.stop()
         rate = res["accepted"] / res["elapsed"]
         ratio = rate / ceiling
@@ -620,8 +768,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    outcomes {res['statuses']}" + (f"; HTTP errors {res['http_errors'][:3]}" if res["http_errors"] else ""))
         print(f"    {'all accepted' if all_ok else 'NOT ALL ACCEPTED'}")
         print(f"    per-batch round trip p50 {res['latency_p50'] * 1000:.1f} ms, p99 {res['latency_p99'] * 1000:.1f} ms")
-        print(f"    CPU: node {node_cpu:.2f} s ({node_cpu / res['elapsed']:.2f} cores, "
-              f"{node_cpu / max(1, res['accepted']) * 1e6:.0f} us/event), "
+        print(f"    CPU: node, all processes {node_cpu:.2f} s ({node_cpu / res['elapsed']:.2f} cores, "
+              f"{node_cpu / max(1, res['accepted']) * 1e6:.0f} us/event; main process "
+              f"{main_cpu / max(1, res['accepted']) * 1e6:.0f} us/event), "
               f"client {res['client_cpu']:.2f} s ({res['client_cpu'] / res['elapsed']:.2f} cores), "
               f"other processes {(busy - node_cpu - res['client_cpu']) / res['elapsed']:.2f} cores")
 
@@ -630,12 +779,18 @@ def main(argv: list[str] | None = None) -> int:
                 return await fetch_metrics(s, node.url)
 
         metrics1 = asyncio.run(metrics_now())
+        commit_events = 0
         for name, unit, scale in (("ats_commit_batch_events", " ev", 1.0), ("ats_commit_seconds", " ms", 1000.0),
                                   ("ats_verify_seconds", " ms", 1000.0), ("ats_submit_seconds", " ms", 1000.0)):
             h = histogram_delta(parse_histogram(metrics1, name), parse_histogram(metrics0, name))
             print(f"    /metrics {name}: {describe_histogram(h, unit, scale)}")
             if name == "ats_commit_batch_events":
                 summary["mean_commit"] = h["sum"] / h["count"] if h["count"] else float("nan")
+                commit_events = h["sum"]
+            if name == "ats_commit_seconds" and commit_events:
+                summary["writer_us"] = h["sum"] / commit_events * 1e6
+        print(f"    writer time per event: {summary.get('writer_us', float('nan')):.1f} us "
+              f"(commit time / events committed, in commits of {summary.get('mean_commit', float('nan')):.0f})")
 
         # d. single events, open loop. First the floor: sequential GET /healthz round trips (client
         # + aiohttp server, no ledger work), to tell HTTP cost from ingest cost.
@@ -678,6 +833,16 @@ def main(argv: list[str] | None = None) -> int:
             h = histogram_delta(parse_histogram(metrics2, name), parse_histogram(metrics1, name))
             print(f"    /metrics {name}: {describe_histogram(h, unit, scale)}")
         ok &= s["ok"] == s["n"]
+
+        # e. catch-up: a fresh node with this one as its static peer fetches every entry.
+        size = db_size(node.data_dir)
+        summary.update(catch_up(base, node.url, size, ceiling, env))
+        mem = tree_mem_mb(pid)
+        print(f"\n    node memory at {size:,} events: RSS {mem[0]:.0f} MiB summed over {mem[2]} processes, PSS {mem[1]:.0f} MiB")
+
+        # f. at --big events: memory of all the node's processes, and start-up to serving.
+        if args.big:
+            summary.update(big_phase(node, args, ts))
     finally:
         node.kill()
         if args.keep:
@@ -694,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
             summary["ratio"] = summary["batch_rate"] / again
 
     # e. summary.
-    print("\n== summary ==")
+    print(f"\n== summary == (load average now {loadavg()})")
     rows = [
         ("verify ceiling (all cores, best of 2)", f"{summary['ceiling']:,.0f} /s", ""),
         ("batch ingest, accepted", f"{summary.get('batch_rate', float('nan')):,.0f} events/s", ""),
@@ -706,7 +871,20 @@ def main(argv: list[str] | None = None) -> int:
         ("  single reply rate", f"{summary.get('single_rate', float('nan')):,.0f} /s", ""),
         ("  single errors", f"{summary.get('single_errors', 'n/a')}", ""),
         ("  client lag p99", f"{summary.get('lag_p99', float('nan')):.3f} ms", ""),
+        ("writer time per event", f"{summary.get('writer_us', float('nan')):.1f} us",
+         f"<= 30 us: {'PASS' if summary.get('writer_us', 1e9) <= 30 else 'MISS'}"),
+        ("catch-up of a fresh node", f"{summary.get('catch_rate', float('nan')):,.0f} events/s", ""),
+        ("  ratio to ceiling", f"{summary.get('catch_rate', float('nan')) / summary['ceiling']:.3f}",
+         f">= {RATIO_TARGET}: {'PASS' if summary.get('catch_rate', 0) / summary['ceiling'] >= RATIO_TARGET else 'MISS'}"),
+        ("  CPU per replicated event (receiver)", f"{summary.get('catch_cpu_us', float('nan')):.0f} us", ""),
     ]
+    if "big" in summary:
+        rows += [
+            (f"memory at {summary['big']:,} events (all processes)", f"{summary['big_rss']:.0f} MiB RSS",
+             f"<= 150 MB: {'PASS' if summary['big_rss'] * 1.048576 <= 150 else 'MISS'} (PSS {summary['big_pss']:.0f} MiB)"),
+            (f"start-up to serving at {summary['big']:,}", f"{summary['big_start_s']:.2f} s",
+             f"<= 1 s: {'PASS' if summary['big_start_s'] <= 1 else 'MISS'}"),
+        ]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     for a, b, c in rows:

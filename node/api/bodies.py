@@ -130,12 +130,16 @@ def _cbor_array_items(body: bytes, batch_max: int) -> list[bytes]:
     return items
 
 
-async def batch(request: web.Request, batch_max: int) -> list[Item]:
-    """The envelopes of a POST /v1/events/batch, each parsed or its error."""
+async def batch(request: web.Request, batch_max: int, workers: Any = None) -> tuple[list[Item], bool]:
+    """The envelopes of a POST /v1/events/batch, each parsed or its error, and whether their
+    signatures were checked too (a CBOR batch sent to the worker processes, node/workers.py)."""
     ct = _content_type(request)
     body = await _body(request)
     if ct == "application/cbor":
-        return [_guard(parse_envelope, raw) for raw in _cbor_array_items(body, batch_max)]
+        raws = _cbor_array_items(body, batch_max)
+        if workers is not None and workers.worth(len(raws)):
+            return await workers.check_batch(raws), True
+        return [_guard(parse_envelope, raw) for raw in raws], False
     doc = _json(request, body)
     if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
         raise Malformed("malformed_json", 'a JSON batch is {"events": [envelope, ...]}')
@@ -144,4 +148,4 @@ async def batch(request: web.Request, batch_max: int) -> list[Item]:
             raise Malformed("unknown_field", f"unknown batch key {key!r}")
     if len(doc["events"]) > batch_max:
         raise TooLarge("batch_too_large", f"batch holds {len(doc['events'])} envelopes, at most {batch_max}")
-    return [_guard(_json_envelope, obj) for obj in doc["events"]]
+    return [_guard(_json_envelope, obj) for obj in doc["events"]], False

@@ -9,8 +9,9 @@ from ledger.errors import Invalid, Malformed
 from ledger.signing import verify
 from ledger.events import Event, body_from_json, unsigned_event
 from node.api import bodies
-from node.appkeys import CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, QUERIES_KEY
+from node.appkeys import CLOCK_KEY, CONFIG_KEY, INGESTOR_KEY, QUERIES_KEY, WORKERS_KEY
 from node.api.errors import render
+from node.api.jsonbody import json_response
 from node.queries import parse_hex32
 
 
@@ -21,17 +22,18 @@ async def submit(request: web.Request) -> web.Response:
     if outcome.error:
         return render(outcome.error)
     status = 201 if outcome.receipt["status"] == "accepted" else 200
-    return web.json_response(outcome.receipt, status=status)
+    return json_response(outcome.receipt, status=status)
 
 
 async def submit_batch(request: web.Request) -> web.Response:
     """POST /v1/events/batch: 200 with one receipt or error per envelope, in order."""
-    items = await bodies.batch(request, request.app[CONFIG_KEY].batch_events_max)
-    outcomes = await request.app[INGESTOR_KEY].submit(items, client=request.remote or "")
+    items, verified = await bodies.batch(request, request.app[CONFIG_KEY].batch_events_max,
+                                         request.app.get(WORKERS_KEY))
+    outcomes = await request.app[INGESTOR_KEY].submit(items, client=request.remote or "", verified=verified)
     results = [o.receipt if o.receipt else o.error.to_json() for o in outcomes]  # type: ignore[union-attr]
     accepted = sum(1 for o in outcomes if o.receipt and o.receipt["status"] == "accepted")
     duplicates = sum(1 for o in outcomes if o.receipt and o.receipt["status"] == "duplicate")
-    return web.json_response(
+    return json_response(
         {"results": results, "accepted": accepted, "duplicates": duplicates, "errors": len(outcomes) - accepted - duplicates}
     )
 

@@ -1,0 +1,87 @@
+"""Worker processes (node/workers.py): batches checked in them, same answers, none outlives the node."""
+
+import os
+import signal
+import time
+
+import cbor2
+
+from node.sdk.agent import cbor_array
+from tests.agentkit import TestAgent
+from tests.integration.http import post_cbor
+from tests.integration.nodeproc import NodeProcess
+
+WORKERS = 2
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below pid (from /proc), zombies excluded."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def wait_for(predicate, seconds: float = 20.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return predicate()
+
+
+def started(tmp_path, name: str) -> tuple[NodeProcess, set[int]]:
+    node = NodeProcess(str(tmp_path / name), env={"ATS_VERIFY_PROCESSES": str(WORKERS)}).start()
+    # the fork server and its workers
+    procs = wait_for(lambda: (lambda d: d if len(d) >= WORKERS + 1 else None)(descendants(node.proc.pid)))
+    assert procs and len(procs) >= WORKERS + 1, f"workers did not start: {procs}"
+    return node, procs
+
+
+def gone(pids: set[int]) -> bool:
+    return not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+                   for p in pids)
+
+
+def test_batch_checked_in_workers_and_no_worker_outlives_sigkill(tmp_path):
+    node, procs = started(tmp_path, "a")
+    try:
+        agent = TestAgent()
+        envs = [agent.envelope("act", {"op": "llm.call", "cost": 10, "units": 1}) for _ in range(40)]
+        doc = cbor2.loads(envs[7])
+        doc["sig"] = bytes(64)  # a bad signature, found by a worker
+        envs[7] = cbor2.dumps(doc)
+        envs[9] = b"\xa1\x61x\x01"  # not an envelope: an error of its own
+        reply = post_cbor(node.url, "/v1/events/batch", cbor_array(envs))
+        assert reply.status == 200, reply.body
+        answer = reply.json()
+        assert answer["accepted"] == 38 and answer["errors"] == 2
+        assert answer["results"][7]["error"]["code"] == "bad_signature"
+        assert answer["results"][9]["error"]["code"] in ("unknown_field", "malformed_envelope")
+        assert [r["index"] for r in answer["results"] if "index" in r] == list(range(38))
+        again = post_cbor(node.url, "/v1/events/batch", cbor_array(envs)).json()
+        assert again["duplicates"] == 38
+    finally:
+        node.kill(signal.SIGKILL)
+    assert wait_for(lambda: gone(procs), 10), f"orphans after SIGKILL of the node: {procs}"
+
+
+def test_sigterm_stops_the_workers_too(tmp_path):
+    node, procs = started(tmp_path, "b")
+    assert node.stop() == 0
+    assert wait_for(lambda: gone(procs), 10), f"workers left after SIGTERM: {procs}"
