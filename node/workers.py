@@ -62,12 +62,11 @@ def _die_with_parent(node_pid: int) -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the pool's pipes still end the worker
         pass
-    try:
-        os.kill(node_pid, 0)  # the node died before prctl took effect: nobody would kill us
-    except ProcessLookupError:
+    # The node died before prctl took effect: nobody would kill us. Its pid may still answer
+    # os.kill(pid, 0) as an unreaped zombie, so ask who our parent is now: once the node is dead,
+    # we were handed to init (or a subreaper).
+    if os.getppid() != node_pid:
         os._exit(0)
-    except PermissionError:
-        pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the node, which stops the pool
 
 

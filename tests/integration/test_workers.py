@@ -2,6 +2,7 @@
 
 import os
 import signal
+import threading
 import time
 
 import cbor2
@@ -85,3 +86,31 @@ def test_sigterm_stops_the_workers_too(tmp_path):
     node, procs = started(tmp_path, "b")
     assert node.stop() == 0
     assert wait_for(lambda: gone(procs), 10), f"workers left after SIGTERM: {procs}"
+
+
+def test_no_worker_outlives_a_sigkill_while_the_workers_start(tmp_path):
+    """The race a CI run found: the node killed after a worker was spawned but before the worker
+    asked the kernel to kill it with its parent (PR_SET_PDEATHSIG), while the dead node was not yet
+    reaped. The worker sees it was handed to another parent and exits; the resource tracker
+    follows when its pipe closes."""
+    agent = TestAgent()
+    body = cbor_array([agent.envelope("act", {"op": "llm.call", "cost": 1, "units": 1}) for _ in range(16)])
+    for i in range(3):
+        node = NodeProcess(str(tmp_path / f"r{i}"), env={"ATS_VERIFY_PROCESSES": str(WORKERS)}).start()
+        sender = threading.Thread(target=lambda: _post_quietly(node.url, body), daemon=True)
+        sender.start()  # the batch makes the pool spawn its workers
+        procs = wait_for(lambda: (lambda d: d if len(d) >= 2 else None)(descendants(node.proc.pid)), 10) or set()
+        node.proc.send_signal(signal.SIGKILL)  # at once, before the workers finish starting; not reaped yet
+        time.sleep(0.5)
+        procs |= descendants(node.proc.pid)
+        node.kill()
+        sender.join(10)
+        assert procs, "the batch did not start the workers"
+        assert wait_for(lambda: gone(procs), 10), f"orphans after SIGKILL during the workers' start: {procs}"
+
+
+def _post_quietly(url: str, body: bytes) -> None:
+    try:
+        post_cbor(url, "/v1/events/batch", body)
+    except Exception:  # the node is killed under it: no answer is expected
+        pass
