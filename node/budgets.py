@@ -976,7 +976,7 @@ class BudgetBook:
                 continue
             start, end = window_bounds(item["window"], now_ms)
             consumed = self.consumed(conn, (item["scope"], item["id"], item["metric"], item["window"], start))
-            held = self.holds.get((item["scope"], item["id"]), 0) if item["metric"] == "act.cost" else 0
+            held = self.held((item["scope"], item["id"]), item["metric"])
             item.update(window_start=start, window_end=end, consumed=consumed, held=held,
                         remaining=max(0, current["limit"] - consumed - held))
         return {"now": now_ms, "budgets": listing}
