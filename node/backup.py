@@ -46,15 +46,6 @@ def _say(message: str) -> None:
     print(f"ats: {message}", file=sys.stderr, flush=True)
 
 
-def _fsync(path: str) -> None:
-    """fsync a file, or a folder (so a rename in it is durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove(path: str) -> None:
     for p in (path, path + "-journal", path + "-wal", path + "-shm"):
         if os.path.exists(p):
@@ -100,9 +91,9 @@ def backup(args: argparse.Namespace) -> int:
         if verify_ledger(tmp, quiet=True, quick=args.quick) != 0:
             _say("the copy does not verify (see above); nothing written")
             return EXIT_FAILED
-        _fsync(tmp)
+        superblock.fsync_path(tmp)
         os.replace(tmp, dest)
-        _fsync(directory)
+        superblock.fsync_path(directory)
     finally:
         _remove(tmp)
     done = clock.monotonic_s()
@@ -274,7 +265,7 @@ def _place(src: str, data_dir: str, seed: bytes | None, clock: SystemClock, key_
         tmp = os.path.join(data_dir, f".{LEDGER_FILE}.restore.{os.getpid()}")
         try:
             backup_store.backup_file(src, tmp)
-            _fsync(tmp)
+            superblock.fsync_path(tmp)
         except Exception as e:
             _remove(tmp)
             _say(f"cannot copy {src} into {data_dir}: {e}; nothing changed")
@@ -295,7 +286,7 @@ def _place(src: str, data_dir: str, seed: bytes | None, clock: SystemClock, key_
             write_key(key_path, seed)
             key_source = key_path
         _start_superblock(target, data_dir, public_key_from_seed(seed), suffix)
-        _fsync(data_dir)
+        superblock.fsync_path(data_dir)
     finally:
         os.close(lock_fd)
     print(f"restored {src} into {target} (node key: {key_source}); start the node")

@@ -65,8 +65,9 @@ def path_for(data_dir: str) -> str:
     return os.path.join(data_dir, FILE_NAME)
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: str) -> None:
+    """fsync a file, or a folder (so that a rename in it is durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -111,7 +112,7 @@ class Superblock:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        fsync_path(os.path.dirname(os.path.abspath(path)))
         return cls(path, rec)
 
     def record(self, size: int, root: bytes) -> None:
