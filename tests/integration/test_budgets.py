@@ -282,8 +282,8 @@ def test_parallel_reservations_cannot_together_overshoot(gnode):
 def test_governance_adopts_at_threshold_with_a_logged_record(gnode):
     now = int(time.time() * 1000)
     changes = {"budgets": {"act": {"limit": 6_000_000}}}
-    proposal = submit(gnode, AUTH[0], "gov.propose",
-                      {"title": "raise ACT", "changes": changes, "activate_at": now, "expires_at": now + 3_600_000})
+    proposal = submit(gnode, AUTH[0], "gov.propose",  # signed at `now`: activate_at is never before its ts
+                      {"title": "raise ACT", "changes": changes, "activate_at": now, "expires_at": now + 3_600_000}, ts=now)
     assert proposal.status == 201
     pid = bytes.fromhex(proposal.json()["id"])
     agent = TestAgent()
@@ -417,7 +417,7 @@ def test_governed_burst_raises_a_limit_for_a_bounded_time(gnode):
     burst = {"scope": "agent", "scope_id": agent.public_key.hex(), "metric": "act.runs", "factor_pct": 250,
              "start_ms": now, "end_ms": now + 3_600_000}
     proposal = submit(gnode, AUTH[0], "gov.propose", {"title": "launch day", "changes": {"bursts": [burst]},
-                                                      "activate_at": now, "expires_at": now + 60_000})
+                                                      "activate_at": now, "expires_at": now + 60_000}, ts=now)
     pid = bytes.fromhex(proposal.json()["id"])
     for voter in AUTH[:2]:
         assert submit(gnode, voter, "gov.vote", {"proposal": pid, "approve": True}).status == 201
