@@ -1,6 +1,8 @@
 """The pure core of ATS ledger: events, deterministic CBOR, signing, Merkle, checkpoints.
 
 No I/O, no clock, no asyncio: everything here is a function of its arguments.
+The event kinds are one static table, `ledger.kinds.REGISTRY`; importing a module
+registers nothing.
 """
 
 from ledger.admission import check_timestamp
@@ -31,7 +33,6 @@ from ledger.errors import (
     check,
 )
 from ledger.events import (
-    KINDS,
     Body,
     Envelope,
     Event,
@@ -39,8 +40,8 @@ from ledger.events import (
     make_event_bytes,
     parse_envelope,
     parse_event,
-    register_kind,
 )
+from ledger.kinds import KINDS, REGISTRY, Kind, Registry
 from ledger.merkle import (
     EMPTY_ROOT,
     Frontier,
@@ -52,9 +53,5 @@ from ledger.merkle import (
     verify_inclusion,
 )
 from ledger.signing import event_id, public_key_from_seed, sign, verify
-from ledger import policy  # registers the policy, governance, run and node-record kinds
-from ledger import escrow  # registers escrow.transfer (strict mode)
-from ledger import scoped  # registers budget.set and budget.rm (owner budgets per scope)
-from ledger import readgrants  # registers read.grant and read.revoke (who may read what)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -26,60 +26,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ledger import kinds as _kinds
 from ledger.errors import check
 from ledger.events import Event
 
 # -- metrics -------------------------------------------------------------------
 
-
-def _act_op(op: str) -> Callable[[Any], int]:
-    return lambda body: 1 if body.op == op else 0
-
-
-# metric name -> {kind: amount(body)}
-METRICS: dict[str, dict[str, Callable[[Any], int]]] = {
-    "act.cost": {
-        "act": lambda b: b.cost,
-        "run.charge": lambda b: b.cost,
-        "run.post": lambda b: b.cost,
-    },
-    "act.llm_tokens": {
-        "act": lambda b: (b.units or 0) if b.op == "llm.call" else 0,
-        "run.charge": lambda b: b.tokens,
-        "run.post": lambda b: b.tokens,
-    },
-    "act.runs": {"act": _act_op("agent.run"), "run.reserve": lambda b: 1},
-    "act.messages": {"act": lambda b: 1 if b.op.startswith("message.") else 0},
-    "dat.bytes": {"dat": lambda b: b.read + b.written},
-    "dat.written": {"dat": lambda b: b.written},
-    "cpt.units": {"cpt": lambda b: b.cpu + b.gpu},
-    "trt.count": {"trt": lambda b: 1},
-    "events": {k: (lambda b: 1) for k in ("act", "dat", "cpt", "trt", "run.reserve", "run.charge", "run.post")},
-}
-
-METRIC_UNITS = {
-    "act.cost": "milli-T (cost weight × 1000)",
-    "act.llm_tokens": "tokens",
-    "act.runs": "runs",
-    "act.messages": "messages",
-    "dat.bytes": "bytes read + written",
-    "dat.written": "bytes written",
-    "cpt.units": "CPU + GPU time slices",
-    "trt.count": "trust ratings issued",
-    "events": "events",
-}
+# metric name -> {kind: amount(body)}, and each metric's unit: from the kind registry.
+METRICS = _kinds.METRICS
+METRIC_UNITS = _kinds.METRIC_UNITS
 
 
 def charges(event: Event) -> dict[str, int]:
     """The non-zero amount this event adds to each metric."""
-    out = {}
-    for metric, by_kind in METRICS.items():
-        fn = by_kind.get(event.kind)
-        if fn is not None:
-            amount = fn(event.body)
-            if amount:
-                out[metric] = amount
-    return out
+    return _kinds.REGISTRY.charges(event.kind, event.body)
 
 
 # -- rules and statuses ----------------------------------------------------------

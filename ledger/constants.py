@@ -16,8 +16,6 @@ NONCE_SIZE = 16
 # PROTOCOL.md §4: origin line = "ats-ledger/" + node public key in hex.
 ORIGIN_PREFIX = "ats-ledger/"
 
-METERING_KINDS = ("act", "dat", "cpt", "trt")
-
 # Limits on untrusted input (P6): units last.
 EVENT_BYTES_MAX = 4096  # one event's CBOR bytes
 ENVELOPE_BYTES_MAX = EVENT_BYTES_MAX + SIGNATURE_SIZE + 32  # map header, keys

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 from ledger.errors import Conflict, Forbidden, Invalid, check
-from ledger.events import Body, _bytes32, _op, _time_ms, _uint, register_kind, spec
+from ledger.bodies import Body, _bytes32, _op, _time_ms, _uint, spec
 
 # metric suffixes of the node's durable escrow counters (usage_counters rows)
 OWN = "@own"  # consumed by events in this node's own origin log
@@ -172,7 +172,6 @@ def allowance(capacity: int, debt: int) -> int:
 # -- the transfer record -------------------------------------------------------------------------
 
 
-@register_kind
 @dataclass(frozen=True)
 class EscrowTransferBody(Body):
     """A node gives `amount` of its rights in one strict key to another member (its own record)."""

@@ -66,6 +66,7 @@ from typing import Any, Generic, NoReturn, TypeVar
 
 from ledger.constants import AMOUNT_MAX, TIME_MS_MAX
 from ledger.errors import Conflict, Forbidden, Invalid, NotFound, check
+from ledger.kinds import DEFAULT_BUDGETS as _KIND_BUDGETS, METERING_KINDS
 from ledger.multipliers import SCORE_PPM_MAX, Tiers, validate_tiers
 from ledger.plans import PLANS, QUOTAS, Plan, plan_named, with_overrides
 from ledger.policy import SCOPES
@@ -82,7 +83,7 @@ TIER_TERM_MAX = 1_000_000  # bound on the numerator and denominator of a tier mu
 PRICES_MAX = 256
 BURSTS_PER_CHANGE_MAX = 64
 KEY_BYTES = 32
-KINDS = ("act", "dat", "cpt", "trt")
+KINDS = METERING_KINDS  # each usage kind has a default budget (ledger.kinds)
 # Metric, price and scope names; 64 lowercase hex digits (an agent's key) also match.
 _NAME_RE = re.compile(r"[a-z0-9._-]{1,64}")
 
@@ -141,13 +142,8 @@ class Burst:
 
 Tier = tuple[int, tuple[int, int]]  # (threshold, (numerator, denominator)), in lowest terms
 
-DEFAULT_BUDGETS: FrozenMap[Budget] = FrozenMap({
-    # act.cost is in milli-T: a weight of 5,000 T is 5_000_000 thousandths.
-    "act": Budget("act.cost", 5_000_000, "day", 80, 100, True, True, 10),
-    "dat": Budget("dat.bytes", 2_000_000, "day", 85, 100, True, False, 5),
-    "cpt": Budget("cpt.units", 500, "hour", 75, 90, True, True, 15),
-    "trt": Budget("trt.count", 1_000, "week", 90, 100, False, False, 0),
-})
+# Each usage kind's default budget is in its entry of the kind registry (ledger.kinds).
+DEFAULT_BUDGETS: FrozenMap[Budget] = FrozenMap({kind: Budget(**b) for kind, b in _KIND_BUDGETS.items()})
 # Stake in whole stake units; reputation in parts per million (as in ledger.multipliers).
 DEFAULT_STAKE_TIERS: tuple[Tier, ...] = ((20_000, (2, 1)), (5_000, (3, 2)), (1_000, (5, 4)), (0, (1, 1)))
 DEFAULT_REPUTATION_TIERS: tuple[Tier, ...] = (

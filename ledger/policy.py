@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ledger.errors import Invalid
-from ledger.events import Body, _bytes32, _op, _time_ms, _uint, register_kind, spec
+from ledger.bodies import Body, _bytes32, _op, _time_ms, _uint, spec
 
 _ID_RE = re.compile(r"[a-z0-9._-]{1,64}")
 SCOPES = ("agent", "user", "team", "platform")
@@ -95,7 +95,6 @@ class PolicyBody(Body):
     METRICS: ClassVar[tuple[str, ...]] = ()
 
 
-@register_kind
 @dataclass(frozen=True)
 class AgentRegisterBody(PolicyBody):
     """An agent joins a user, team and platform on a plan, with its run limits."""
@@ -114,7 +113,6 @@ class AgentRegisterBody(PolicyBody):
     user_name: str | None = spec(_name, required=False)  # the user's readable name
 
 
-@register_kind
 @dataclass(frozen=True)
 class PlanAssignBody(PolicyBody):
     """Put a scope (agent or user by hex key; team or platform by name) on a plan."""
@@ -125,7 +123,6 @@ class PlanAssignBody(PolicyBody):
     plan: str = spec(_text_id)
 
 
-@register_kind
 @dataclass(frozen=True)
 class StakeSetBody(PolicyBody):
     """An oracle sets an agent's stake (drives the stake multiplier)."""
@@ -135,7 +132,6 @@ class StakeSetBody(PolicyBody):
     amount: int = spec(_uint)
 
 
-@register_kind
 @dataclass(frozen=True)
 class AgentSuspendBody(PolicyBody):
     """An authority suspends an agent until lifted."""
@@ -145,7 +141,6 @@ class AgentSuspendBody(PolicyBody):
     reason: str = spec(_reason)
 
 
-@register_kind
 @dataclass(frozen=True)
 class AgentLiftBody(PolicyBody):
     """An authority lifts every suspension of an agent that began before this record."""
@@ -155,7 +150,6 @@ class AgentLiftBody(PolicyBody):
     reason: str = spec(_reason)
 
 
-@register_kind
 @dataclass(frozen=True)
 class AgentSuspendedBody(PolicyBody):
     """A node's record that an agent was suspended at a hard limit, until `until` (ms)."""
@@ -167,7 +161,6 @@ class AgentSuspendedBody(PolicyBody):
     reason: str = spec(_reason)
 
 
-@register_kind
 @dataclass(frozen=True)
 class GovProposeBody(PolicyBody):
     """A proposal to change the policy (see ledger.governance for the grammar of `changes`)."""
@@ -179,7 +172,6 @@ class GovProposeBody(PolicyBody):
     expires_at: int = spec(_time_ms)
 
 
-@register_kind
 @dataclass(frozen=True)
 class GovVoteBody(PolicyBody):
     KIND: ClassVar[str] = "gov.vote"
@@ -187,7 +179,6 @@ class GovVoteBody(PolicyBody):
     approve: bool = spec(_bool)
 
 
-@register_kind
 @dataclass(frozen=True)
 class PolicyUpdatedBody(PolicyBody):
     """A node's record that an adopted proposal takes effect at `effective` (ms)."""
@@ -197,7 +188,6 @@ class PolicyUpdatedBody(PolicyBody):
     effective: int = spec(_time_ms)
 
 
-@register_kind
 @dataclass(frozen=True)
 class NodeAdmitBody(PolicyBody):
     """An authority admits a node: its origin log is replicated and merged by every node."""
@@ -207,7 +197,6 @@ class NodeAdmitBody(PolicyBody):
     name: str = spec(_reason)
 
 
-@register_kind
 @dataclass(frozen=True)
 class RunReserveBody(Body):
     """Reserve a run's estimated cost (milli-T) before it starts; pending until posted, voided or expired."""
@@ -222,7 +211,6 @@ class RunReserveBody(Body):
     timeout: int = spec(_uint)
 
 
-@register_kind
 @dataclass(frozen=True)
 class RunChargeBody(Body):
     """Actual spend of an open run so far (adds to it); the receipt says when to stop."""
@@ -234,7 +222,6 @@ class RunChargeBody(Body):
     tokens: int = spec(_uint)
 
 
-@register_kind
 @dataclass(frozen=True)
 class RunPostBody(Body):
     """Close a run with its final charge and, optionally, its task performance score (× 1000)."""
@@ -247,7 +234,6 @@ class RunPostBody(Body):
     score: int | None = spec(_score, required=False)
 
 
-@register_kind
 @dataclass(frozen=True)
 class RunVoidBody(PolicyBody):
     """Cancel a pending run: its reservation is released, nothing is charged."""

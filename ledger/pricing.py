@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from ledger.kinds import COSTED_KINDS
+
 TOKEN_PRICE = "llm.call.token"
 DAT_PRICE = "dat.byte_per_kb"
 CPT_PRICE = "cpt.unit"
@@ -65,7 +67,7 @@ def event_cost_milli(prices: Mapping[str, int], kind: str, op: str | None, charg
     into its `agent.run` act. TRT and reservations cost nothing (a reservation only holds).
     `prices` and `op` are kept for callers; the cost is fixed by the event itself.
     """
-    if kind in ("act", "run.charge", "run.post"):
+    if kind in COSTED_KINDS:
         return charged.get("act.cost", 0)
     return 0
 

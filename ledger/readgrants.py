@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ledger.errors import BadSignature, Forbidden, Invalid
-from ledger.events import Body, _bytes32, _time_ms, _uint, register_kind, spec
+from ledger.bodies import Body, _bytes32, _time_ms, _uint, spec
 
 GRANT_SCOPES = ("agent", "user", "team", "platform", "all")
 ROLES = ("read", "audit")
@@ -60,7 +60,6 @@ class _GrantBody(Body):
     METRICS: ClassVar[tuple[str, ...]] = ()
 
 
-@register_kind
 @dataclass(frozen=True)
 class ReadGrantBody(_GrantBody):
     """A bearer token (by its SHA-256) may read one scope until `expires` (ms)."""
@@ -74,7 +73,6 @@ class ReadGrantBody(_GrantBody):
     label: str | None = spec(_label, required=False)
 
 
-@register_kind
 @dataclass(frozen=True)
 class ReadRevokeBody(_GrantBody):
     """The token with this SHA-256 reads nothing any more."""

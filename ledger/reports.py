@@ -10,15 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ledger import kinds as _kinds
 from ledger.errors import Invalid
 from ledger.windows import DAY_MS, HOUR_MS, window_bounds
 
 PERIODS = ("day", "week", "month")
 SCOPES = ("agent", "user", "team", "platform", "node")
 # ledger.budget metric prefix -> the report's kind name; run records are ACT accounting.
-KIND_GROUPS = {"act": "ACT", "run.reserve": "ACT", "run.charge": "ACT", "run.post": "ACT",
-               "dat": "DAT", "cpt": "CPT", "trt": "TRT"}
-GROUPS = ("ACT", "DAT", "CPT", "TRT")
+# (ledger.kinds: each kind's group is in its registry entry)
+KIND_GROUPS = _kinds.KIND_GROUPS
+GROUPS = _kinds.GROUPS
 COST_UP_PCT = 100  # "cost up sharply": at least doubled
 COST_UP_MILLI_MIN = 1000  # ... from at least 1 T, so 0.001 T -> 0.002 T is not news
 SOFT_DAYS_LOOKBACK = 7  # a day report looks at the week ending with it for daily soft-limit hits

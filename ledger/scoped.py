@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 from ledger.errors import Conflict, Invalid
 from ledger.constants import COUNTER_MAX
-from ledger.events import Body, _time_ms, _uint, register_kind, spec
+from ledger.bodies import Body, _time_ms, _uint, spec
 from ledger.windows import CALENDAR_WINDOWS, OWNER_WINDOWS, valid_window, zone
 
 SCOPES = ("agent", "user", "team", "platform")
@@ -142,7 +142,6 @@ class _OwnerBody(Body):
     METRICS: ClassVar[tuple[str, ...]] = ()
 
 
-@register_kind
 @dataclass(frozen=True)
 class BudgetSetBody(_OwnerBody):
     """Give one scope a limit of one metric per window, from `effective` (ms; default: the record's ts)."""
@@ -162,7 +161,6 @@ class BudgetSetBody(_OwnerBody):
     effective: int | None = spec(_time_ms, required=False)
 
 
-@register_kind
 @dataclass(frozen=True)
 class BudgetRmBody(_OwnerBody):
     """Remove one scope's owner budget from `effective` on: the defaults apply again."""

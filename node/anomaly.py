@@ -19,10 +19,10 @@ from typing import Any
 from ledger.anomaly import AgentDetectors
 from ledger.budget import charges
 from ledger.events import Event
+from ledger.kinds import OBSERVED_KINDS
 from node.budgets import Admitted, trust_penalty
 from node.metrics import NodeMetrics
 
-OBSERVED_KINDS = ("act", "dat", "cpt", "run.charge", "run.post")
 
 
 class AnomalyWatch:

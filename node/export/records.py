@@ -19,11 +19,10 @@ from typing import Any
 
 import cbor2
 
-from ledger.events import KINDS
+from ledger.kinds import COSTED_KINDS, KINDS  # noqa: F401  (COSTED_KINDS: node.export.postgres)
 from node.store.exports import EntryRow
 
 # Kinds whose body `cost` (milli-T) is what they charge to `act.cost` budgets (PROTOCOL.md §3).
-COSTED_KINDS = ("act", "run.charge", "run.post")
 SUBJECT_PREFIX = "ats.events"
 
 

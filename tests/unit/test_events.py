@@ -14,10 +14,10 @@ from ledger.events import (
     make_envelope_bytes,
     parse_envelope,
     parse_event,
-    register_kind,
     spec,
     _uint,
 )
+from ledger.kinds import REGISTRY, Kind, Registry
 from ledger.signing import public_key_from_seed, sign, verify
 
 SEED = bytes(range(32))
@@ -137,11 +137,10 @@ def test_a_new_kind_plugs_in_through_the_registry():
         METRICS: ClassVar[tuple[str, ...]] = ("amount",)
         amount: int = spec(_uint)
 
-    register_kind(StakeBody)
-    try:
-        ev = parse_event(encoding.encode(event_map(body={"amount": 5}) | {"kind": "test.stake"}))
-        assert ev.body.amount == 5
-        with pytest.raises(ValueError):
-            register_kind(StakeBody)
-    finally:
-        del KINDS["test.stake"]
+    stake = Kind(StakeBody, "oracle", "3.2")
+    kinds = Registry(REGISTRY.kinds + (stake,)).bodies
+    ev = parse_event(encoding.encode(event_map(body={"amount": 5}) | {"kind": "test.stake"}), kinds=kinds)
+    assert ev.body.amount == 5
+    with pytest.raises(ValueError):
+        Registry(REGISTRY.kinds + (stake, stake))
+    assert "test.stake" not in KINDS  # the node's own table is static
