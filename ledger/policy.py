@@ -1,6 +1,6 @@
 """Policy, governance, run and node-record event kinds (PROTOCOL.md §3: implementation-defined kinds).
 
-They plug into the kind registry of `ledger.events` and are logged like any
+They are entries of the kind registry (`ledger.kinds`) and are logged like any
 event, so every node folds the same records into the same policy state.
 
 Who may sign what (checked at admission, `ledger.budget.authorize`):
@@ -242,10 +242,11 @@ class RunVoidBody(PolicyBody):
     run: bytes = spec(_bytes16)
 
 
+# Kept for node/budgets.py (owned by issue 14 helpers; removed at merge): ledger.kinds has these,
+# derived from the registry, and checks at import that this copy says the same.
 AUTHORITY_KINDS = frozenset(
     {"agent.register", "plan.assign", "agent.suspend", "agent.lift", "gov.propose", "gov.vote", "node.admit"}
 )
 ORACLE_KINDS = frozenset({"stake.set"})
 NODE_KINDS = frozenset({"agent.suspended", "governance.policy.updated"})
 RUN_KINDS = frozenset({"run.reserve", "run.charge", "run.post", "run.void"})
-POLICY_KINDS = AUTHORITY_KINDS | ORACLE_KINDS | NODE_KINDS

@@ -14,8 +14,7 @@ from typing import Callable
 
 from node import __version__
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-DEFAULT_URL = "http://127.0.0.1:8470"
+from node.cliexit import DEFAULT_URL, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail  # noqa: F401
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -26,11 +25,6 @@ def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callab
         return fn
 
     return register
-
-
-def fail(message: str, code: int = EXIT_FAILED) -> int:
-    print(f"ats: {message}", file=sys.stderr)
-    return code
 
 
 @command("keygen")

@@ -19,7 +19,7 @@ from typing import Any
 
 from ledger.constants import COUNTER_MAX
 from ledger.scoped import METRIC_ALIASES, SCOPES, metric_name
-from node.cli import EXIT_OK
+from node.cliexit import EXIT_OK
 from node.clicmds import UsageError
 from node.clicmds import _run as _run_command
 from node.sdk import AgentClient

@@ -18,7 +18,7 @@ from typing import Any
 from ledger.checkpoint import Checkpoint, parse_verifier_key
 from ledger import events
 from ledger.errors import LedgerError
-from node.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
+from node.cliexit import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 from node.tls import TlsError
 from node.sdk import AgentClient, AtsError, AtsUnreachable, Auditor, AuditFailed
 

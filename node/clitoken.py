@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from ledger.readgrants import GRANT_SCOPES, TOKEN_PREFIX, token_hash
-from node.cli import EXIT_OK, EXIT_USAGE, fail
+from node.cliexit import EXIT_OK, EXIT_USAGE, fail
 from node.clicmds import UsageError
 from node.clicmds import _run as _run_command
 from node.cliident import human_time

@@ -98,3 +98,123 @@ def test_every_package_and_module_imports_alone_in_a_fresh_interpreter() -> None
              for n in dict.fromkeys(names)}
     failures = {n: p.communicate(timeout=60)[1].strip().splitlines()[-1:] for n, p in procs.items()}
     assert {n: err for n, err in failures.items() if procs[n].returncode != 0} == {}
+
+
+# -- issue 14: one kind registry, no import cycles, small modules and functions --------------
+
+PRODUCT = ("ledger", "consensus", "node")
+# Files owned by issue 14 helpers; removed at merge (the lead wires them, then this shrinks to nothing).
+OWNED_ELSEWHERE = ("node/budgets.py", "node/store/budgets.py", "node/replication.py", "node/ingest.py",
+                   "node/escrow.py")
+# Role sets node/budgets.py still imports from these modules (owned by issue 14 helpers; removed at
+# merge, when node/budgets.py imports them from ledger.kinds). ledger/kinds.py checks at import that
+# each equals the registry's, so a kind forgotten in one of them fails loudly.
+KIND_SET_ALIASES = {"ledger/policy.py": {"AUTHORITY_KINDS", "ORACLE_KINDS", "NODE_KINDS", "RUN_KINDS"},
+                    "ledger/readgrants.py": {"GRANT_KINDS"}, "ledger/scoped.py": {"OWNER_KINDS"}}
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _product_modules() -> dict[str, Path]:
+    return {_module_name(p): p for pkg in PRODUCT for p in _modules(pkg)}
+
+
+def test_no_list_of_kind_names_outside_the_kind_registry() -> None:
+    """Every list of kinds derives from ledger/kinds.py: a collection literal naming two or more
+    registered kinds anywhere else is a list someone must remember to extend, and forgetting one
+    silently stops metering it (issue 14)."""
+    from ledger.kinds import KINDS
+
+    found = []
+    for name, path in _product_modules().items():
+        rel = _rel(path)
+        if rel == "ledger/kinds.py" or rel in OWNED_ELSEWHERE:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), rel)
+        aliases = {id(sub) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                   and {getattr(t, "id", "") for t in n.targets} <= KIND_SET_ALIASES.get(rel, set())
+                   for sub in ast.walk(n.value)}
+        for n in ast.walk(tree):
+            if id(n) in aliases:
+                continue
+            items = n.keys if isinstance(n, ast.Dict) else n.elts if isinstance(n, (ast.Tuple, ast.List, ast.Set)) else []
+            named = [e.value for e in items if isinstance(e, ast.Constant) and e.value in KINDS]
+            if len(named) >= 2:
+                found.append(f"{rel}:{n.lineno} lists kinds {named}")
+    assert found == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the product modules it imports, at module level or inside a function (a lazy
+    import still makes a cycle): `from a import b` is a.b when that is a module, else a."""
+    modules = _product_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        names = []
+        for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"), _rel(path))):
+            if isinstance(n, ast.Import):
+                names += [a.name for a in n.names]
+            elif isinstance(n, ast.ImportFrom):
+                base = _imports(path, ast.Module(body=[n], type_ignores=[]))[0][1]
+                names += [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in n.names]
+        targets = set()
+        for dotted in names:
+            while dotted and dotted not in modules:
+                dotted = dotted.rpartition(".")[0]
+            if dotted:
+                targets.add(dotted)
+        graph[name] = targets - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, children = work[-1]
+            w = next(children, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                component = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    component.append(w)
+                    if w == v:
+                        break
+                if len(component) > 1:
+                    out.append(sorted(component))
+    return out
+
+
+def test_import_cycles_are_found() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_among_product_modules() -> None:
+    assert _cycles(_import_graph()) == []
