@@ -28,7 +28,7 @@ differs from RFC 8949 bytewise order for mixed key types, hence this encoder.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, NoReturn
 
 import cbor2
 
@@ -76,18 +76,8 @@ def scan(data: bytes, start: int = 0, *, depth_max: int = DEPTH_MAX, items_max: 
         pos += 1
         if info < 24:
             arg = info
-        elif info < 28:
-            width = 1 << (info - 24)
-            if pos + width > n:
-                raise _scan_fail("malformed_cbor", "CBOR ends in the middle of an item head", pos)
-            arg = int.from_bytes(data[pos : pos + width], "big")
-            pos += width
-        elif info == 31:
-            if major in (2, 3, 4, 5):
-                raise _scan_fail("not_canonical", "indefinite lengths are not allowed (RFC 8949 §4.2.1)", pos - 1)
-            raise _scan_fail("malformed_cbor", "unexpected CBOR break or indefinite head", pos - 1)
         else:
-            raise _scan_fail("malformed_cbor", "reserved CBOR head", pos - 1)
+            arg, pos = _scan_argument(data, pos, major, info)
         if major <= 1:
             continue
         if major <= 3:  # byte and text strings
@@ -103,13 +93,30 @@ def scan(data: bytes, start: int = 0, *, depth_max: int = DEPTH_MAX, items_max: 
             left.append(count)
         elif major == 6:
             raise _scan_fail("cbor_tag", f"CBOR tags are not allowed (tag {arg}; PROTOCOL.md §2)", pos - 1)
-        elif info in (20, 21, 22):  # false, true, null
-            continue
-        elif info in (25, 26, 27):
-            raise _scan_fail("malformed_cbor", "floating-point numbers are not allowed", pos - 1)
-        else:
-            raise _scan_fail("malformed_cbor", "CBOR simple values other than false, true, null are not allowed", pos - 1)
+        elif info not in (20, 21, 22):  # false, true, null
+            _scan_bad_simple(info, pos - 1)
     return pos
+
+
+def _scan_argument(data: bytes, pos: int, major: int, info: int) -> tuple[int, int]:
+    """The argument of an item head whose info is 24..31, and the offset past it (pos: just past the head byte)."""
+    if info < 28:
+        width = 1 << (info - 24)
+        if pos + width > len(data):
+            raise _scan_fail("malformed_cbor", "CBOR ends in the middle of an item head", pos)
+        return int.from_bytes(data[pos : pos + width], "big"), pos + width
+    if info == 31:
+        if major in (2, 3, 4, 5):
+            raise _scan_fail("not_canonical", "indefinite lengths are not allowed (RFC 8949 §4.2.1)", pos - 1)
+        raise _scan_fail("malformed_cbor", "unexpected CBOR break or indefinite head", pos - 1)
+    raise _scan_fail("malformed_cbor", "reserved CBOR head", pos - 1)
+
+
+def _scan_bad_simple(info: int, pos: int) -> NoReturn:
+    """Major type 7 other than false, true and null: a float or another simple value."""
+    if info in (25, 26, 27):
+        raise _scan_fail("malformed_cbor", "floating-point numbers are not allowed", pos)
+    raise _scan_fail("malformed_cbor", "CBOR simple values other than false, true, null are not allowed", pos)
 
 
 def _head(major: int, arg: int) -> bytes:

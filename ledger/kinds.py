@@ -83,8 +83,8 @@ class Kind:
         return self.body.KIND
 
 
-def _problems(k: Kind) -> list[str]:
-    """What is missing or wrong in one entry; [] when it is complete."""
+def _shape_problems(k: Kind) -> list[str]:
+    """What is wrong in the names an entry gives: body, role, docs section, group, metrics."""
     out = []
     if not isinstance(k.body, type) or not issubclass(k.body, Body) or not k.body.KIND:
         out.append("body must be a Body subclass with a KIND")
@@ -94,15 +94,21 @@ def _problems(k: Kind) -> list[str]:
         out.append(f"docs section {k.docs!r} is not one of {', '.join(DOC_SECTIONS)}")
     if k.group is not None and k.group not in GROUPS:
         out.append(f"group {k.group!r} is not one of {', '.join(GROUPS)}")
-    out += [f"charges unknown metric {m!r}" for m in k.charges if m not in METRIC_UNITS]
+    return out + [f"charges unknown metric {m!r}" for m in k.charges if m not in METRIC_UNITS]
+
+
+def _metering_problems(k: Kind) -> list[str]:
+    """What is missing in how an entry is metered: group, charges, default budget, agent field."""
+    out = []
     if k.role == "usage" and (k.group is None or not k.charges or k.budget is None):
         out.append("a usage kind needs a group, charges and a default budget")
     if k.role != "usage" and k.budget is not None:
         out.append("only usage kinds have a default budget")
-    if k.budget is not None and tuple(k.budget) != BUDGET_FIELDS:
-        out.append(f"default budget must give exactly {', '.join(BUDGET_FIELDS)}")
-    if k.budget is not None and k.budget["metric"] not in k.charges:
-        out.append(f"default budget counts {k.budget['metric']!r}, which the kind does not charge")
+    if k.budget is not None:
+        if tuple(k.budget) != BUDGET_FIELDS:
+            out.append(f"default budget must give exactly {', '.join(BUDGET_FIELDS)}")
+        elif k.budget["metric"] not in k.charges:
+            out.append(f"default budget counts {k.budget['metric']!r}, which the kind does not charge")
     if (k.charges or k.group) and "events" not in k.charges:
         out.append("a kind that charges or is grouped counts in the `events` metric")
     if k.meterable and "agent" not in {f.name for f in fields(k.body)}:
@@ -110,6 +116,11 @@ def _problems(k: Kind) -> list[str]:
     if k.observed and not k.charges:
         out.append("an observed kind must charge something")
     return out
+
+
+def _problems(k: Kind) -> list[str]:
+    """What is missing or wrong in one entry; [] when it is complete."""
+    return _shape_problems(k) + _metering_problems(k)
 
 
 class Registry:

@@ -107,37 +107,15 @@ async def _run(args: argparse.Namespace) -> int:
     if args.scope in ("agent", "user") and args.id is not None:
         from node.cliident import resolve
 
-        http = HttpTransport(args.url, timeout_s=10, retries=2, backoff_ms=100)
-        http.read_token = os.environ.get("ATS_TOKEN") or None
+        http = _reader(args.url)
         try:
             args.id = await resolve(http, args.id)  # a name, a hex key or a key file
         finally:
             await http.close()
     if args.action in ("set", "rm"):
-        from node.keys import KeyFileError, read_key
-
-        if not args.key:
-            raise UsageError(f"budget {args.action} needs --key (an authority's or the team admin's key file)")
-        try:
-            seed = read_key(args.key)
-        except KeyFileError as e:
-            raise UsageError(str(e)) from None
-        kind = "budget.set" if args.action == "set" else "budget.rm"
-        body = _body(args, args.action == "rm")
-        async with AgentClient(args.url, seed) as client:
-            receipt = await client.submit(kind, body)
-        if args.json:
-            print(json.dumps(receipt, indent=2))
-        else:
-            print(f"{kind} {args.scope} {args.id} {args.metric} per {args.window}: recorded as {receipt.get('id')}")
-        return EXIT_OK
-    params = {}
-    if args.scope:
-        params["scope"] = args.scope
-    if args.id:
-        params["id"] = args.id
-    http = HttpTransport(args.url, timeout_s=10, retries=2, backoff_ms=100)
-    http.read_token = os.environ.get("ATS_TOKEN") or None
+        return await _record(args)
+    params = {name: value for name, value in (("scope", args.scope), ("id", args.id)) if value}
+    http = _reader(args.url)
     try:
         doc = await http.json("GET", "/v1/budgets", params=params)
     finally:
@@ -148,19 +126,52 @@ async def _run(args: argparse.Namespace) -> int:
     if not doc["budgets"]:
         print("no owner budgets" + (f" for {args.scope} {args.id}" if args.id else ""))
     for item in doc["budgets"]:
-        current, metric = item["in_force"], item["metric"]
-        head = f"{item['scope']} {item['id']}  {metric} per {item['window']}"
-        if current is not None:
-            print(f"{head}: {human_amount(metric, item['consumed'])} used of {human_amount(metric, current['limit'])}"
-                  f" (held {human_amount(metric, item['held'])}, soft {current['soft_pct']} %, hard {current['hard_pct']} %,"
-                  f" reserve {current['reserve_pct']} %{', throttle' if current['throttle'] else ''}"
-                  f"{', suspend' if current['suspend'] else ''}); window ends {human_time(item['window_end'])}")
-        else:
-            print(f"{head}: none in force")
-        for change in item["scheduled"]:
-            what = "removed" if change["limit"] is None else f"limit {human_amount(metric, change['limit'])}"
-            print(f"    from {human_time(change['effective'])}: {what}")
+        _print_budget(item)
     return EXIT_OK
+
+
+def _reader(url: str) -> HttpTransport:
+    """A client for reads, with the read token of $ATS_TOKEN if set."""
+    http = HttpTransport(url, timeout_s=10, retries=2, backoff_ms=100)
+    http.read_token = os.environ.get("ATS_TOKEN") or None
+    return http
+
+
+async def _record(args: argparse.Namespace) -> int:
+    """`ats budget set` and `ats budget rm`: sign and submit the record with --key."""
+    from node.keys import KeyFileError, read_key
+
+    if not args.key:
+        raise UsageError(f"budget {args.action} needs --key (an authority's or the team admin's key file)")
+    try:
+        seed = read_key(args.key)
+    except KeyFileError as e:
+        raise UsageError(str(e)) from None
+    kind = "budget.set" if args.action == "set" else "budget.rm"
+    body = _body(args, args.action == "rm")
+    async with AgentClient(args.url, seed) as client:
+        receipt = await client.submit(kind, body)
+    if args.json:
+        print(json.dumps(receipt, indent=2))
+    else:
+        print(f"{kind} {args.scope} {args.id} {args.metric} per {args.window}: recorded as {receipt.get('id')}")
+    return EXIT_OK
+
+
+def _print_budget(item: dict[str, Any]) -> None:
+    """One owner budget of GET /v1/budgets, as lines for a person."""
+    current, metric = item["in_force"], item["metric"]
+    head = f"{item['scope']} {item['id']}  {metric} per {item['window']}"
+    if current is not None:
+        print(f"{head}: {human_amount(metric, item['consumed'])} used of {human_amount(metric, current['limit'])}"
+              f" (held {human_amount(metric, item['held'])}, soft {current['soft_pct']} %, hard {current['hard_pct']} %,"
+              f" reserve {current['reserve_pct']} %{', throttle' if current['throttle'] else ''}"
+              f"{', suspend' if current['suspend'] else ''}); window ends {human_time(item['window_end'])}")
+    else:
+        print(f"{head}: none in force")
+    for change in item["scheduled"]:
+        what = "removed" if change["limit"] is None else f"limit {human_amount(metric, change['limit'])}"
+        print(f"    from {human_time(change['effective'])}: {what}")
 
 
 def add_parser(sub: Any, default_url: str) -> None:

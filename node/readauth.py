@@ -30,6 +30,7 @@ from ledger.credentials import verify_token
 from node.api.dashboard import dashboard_token_presented, is_loopback
 from node.api.errors import render
 from node.appkeys import CLOCK_KEY, CONFIG_KEY, QUERIES_KEY
+from node.queries import Queries
 
 READ_AUDIENCE = "ats-read"
 _HEX_RE = re.compile(r"[0-9a-f]{64}")
@@ -73,44 +74,57 @@ def _credential(request: web.Request, grants: Grants, now_ms: int, lifetime_max_
 def check(request: web.Request) -> None:
     """Raise unless this request may read what its route reads."""
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else ""
-    if route not in READ_ROUTES:
+    if _needs_no_credential(request, route):
         return
+    queries = request.app[QUERIES_KEY]
+    config = request.app[CONFIG_KEY]
+    grant = _credential(request, queries.book.grants, request.app[CLOCK_KEY].now_ms(), config.read_jwt_lifetime_max_s)
+    if _role_decides(grant, route):
+        return
+    scope, scope_id = _scope_read(request, route, queries)
+    chain = queries.book.chain(bytes.fromhex(scope_id)) if scope == "agent" and _HEX_RE.fullmatch(scope_id) else None
+    if not grant.covers(scope, scope_id, chain):
+        raise Grants.refuse(f"{grant.scope} {grant.scope_id}", scope, scope_id)
+
+
+def _needs_no_credential(request: web.Request, route: str) -> bool:
+    """True when this route is read by anyone here: not a read route, a public log, an open node,
+    or the owner's dashboard token (which reads everything its page shows)."""
+    if route not in READ_ROUTES:
+        return True
     config = request.app[CONFIG_KEY]
     if route in LOG_ROUTES and config.log_public:
-        return
-    if is_open(config):
-        return
-    if dashboard_token_presented(request):
-        return  # the owner's dashboard token reads everything its page shows (folded in)
-    queries = request.app[QUERIES_KEY]
-    book = queries.book
-    grant = _credential(request, book.grants, request.app[CLOCK_KEY].now_ms(), config.read_jwt_lifetime_max_s)
+        return True
+    return is_open(config) or dashboard_token_presented(request)
+
+
+def _role_decides(grant: Grant, route: str) -> bool:
+    """True when the grant's role and scope alone let it read this route; raises when they forbid it;
+    False when the scope the route reads must be checked."""
     if route in LOG_ROUTES:
         if grant.role == "audit" or grant.scope == "all":
-            return
+            return True
         raise Forbidden("token_scope", "the log, events and proofs need an audit token (or an all-scope read token)")
     if grant.role == "audit":
         raise Forbidden("token_scope", "an audit token reads the log and proofs, not balances or reports")
     if route in NODE_ROUTES:
         if grant.scope == "all":
-            return
+            return True
         raise Grants.refuse(f"{grant.scope} {grant.scope_id}", "node", "all")
-    if route == "/v1/names/{name}":
-        return  # any valid credential: a name and its key are no secret to a reader
+    return route == "/v1/names/{name}"  # any valid credential: a name and its key are no secret to a reader
+
+
+def _scope_read(request: web.Request, route: str, queries: Queries) -> tuple[str, str]:
+    """The (scope, scope id) an agent, budgets or report route reads; agents and users by hex key."""
     if route in AGENT_ROUTES:
-        agent = queries.identity(request.match_info["agent"], "agent")
-        scope, scope_id = "agent", agent.hex()
-    elif route == "/v1/budgets":
+        return "agent", queries.identity(request.match_info["agent"], "agent").hex()
+    if route == "/v1/budgets":
         scope, scope_id = request.query.get("scope", "all"), request.query.get("id", "all")
-        if scope in ("agent", "user") and scope_id != "all":
-            scope_id = queries.identity(scope_id, "id").hex()
     else:  # reports
         scope, scope_id = request.match_info["scope"], request.match_info["id"]
-        if scope in ("agent", "user") and scope_id != "all":
-            scope_id = queries.identity(scope_id, "id").hex()
-    chain = book.chain(bytes.fromhex(scope_id)) if scope == "agent" and _HEX_RE.fullmatch(scope_id) else None
-    if not grant.covers(scope, scope_id, chain):
-        raise Grants.refuse(f"{grant.scope} {grant.scope_id}", scope, scope_id)
+    if scope in ("agent", "user") and scope_id != "all":
+        scope_id = queries.identity(scope_id, "id").hex()
+    return scope, scope_id
 
 
 @web.middleware

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
 import aiohttp
 from aiohttp import web
@@ -301,22 +301,33 @@ class Gateway:
             "x-ats-call": call.call.hex(),
             **({"x-ats-remaining-milli": str(remaining(budgets))} if remaining(budgets) is not None else {}),
         })
-        splitter = SseSplitter(SSE_EVENT_BYTES_MAX)
-        client = True
-        draining = False
-        deadline = None
+        client = await _delivered(out.prepare(request))
+        if await self._relay(out, resp, tracker, client):
+            await _delivered(out.write_eof())
+        usage = tracker.usage if tracker.complete else None
+        if usage is not None:
+            self._charge(reservation, usage)
+            return out
+        logger.warning("stream of call %s ended without usage: charged at its reservation", call.call.hex())
         try:
-            await out.prepare(request)
-        except (ConnectionError, aiohttp.ClientError, RuntimeError):
-            client = False
+            await self._charge_reserved(call)
+        except LedgerError as e:
+            logger.error("call %s not charged now (charged at restart): %s", call.call.hex(), e.message)
+        return out
+
+    async def _relay(self, out: web.StreamResponse, resp: aiohttp.ClientResponse, tracker: StreamTracker,
+                     client: bool) -> bool:
+        """Pass the upstream's events to the client while it listens; once it is gone, drain the
+        upstream for its usage (bounded in time and in streams drained at once). Returns whether the
+        client is still there."""
+        splitter = SseSplitter(SSE_EVENT_BYTES_MAX)
+        draining = False
+        deadline = 0.0
         try:
             async for chunk in resp.content.iter_any():
                 for event in splitter.feed(chunk):
                     if tracker.see(event) and client:
-                        try:
-                            await out.write(event)
-                        except (ConnectionError, aiohttp.ClientError, RuntimeError):
-                            client = False
+                        client = await _delivered(out.write(event))
                 if not client and not draining:
                     if self._drains >= self._config.llm_drains_max:
                         break  # too many abandoned streams read at once: cut, charged at reservation
@@ -329,24 +340,19 @@ class Gateway:
             if rest and tracker.see(rest) and client:
                 await out.write(rest)
         except asyncio.TimeoutError:
-            pass  # the upstream hung mid-stream: charged below from what it reported, or at reservation
+            pass  # the upstream hung mid-stream: charged from what it reported, or at reservation
         except (aiohttp.ClientError, OSError, ConnectionError):
             pass
         finally:
             if draining:
                 self._drains -= 1
-        if client:
-            try:
-                await out.write_eof()
-            except (ConnectionError, aiohttp.ClientError, RuntimeError):
-                pass
-        usage = tracker.usage if tracker.complete else None
-        if usage is None:
-            logger.warning("stream of call %s ended without usage: charged at its reservation", call.call.hex())
-            try:
-                await self._charge_reserved(call)
-            except LedgerError as e:
-                logger.error("call %s not charged now (charged at restart): %s", call.call.hex(), e.message)
-        else:
-            self._charge(reservation, usage)
-        return out
+        return client
+
+
+async def _delivered(write: Awaitable[Any]) -> bool:
+    """Await a write to the client: False when the client has gone."""
+    try:
+        await write
+    except (ConnectionError, aiohttp.ClientError, RuntimeError):
+        return False
+    return True
