@@ -2,18 +2,18 @@
 
 `SETTINGS` is the registry of every setting (name, default, unit, help); the
 docs list them all and a test checks that. `load()` merges the sources in that
-order and `validate()` reports every problem at once. After that, values travel
+order and `validate()` (node/configcheck.py) reports every problem at once. After that, values travel
 as constructor arguments: nothing else reads the environment or a file.
 """
 
 from __future__ import annotations
 
-import re
-import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
+
+from node.configcheck import validate
 
 
 @dataclass(frozen=True)
@@ -333,185 +333,6 @@ def load(
     if problems:
         raise ConfigError(problems)
     return config
-
-
-def validate(config: Config) -> list[str]:
-    """Every problem with config, as sentences; empty when it is valid."""
-    problems = []
-    positive = (
-        "body_bytes_max",
-        "batch_events_max",
-        "checkpoint_events_max",
-        "reader_threads",
-        "entries_page_max",
-        "usage_events_max",
-    )
-    for name in positive:
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be at least 1")
-    for name in ("skew_ms", "checkpoint_ms_max", "verify_threads", "shutdown_timeout_ms", "startup_check_entries"):
-        if getattr(config, name) < 0:
-            problems.append(f"{name} must not be negative")
-    if config.verify_processes < -1:
-        problems.append("verify_processes must be -1 (one per core), 0 (none) or more")
-    if not 0 <= config.listen_port <= 65535:
-        problems.append("listen_port must be 0..65535")
-    if config.sqlite_synchronous not in ("full", "normal"):
-        problems.append("sqlite_synchronous must be full or normal")
-    if config.log_level not in ("debug", "info", "warning", "error"):
-        problems.append("log_level must be debug, info, warning or error")
-    if not config.data_dir:
-        problems.append("data_dir must not be empty")
-    for name in ("authorities", "oracles"):
-        for key in getattr(config, name):
-            if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-                problems.append(f"{name}: {key!r} is not 64 lowercase hex digits")
-    if config.read_auth not in ("auto", "token", "open"):
-        problems.append("read_auth must be auto, token or open")
-    for entry in config.team_admins:
-        team, _, key = entry.partition("=")
-        if not re.fullmatch(r"[a-z0-9._-]{1,64}", team) or not re.fullmatch(r"[0-9a-f]{64}", key):
-            problems.append(f"team_admins: {entry!r} is not team=64 lowercase hex digits")
-    if config.governance_threshold < 0 or config.governance_threshold > max(1, len(config.authorities)):
-        problems.append("governance_threshold must be between 0 and the number of authorities")
-    from ledger.plans import PLANS
-
-    if config.default_plan not in PLANS:
-        problems.append(f"default_plan must be one of {', '.join(sorted(PLANS))}")
-    if config.unregistered_agents not in ("default", "refuse"):
-        problems.append("unregistered_agents must be default or refuse")
-    from ledger.webhooks import parse_target
-
-    for url in config.alert_webhooks:
-        try:
-            parse_target(url)
-        except ValueError as e:
-            problems.append(f"alert_webhooks: {e}")
-    for url in config.peers:
-        if not url.startswith(("http://", "https://")):
-            problems.append(f"peers: {url!r} is not an http(s) URL")
-    for name in ("connections_max", "connections_per_client_max", "http_head_timeout_ms", "http_body_timeout_ms",
-                 "http_header_bytes_max", "http_headers_max", "commit_share_events", "log_period_ms",
-                 "heavy_requests_max", "heavy_requests_per_client_max", "client_bytes_per_s"):
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be at least 1")
-    for name in ("disk_free_bytes_min", "log_repeats_max"):
-        if getattr(config, name) < 0:
-            problems.append(f"{name} must not be negative")
-    for name in ("anomaly_threshold_milli", "anomaly_agents_max", "metrics_budget_scopes_max"):
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be at least 1")
-    if config.anomaly_warmup_events < 0:
-        problems.append("anomaly_warmup_events must not be negative")
-    for name in ("replication_interval_ms", "replication_entries_max", "peer_count_max", "peer_nonces_max"):
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be at least 1")
-    if config.witness_quorum < 0:
-        problems.append("witness_quorum must not be negative")
-    if config.alert_retry_max < 1:
-        problems.append("alert_retry_max must be at least 1")
-    problems.extend(_discovery_problems(config))
-    problems.extend(_tls_problems(config))
-    problems.extend(_gateway_problems(config))
-    problems.extend(_strict_problems(config))
-    problems.extend(_export_problems(config))
-    if config.dashboard_auth not in ("auto", "token"):
-        problems.append("dashboard_auth must be auto or token")
-    if config.dashboard_token and (len(config.dashboard_token) < 16 or not config.dashboard_token.isprintable()
-                                   or " " in config.dashboard_token):
-        problems.append("dashboard_token must be at least 16 printable characters without spaces")
-    return problems
-
-
-def _tls_problems(config: Config) -> list[str]:
-    problems = []
-    if bool(config.tls_cert) != bool(config.tls_key):
-        problems.append("tls_cert and tls_key go together: set both (HTTPS) or neither (HTTP)")
-    for pin in config.tls_pins:
-        digits = pin.replace(":", "").lower()
-        if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
-            problems.append(f"tls_pins: {pin!r} is not a SHA-256 fingerprint (64 hex digits, colons allowed)")
-    return problems
-
-
-def _strict_problems(config: Config) -> list[str]:
-    problems = []
-    for name in ("strict_members", "strict_members_next"):
-        for key in getattr(config, name):
-            if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-                problems.append(f"{name}: {key!r} is not 64 lowercase hex digits")
-    if config.strict_budgets and not config.strict_members:
-        problems.append("strict_budgets needs strict_members (the nodes that hold the rights)")
-    if config.strict_wait_ms < 0:
-        problems.append("strict_wait_ms must not be negative")
-    if config.strict_members_from_ms < 0 or config.strict_retry_ms < 1:
-        problems.append("strict_members_from_ms must not be negative and strict_retry_ms must be at least 1")
-    return problems
-
-
-def _export_problems(config: Config) -> list[str]:
-    problems = []
-    if config.export_postgres and not config.export_postgres.startswith(("postgresql://", "postgres://")):
-        problems.append("export_postgres must be a libpq URL (postgresql://user@host:port/database)")
-    if config.export_nats and not config.export_nats.startswith(("nats://", "tls://")):
-        problems.append("export_nats must be a nats:// (or tls://) URL")
-    if not config.export_nats_stream or not all(c.isalnum() or c in "_-" for c in config.export_nats_stream):
-        problems.append("export_nats_stream must be letters, digits, _ or -")
-    if config.export_origins not in ("own", "all"):
-        problems.append("export_origins must be own or all")
-    for name in ("export_retry_ms_max", "export_alert_events", "export_alert_ms"):
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be at least 1")
-    return problems
-
-
-def _gateway_problems(config: Config) -> list[str]:
-    problems = []
-    for key in config.meters:
-        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-            problems.append(f"meters: {key!r} is not 64 lowercase hex digits")
-    urls = [(n, getattr(config, n)) for n in ("llm_upstream", "llm_anthropic_upstream") if getattr(config, n)]
-    for item in config.llm_model_limits:
-        model, sep, caps = item.partition("=")
-        parts = caps.split(":")
-        if not sep or not model.strip() or len(parts) != 2 or not all(p.strip() == "" or p.strip().isdigit() for p in parts):
-            problems.append(f"llm_model_limits: {item!r} is not model=context:output (whole numbers, either may be empty)")
-    for name in ("llm_routes", "llm_route_keys"):
-        for item in getattr(config, name):
-            model, sep, value = item.partition("=")
-            if not sep or not model.strip() or not value.strip():
-                problems.append(f"{name}: {item!r} is not model=value")
-            elif name == "llm_routes":
-                urls.append((name, value.strip()))
-    for name, url in urls:
-        if not url.startswith(("http://", "https://")):
-            problems.append(f"{name}: {url!r} is not an http(s) URL")
-    if config.llm_gateway and not (config.llm_upstream or config.llm_anthropic_upstream or config.llm_routes):
-        problems.append("llm_gateway needs llm_upstream (or llm_anthropic_upstream, or llm_routes)")
-    for name in ("llm_token_lifetime_s_max", "llm_max_tokens_default", "llm_output_tokens_max", "llm_context_tokens_max",
-                 "llm_body_bytes_max", "llm_response_bytes_max", "llm_timeout_ms", "llm_connect_timeout_ms", "llm_drain_ms"):
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be at least 1")
-    if config.llm_drains_max < 0:
-        problems.append("llm_drains_max must not be negative")
-    return problems
-
-
-def _discovery_problems(config: Config) -> list[str]:
-    problems = []
-    if config.discovery not in ("loopback", "interfaces", "off"):
-        problems.append("discovery must be loopback, interfaces or off")
-    if config.discovery == "interfaces" and not config.discovery_interfaces:
-        problems.append("discovery_interfaces must list at least one IPv4 address when discovery is interfaces")
-    for text in config.discovery_interfaces:
-        try:
-            addr = ipaddress.IPv4Address(text)
-        except ValueError:
-            problems.append(f"discovery_interfaces: {text!r} is not an IPv4 address")
-            continue
-        if addr.is_unspecified or addr.is_multicast:
-            problems.append(f"discovery_interfaces: {text} is not the address of one interface")
-    return problems
 
 
 assert {f.name for f in fields(Config)} == set(_BY_NAME), "Config and SETTINGS must list the same settings"
