@@ -24,7 +24,6 @@ is passed in and returned, never read from a clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 from ledger import kinds as _kinds
 from ledger.errors import check
