@@ -157,7 +157,7 @@ class Registry:
         check(role in ROLES, f"unknown signer role {role!r}")
         return frozenset(self._names(lambda k: k.role == role))
 
-    def charges(self, kind: str, body: Any) -> dict[str, int]:
+    def charges(self, kind: str, body: Body) -> dict[str, int]:
         """The non-zero amount an event of this kind and body adds to each metric, in metric order."""
         out = {}
         for metric, by_kind in self.metrics.items():

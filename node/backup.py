@@ -32,6 +32,7 @@ from ledger.signing import public_key_from_seed
 from ledger.merkle import EMPTY_ROOT
 from node import datadir, superblock, tls
 from node.clock import SystemClock
+from node.config import Config
 from node.keys import KeyFileError, new_seed, node_seed, write_key
 from node.store import backup as backup_store
 from node.verifydb import verify_ledger
@@ -117,7 +118,7 @@ async def _peer_note(session: aiohttp.ClientSession, peer: str, origin_hex: str)
         return body.decode("utf-8", "replace")
 
 
-async def _ask_peers(peers: list[str], origin: bytes, ssl: Any) -> list[tuple[str, int, bytes] | tuple[str, str]]:
+async def _ask_peers(peers: list[str], origin: bytes, ssl: tls.ClientSsl) -> list[tuple[str, int, bytes] | tuple[str, str]]:
     """Per peer: (peer, size, root) of its verified checkpoint of origin, (peer, "none") or (peer, error)."""
     out: list[Any] = []
     timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
@@ -157,7 +158,7 @@ def _fork_risks(src: str, origin: bytes, ours: int, answers: list[Any], allow_un
     return risks
 
 
-def _key_for_restore(args: argparse.Namespace, config: Any, clock: SystemClock) -> tuple[bytes | None, str]:
+def _key_for_restore(args: argparse.Namespace, config: Config, clock: SystemClock) -> tuple[bytes | None, str]:
     """(seed, description) of the key the node will run under; seed None with --new-key (made later)."""
     default_path = config.key_path
     if args.new_key:
@@ -172,7 +173,7 @@ def _key_for_restore(args: argparse.Namespace, config: Any, clock: SystemClock) 
     return seed, source
 
 
-def restore(args: argparse.Namespace, config: Any, ssl: Any = None) -> int:
+def restore(args: argparse.Namespace, config: Config, ssl: tls.ClientSsl = None) -> int:
     """`ats restore SRC [--data-dir DIR] [--peer URL]... [--new-key]`: put a backup back, never forking."""
     clock = SystemClock()
     src, data_dir = args.src, config.data_dir

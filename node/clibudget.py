@@ -174,7 +174,7 @@ def _print_budget(item: dict[str, Any]) -> None:
         print(f"    from {human_time(change['effective'])}: {what}")
 
 
-def add_parser(sub: Any, default_url: str) -> None:
+def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", default_url: str) -> None:
     s = sub.add_parser("budget", help="set, get, list or remove an owner budget of an agent, user, team or platform")
     s.add_argument("action", choices=["set", "get", "list", "rm"])
     s.add_argument("scope", nargs="?", choices=list(SCOPES), help="agent, user, team or platform")

@@ -77,7 +77,7 @@ async def _run(args: argparse.Namespace, seed: bytes) -> int:
         return EXIT_OK
 
 
-def add_arguments(s: Any, default_url: str) -> None:
+def add_arguments(s: argparse.ArgumentParser, default_url: str) -> None:
     """The arguments of `ats token grant|revoke` on the `ats token` parser (node/cli.py; its `action`
     and `--key` are shared with minting a gateway token)."""
     s.add_argument("scope", nargs="?", help=f"grant: one of {', '.join(GRANT_SCOPES)}; revoke: the token")

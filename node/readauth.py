@@ -20,7 +20,7 @@ the submission and peer endpoints are not reads and are not checked here.
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -30,6 +30,7 @@ from ledger.credentials import verify_token
 from node.api.dashboard import dashboard_token_presented, is_loopback
 from node.api.errors import render
 from node.appkeys import CLOCK_KEY, CONFIG_KEY, QUERIES_KEY
+from node.config import Config
 from node.queries import Queries
 
 READ_AUDIENCE = "ats-read"
@@ -54,7 +55,7 @@ def verify_agent_jwt(token: str, now_s: int, lifetime_max_s: int, audience: str 
         raise BadSignature("token_expired" if e.code == "token_expired" else "bad_token", e.message) from None
 
 
-def is_open(config: Any) -> bool:
+def is_open(config: Config) -> bool:
     """Reads need no credential: read_auth open, or auto on a loopback listen address."""
     return config.read_auth == "open" or (config.read_auth == "auto" and is_loopback(config.listen_host))
 

@@ -10,6 +10,7 @@ A client verifies a node's certificate one of two ways:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ssl
 from typing import Any
@@ -60,7 +61,7 @@ class PinnedCertificates(aiohttp.Fingerprint):
         super().__init__(next(iter(pins)))
         self.pins = pins
 
-    def check(self, transport: Any) -> None:
+    def check(self, transport: asyncio.Transport) -> None:
         if not transport.get_extra_info("sslcontext"):
             return  # plain http: nothing to check (the URL's scheme is the operator's choice)
         sslobj = transport.get_extra_info("ssl_object")
@@ -70,7 +71,10 @@ class PinnedCertificates(aiohttp.Fingerprint):
             raise aiohttp.ServerFingerprintMismatch(next(iter(self.pins)), got, *transport.get_extra_info("peername")[:2])
 
 
-def client_ssl(ca_file: str = "", pins: tuple[str, ...] = ()) -> Any:
+ClientSsl = aiohttp.Fingerprint | ssl.SSLContext | None  # aiohttp's `ssl=`: pins, a CA bundle, or system CAs
+
+
+def client_ssl(ca_file: str = "", pins: tuple[str, ...] = ()) -> ClientSsl:
     """The `ssl=` argument of aiohttp for verifying nodes: pins, a CA bundle, or None (system CAs)."""
     if pins:
         try:
@@ -85,6 +89,6 @@ def client_ssl(ca_file: str = "", pins: tuple[str, ...] = ()) -> Any:
     return None
 
 
-def connector(ssl_arg: Any, **options: Any) -> aiohttp.TCPConnector:
+def connector(ssl_arg: ClientSsl, **options: Any) -> aiohttp.TCPConnector:
     """A TCPConnector verifying with ssl_arg (client_ssl); aiohttp's defaults when None."""
     return aiohttp.TCPConnector(ssl=ssl_arg if ssl_arg is not None else True, **options)

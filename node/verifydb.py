@@ -45,6 +45,7 @@ from ledger.merkle import Frontier, leaf_hash, stored_hash_count
 from ledger.signing import verify
 from node import superblock
 from node.clock import SystemClock
+from node.config import Config
 from node.progress import Progress
 from node.store import integrity as store
 from node.store import logs as log_store
@@ -296,7 +297,7 @@ class _Zero(dict):
         return super().get(key, 0)
 
 
-def replay_counters(conn: Connection, config: Any, own_key: bytes | None, own_id: int | None,
+def replay_counters(conn: Connection, config: Config, own_key: bytes | None, own_id: int | None,
                     progress: Progress) -> dict[tuple[str, str, str, str, int], int]:
     """Every usage counter recomputed from the envelopes, by replaying the budget book in the order
     the entries were stored (each event id once, in the first origin that brought it)."""
@@ -353,12 +354,12 @@ def _superblock(data_dir: str, findings: Findings) -> superblock.Record | None:
         return None
 
 
-def check_data_dir(data_dir: str, config: Any, *, show: bool) -> dict[str, Any]:
+def check_data_dir(data_dir: str, config: Config | None, *, show: bool) -> dict[str, Any]:
     """Check everything; returns the report (see `verify_data_dir`)."""
     return check_ledger(os.path.join(data_dir, "ledger.sqlite"), config, show=show, data_dir=data_dir)
 
 
-def check_ledger(path: str, config: Any, *, show: bool, data_dir: str | None = None,
+def check_ledger(path: str, config: Config | None, *, show: bool, data_dir: str | None = None,
                  quick: bool = False) -> dict[str, Any]:
     """Check one ledger file; with its data folder also the superblock, and with a config the
     usage counters (a bare backup file has neither). Returns the report (`verify_data_dir`)."""

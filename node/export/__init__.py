@@ -12,6 +12,7 @@ import os
 from typing import Any, Callable
 
 from node.clock import SystemClock
+from node.config import Config
 from node.export.loop import Exporter
 from node.metrics import _labels, _num
 from node.store.exports import LogReader, PositionFile
@@ -27,7 +28,7 @@ class Exports:
         self._reader, self._positions = reader, positions
 
     @classmethod
-    def from_config(cls, config: Any, own_key: bytes, own_size: Callable[[], int], clock: SystemClock,
+    def from_config(cls, config: Config, own_key: bytes, own_size: Callable[[], int], clock: SystemClock,
                     scopes: Callable[[bytes], dict[str, str]],
                     on_alert: Callable[[list[dict[str, Any]]], None] | None = None) -> "Exports":
         sinks: list[Any] = []
