@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ledger.errors import BadSignature, Forbidden, Invalid
-from ledger.bodies import Body, _bytes32, _time_ms, _uint, spec
+from ledger.bodies import Body, _bytes32, _time_ms, spec
 
 GRANT_SCOPES = ("agent", "user", "team", "platform", "all")
 ROLES = ("read", "audit")

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 from ledger.errors import Conflict, Invalid
 from ledger.constants import COUNTER_MAX
-from ledger.bodies import Body, _time_ms, _uint, spec
+from ledger.bodies import Body, _time_ms, spec
 from ledger.windows import CALENDAR_WINDOWS, OWNER_WINDOWS, valid_window, zone
 
 SCOPES = ("agent", "user", "team", "platform")
