@@ -76,8 +76,14 @@ def scan(data: bytes, start: int = 0, *, depth_max: int = DEPTH_MAX, items_max: 
         pos += 1
         if info < 24:
             arg = info
+        elif info < 28:
+            width = 1 << (info - 24)
+            if pos + width > n:
+                raise _scan_fail("malformed_cbor", "CBOR ends in the middle of an item head", pos)
+            arg = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
         else:
-            arg, pos = _scan_argument(data, pos, major, info)
+            _scan_bad_head(major, info, pos)
         if major <= 1:
             continue
         if major <= 3:  # byte and text strings
@@ -98,13 +104,8 @@ def scan(data: bytes, start: int = 0, *, depth_max: int = DEPTH_MAX, items_max: 
     return pos
 
 
-def _scan_argument(data: bytes, pos: int, major: int, info: int) -> tuple[int, int]:
-    """The argument of an item head whose info is 24..31, and the offset past it (pos: just past the head byte)."""
-    if info < 28:
-        width = 1 << (info - 24)
-        if pos + width > len(data):
-            raise _scan_fail("malformed_cbor", "CBOR ends in the middle of an item head", pos)
-        return int.from_bytes(data[pos : pos + width], "big"), pos + width
+def _scan_bad_head(major: int, info: int, pos: int) -> NoReturn:
+    """An item head whose info is 28..31 (pos: just past the head byte): reserved, or indefinite."""
     if info == 31:
         if major in (2, 3, 4, 5):
             raise _scan_fail("not_canonical", "indefinite lengths are not allowed (RFC 8949 §4.2.1)", pos - 1)
