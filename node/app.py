@@ -124,7 +124,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         events_max=config.checkpoint_events_max, linger_ms=config.checkpoint_ms_max, skew_ms=config.skew_ms,
         book=book, on_alerts=alerts.enqueue, on_commit=on_commit, anomalies=anomalies,
         rights_wait_ms=config.strict_wait_ms if config.strict_budgets else 0, rights_retry_ms=config.strict_retry_ms,
-        share_events=config.commit_share_events,
+        share_events=config.commit_share_events, pace_gap_ms=config.commit_pace_gap_ms,
     )
     committer.start()
     ingestor = Ingestor(committer, metrics, clock, config.verify_threads)

@@ -86,14 +86,8 @@ class NodeRequestHandler(RequestHandler):
         self._client: str | None = None
         self._rate_paused = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-        refusal = self._site.admit(client)
-        if refusal is not None:  # answered and closed before aiohttp sets anything up for it
-            transport.write(refusal)  # type: ignore[attr-defined]
-            transport.close()
-            return
+    def admitted(self, transport: asyncio.BaseTransport, client: str) -> None:
+        """The connection's gate (_Gate) admitted it: aiohttp takes it from here."""
         self._client = client
         super().connection_made(transport)
 
@@ -147,6 +141,33 @@ class NodeRequestHandler(RequestHandler):
         return resp
 
 
+class _Gate(asyncio.Protocol):
+    """A new connection's first protocol: counts it (NodeSite.admit) and, if it is one too many,
+    answers 503 and closes it before any of aiohttp's machinery (its handler, its HTTP parser) is
+    built for it; else hands the transport to a new NodeRequestHandler. A slowloris client reopens
+    every connection the node closes, so refusing must cost little (scripts/bench_refusals.py)."""
+
+    __slots__ = ("_site", "_make")
+
+    def __init__(self, site: "NodeSite", make):
+        self._site, self._make = site, make
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        refusal = self._site.admit(client)
+        if refusal is not None:
+            transport.write(refusal)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        handler = self._make()
+        transport.set_protocol(handler)
+        handler.admitted(transport, client)
+
+    def data_received(self, data: bytes) -> None:  # a refused connection's request: ignored
+        pass
+
+
 def _reason(exc: BaseException | None, message: str | None) -> str:
     text = (getattr(exc, "message", None) or message or str(exc or "bad request")).splitlines()
     return (text[0] if text else "bad request")[:200]
@@ -182,8 +203,9 @@ class NodeSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
+        make = lambda: NodeRequestHandler(self, loop=loop, **self._handler_args)  # noqa: E731
         self._server = await loop.create_server(
-            lambda: NodeRequestHandler(self, loop=loop, **self._handler_args), self._host, self._port,
+            lambda: _Gate(self, make), self._host, self._port,
             backlog=self._backlog, reuse_address=True, ssl=self._ssl_context,
         )
 
