@@ -112,16 +112,29 @@ class OwnLog:
     def size(self) -> int:
         return self.frontier.size if self.frontier else 0
 
-    def sign(self, size: int, root: bytes) -> str:
+    def sign(self, size: int, root: bytes, *, wait: bool = True) -> str:
         """The signed checkpoint note; recorded in the superblock first (inside the caller's
-        transaction, so before the note can be committed or served)."""
+        transaction, so before the note can be committed or served). With wait=False the
+        record's flush overlaps the caller's COMMIT, and the caller must call `synced` after
+        it, before anything of the batch is served."""
         note = self._signer.sign(size, root)
         if self.superblock is not None:
             try:
-                self.superblock.record(size, root)
+                self.superblock.record(size, root, wait=wait)
             except OSError as e:
                 raise InvariantViolation(f"cannot record the signed checkpoint in {self.superblock.path}: {e}") from None
         return note
+
+    def sign_overlapped(self, size: int, root: bytes) -> str:
+        return self.sign(size, root, wait=False)
+
+    def synced(self) -> None:
+        """Wait for the superblock's flush started by sign_overlapped (after the COMMIT)."""
+        if self.superblock is not None:
+            try:
+                self.superblock.synced()
+            except OSError as e:
+                raise InvariantViolation(f"cannot record the signed checkpoint in {self.superblock.path}: {e}") from None
 
     def unsign(self) -> None:
         """After a rolled-back append: the superblock goes back to the checkpoint the database holds
@@ -521,9 +534,17 @@ class Committer:
                 meter_store.delete_calls(c, batch.settled_calls)
             alert_ids.extend(budget_store.insert_alerts(c, batch.alerts))
 
-        frontier, note = log_store.append_batch(
-            conn, own.origin_id, own.frontier, new, now_ms, own.sign, receipts=extras, also=also
-        )
+        try:
+            frontier, note = log_store.append_batch(
+                conn, own.origin_id, own.frontier, new, now_ms, own.sign_overlapped, receipts=extras, also=also
+            )
+        except BaseException:
+            try:
+                own.synced()
+            except InvariantViolation:
+                pass  # the rolled-back batch's record is rewritten by OwnLog.unsign (Committer._commit)
+            raise
+        own.synced()  # the superblock's flush, which overlapped the COMMIT: durable before anything is served
         alerts = [{**a, "id": i} for a, i in zip(batch.alerts, alert_ids)]
         return results, frontier, note, alerts
 
