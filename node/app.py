@@ -20,7 +20,7 @@ from aiohttp import web
 from node import datadir
 from node.api import dashboard, events, info, log, peer, tasks
 from node.api.errors import error_middleware
-from node.httpserver import HeavyGate, NodeSite, connections_bound, raise_open_files_limit, request_bounds
+from node.httpserver import HeavyGate, NodeSite, connections_bound, held_bound, raise_open_files_limit, request_bounds
 from node.api import budgets as budgets_api
 from node.readauth import read_auth_middleware
 from node.alerts import AlertSender
@@ -278,6 +278,7 @@ async def _serve(config: Config, on_ready: Callable[[str], None] | None) -> None
     site = NodeSite(runner, config.listen_host, config.listen_port, connections_max=connections_max,
                     per_client_max=config.connections_per_client_max, handler_args=handler_args,
                     bytes_per_s=config.client_bytes_per_s, burst_bytes=config.body_bytes_max + 64 * 1024,
+                    held_max=held_bound(connections_max, open_files),
                     ssl_context=ssl_context)
     try:
         await site.start()

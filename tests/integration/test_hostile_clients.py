@@ -143,6 +143,32 @@ def test_connections_over_the_bounds_get_503_and_a_flood_does_not_flood_the_log(
         time.sleep(0.1)
 
 
+def test_a_refused_connection_is_answered_at_once_and_held_until_the_client_closes_or_a_second(tmp_path):
+    """So a client that reconnects whenever the node closes it (slowloris) reconnects once a second."""
+    env = {"ATS_HTTP_HEAD_TIMEOUT_MS": "20000", "ATS_CONNECTIONS_PER_CLIENT_MAX": "2"}
+    quick = NodeProcess(str(tmp_path / "node"), env=env).start()
+    held = [connect(quick) for _ in range(2)]  # the per-client bound, idle
+    try:
+        well_behaved = connect(quick)
+        status, body, _ = read_reply(well_behaved)  # reads the answer, then closes: nothing is held
+        assert (status, body["error"]["code"]) == (503, "too_many_connections")
+        s = connect(quick)
+        s.settimeout(WAIT_S)
+        started = time.monotonic()
+        first = s.recv(65536)
+        answered = time.monotonic() - started
+        assert first.startswith(b"HTTP/1.1 503") and b"too_many_connections" in first and answered < 0.5
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")  # more of a request: not read, not answered
+        rest = s.recv(65536)  # the node closes it after REFUSED_HOLD_S
+        closed = time.monotonic() - started
+        s.close()
+        assert rest == b"" and 0.8 <= closed < 5, closed
+    finally:
+        for c in held:
+            c.close()
+        quick.kill()
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     mount = tmp_path / "disk"
