@@ -20,7 +20,7 @@ from aiohttp import web
 from node import datadir
 from node.api import dashboard, events, info, log, peer, tasks
 from node.api.errors import error_middleware
-from node.httpserver import HeavyGate, NodeSite, connections_bound, raise_open_files_limit, request_bounds
+from node.httpserver import HeavyGate, NodeSite, connections_bound, held_bound, raise_open_files_limit, request_bounds
 from node.api import budgets as budgets_api
 from node.readauth import read_auth_middleware
 from node.alerts import AlertSender
@@ -124,7 +124,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         events_max=config.checkpoint_events_max, linger_ms=config.checkpoint_ms_max, skew_ms=config.skew_ms,
         book=book, on_alerts=alerts.enqueue, on_commit=on_commit, anomalies=anomalies,
         rights_wait_ms=config.strict_wait_ms if config.strict_budgets else 0, rights_retry_ms=config.strict_retry_ms,
-        share_events=config.commit_share_events,
+        share_events=config.commit_share_events, pace_gap_ms=config.commit_pace_gap_ms,
     )
     committer.start()
     ingestor = Ingestor(committer, metrics, clock, config.verify_threads)
@@ -278,6 +278,7 @@ async def _serve(config: Config, on_ready: Callable[[str], None] | None) -> None
     site = NodeSite(runner, config.listen_host, config.listen_port, connections_max=connections_max,
                     per_client_max=config.connections_per_client_max, handler_args=handler_args,
                     bytes_per_s=config.client_bytes_per_s, burst_bytes=config.body_bytes_max + 64 * 1024,
+                    held_max=held_bound(connections_max, open_files),
                     ssl_context=ssl_context)
     try:
         await site.start()

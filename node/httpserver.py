@@ -14,7 +14,10 @@ clients (issue 10, classes 6 and 8):
   stop being read until its budget refills;
 - nothing bounded the connections; here `NodeSite` answers a connection over
   `connections_max`, or over `connections_per_client_max` from one address,
-  with a JSON `503 too_many_connections` and closes it at once, and
+  with a JSON `503 too_many_connections` at once, before aiohttp builds anything for it,
+  then holds it open (as many as the open-files limit leaves room for, at most 4096) until
+  the client closes it or for a second, so a client that reconnects whenever it is closed
+  (slowloris) cannot make the node refuse thousands of connections a second; and
   `raise_open_files_limit` lifts RLIMIT_NOFILE's soft limit to the hard one so
   that the bound sits well below it;
 - a request the HTTP parser refuses (bad request line, header too long, bad
@@ -48,6 +51,8 @@ logger = logging.getLogger("ats.http")
 
 BUDGETS_MAX = 4096  # clients' byte budgets kept before the refilled ones are forgotten
 FDS_RESERVED = 256  # files and sockets besides client connections: SQLite, peers, webhooks, mDNS
+REFUSED_HELD_MAX = 4096  # refused connections held open at once, at most (see held_bound)
+REFUSED_HOLD_S = 1.0  # how long a refused connection is held open at most (its 503 says Retry-After: 1)
 
 
 def raise_open_files_limit() -> int:
@@ -68,6 +73,12 @@ def connections_bound(configured: int, open_files_soft: int) -> int:
     return max(1, min(configured, open_files_soft - FDS_RESERVED))
 
 
+def held_bound(connections_max: int, open_files_soft: int) -> int:
+    """Refused connections to hold open at once: what the open-files limit leaves after the
+    connections and the reserve, at most REFUSED_HELD_MAX (0: each is closed at once)."""
+    return max(0, min(REFUSED_HELD_MAX, open_files_soft - FDS_RESERVED - connections_max))
+
+
 def _json_bytes(status: int, code: str, message: str, extra_headers: str = "") -> bytes:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json; charset=utf-8\r\n"
@@ -86,14 +97,8 @@ class NodeRequestHandler(RequestHandler):
         self._client: str | None = None
         self._rate_paused = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-        refusal = self._site.admit(client)
-        if refusal is not None:  # answered and closed before aiohttp sets anything up for it
-            transport.write(refusal)  # type: ignore[attr-defined]
-            transport.close()
-            return
+    def admitted(self, transport: asyncio.BaseTransport, client: str) -> None:
+        """The connection's gate (_Gate) admitted it: aiohttp takes it from here."""
         self._client = client
         super().connection_made(transport)
 
@@ -147,6 +152,52 @@ class NodeRequestHandler(RequestHandler):
         return resp
 
 
+class _Gate(asyncio.Protocol):
+    """A new connection's first protocol: counts it (NodeSite.admit) and, if it is one too many,
+    answers 503 and closes it before any of aiohttp's machinery (its handler, its HTTP parser) is
+    built for it; else hands the transport to a new NodeRequestHandler. A slowloris client reopens
+    every connection the node closes, so refusing must cost little (scripts/bench_refusals.py)."""
+
+    __slots__ = ("_site", "_make", "_transport", "_timer")
+
+    def __init__(self, site: "NodeSite", make):
+        self._site, self._make = site, make
+        self._transport: asyncio.BaseTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        refusal = self._site.admit(client)
+        if refusal is None:
+            handler = self._make()
+            transport.set_protocol(handler)
+            handler.admitted(transport, client)
+            return
+        transport.write(refusal)  # type: ignore[attr-defined]
+        if self._site.hold():
+            # Held open (unread) until the client closes it, as a client reading `Connection: close`
+            # does at once, or for REFUSED_HOLD_S: a client that reconnects whenever the node
+            # closes (slowloris) then reconnects once a second, not as fast as it can.
+            self._transport = transport
+            self._timer = asyncio.get_running_loop().call_later(REFUSED_HOLD_S, transport.close)
+        else:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:  # a refused connection's request: ignored
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the client closed its side: close ours
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._transport is not None:
+            self._transport = None
+            self._site.unhold()
+            if self._timer is not None:
+                self._timer.cancel()
+
+
 def _reason(exc: BaseException | None, message: str | None) -> str:
     text = (getattr(exc, "message", None) or message or str(exc or "bad request")).splitlines()
     return (text[0] if text else "bad request")[:200]
@@ -157,7 +208,7 @@ class NodeSite(web.BaseSite):
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, connections_max: int,
                  per_client_max: int, handler_args: dict[str, Any], bytes_per_s: int, burst_bytes: int,
-                 backlog: int = 128, ssl_context: Any = None):
+                 backlog: int = 128, ssl_context: Any = None, held_max: int = 0):
         super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
         self._rate, self._burst = float(bytes_per_s), float(burst_bytes)
         self._budgets: dict[str, list[float]] = {}  # client -> [bytes it may still send, loop time then]
@@ -167,6 +218,8 @@ class NodeSite(web.BaseSite):
         self._open: dict[str, int] = {}
         self.connections = 0
         self.refused = 0  # connections answered 503 too_many_connections
+        self.held = 0  # refused connections held open (_Gate)
+        self._held_max = held_max
         self.malformed = 0  # requests the HTTP parser refused
         self._refused_logged = 0
 
@@ -182,8 +235,9 @@ class NodeSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
+        make = lambda: NodeRequestHandler(self, loop=loop, **self._handler_args)  # noqa: E731
         self._server = await loop.create_server(
-            lambda: NodeRequestHandler(self, loop=loop, **self._handler_args), self._host, self._port,
+            lambda: _Gate(self, make), self._host, self._port,
             backlog=self._backlog, reuse_address=True, ssl=self._ssl_context,
         )
 
@@ -200,6 +254,16 @@ class NodeSite(web.BaseSite):
         self.connections += 1
         self._open[client] = self._open.get(client, 0) + 1
         return None
+
+    def hold(self) -> bool:
+        """Whether one more refused connection may be held open (at most held_max)."""
+        if self.held >= self._held_max:
+            return False
+        self.held += 1
+        return True
+
+    def unhold(self) -> None:
+        self.held -= 1
 
     def release(self, client: str) -> None:
         self.connections -= 1

@@ -35,7 +35,7 @@ from ledger.events import Envelope, make_envelope_bytes, make_event_bytes, parse
 from ledger.merkle import EMPTY_ROOT, Frontier
 from ledger.signing import public_key_from_seed, sign, verify
 from node.clock import SystemClock
-from node.fairqueue import FairQueue
+from node.fairqueue import FairQueue, Pacer
 from node.metrics import NodeMetrics
 from node import receipts
 from node.budgets import Admitted, BudgetBook
@@ -112,16 +112,29 @@ class OwnLog:
     def size(self) -> int:
         return self.frontier.size if self.frontier else 0
 
-    def sign(self, size: int, root: bytes) -> str:
+    def sign(self, size: int, root: bytes, *, wait: bool = True) -> str:
         """The signed checkpoint note; recorded in the superblock first (inside the caller's
-        transaction, so before the note can be committed or served)."""
+        transaction, so before the note can be committed or served). With wait=False the
+        record's flush overlaps the caller's COMMIT, and the caller must call `synced` after
+        it, before anything of the batch is served."""
         note = self._signer.sign(size, root)
         if self.superblock is not None:
             try:
-                self.superblock.record(size, root)
+                self.superblock.record(size, root, wait=wait)
             except OSError as e:
                 raise InvariantViolation(f"cannot record the signed checkpoint in {self.superblock.path}: {e}") from None
         return note
+
+    def sign_overlapped(self, size: int, root: bytes) -> str:
+        return self.sign(size, root, wait=False)
+
+    def synced(self) -> None:
+        """Wait for the superblock's flush started by sign_overlapped (after the COMMIT)."""
+        if self.superblock is not None:
+            try:
+                self.superblock.synced()
+            except OSError as e:
+                raise InvariantViolation(f"cannot record the signed checkpoint in {self.superblock.path}: {e}") from None
 
     def unsign(self) -> None:
         """After a rolled-back append: the superblock goes back to the checkpoint the database holds
@@ -271,7 +284,7 @@ class Committer:
                  on_alerts: Callable[[list[dict[str, Any]]], None] | None = None,
                  on_commit: Callable[[], None] | None = None, nonce: Callable[[int], bytes] = os.urandom,
                  anomalies: Any = None, rights_wait_ms: int = 0, rights_retry_ms: int = 100,
-                 share_events: int = 0):
+                 share_events: int = 0, pace_gap_ms: int = 0):
         self._rights_wait_ms, self._rights_retry_ms = rights_wait_ms, max(1, rights_retry_ms)
         self._anomalies = anomalies  # node.anomaly.AnomalyWatch: fed each admitted event, on this thread
         self._db, self._own, self._clock, self._metrics = db, own, clock, metrics
@@ -281,6 +294,9 @@ class Committer:
         # one client's events in one commit (node.fairqueue); 0: as many as a commit holds
         self._share_events = min(share_events or events_max, events_max)
         self._queue: FairQueue[_Pending] = FairQueue()
+        # a request is queued in chunks this small so that the pacer can fit bulk events into gaps
+        self._chunk = max(1, self._share_events // 4)
+        self._pacer = Pacer(pace_gap_ms / 1000) if pace_gap_ms > 0 else None
         self._task: asyncio.Task | None = None
         self.write_error: LedgerError | None = None  # the last commit's storage error, until one succeeds
 
@@ -317,7 +333,10 @@ class Committer:
         return outcomes
 
     def _enqueue(self, chunk: list[Envelope], client: str) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if self._pacer is not None and not self._queue.queued(client):
+            self._pacer.arrived(client, loop.time())
         self._queue.put(client, _Pending(chunk, fut))
         return fut
 
@@ -337,8 +356,8 @@ class Committer:
 
     async def _commit_all(self, envelopes: list[Envelope], client: str) -> list[Outcome]:
         """Queue envelopes in chunks of share_events under client; wait for every chunk's commit."""
-        share = self._share_events
-        futures = [self._enqueue(envelopes[start : start + share], client) for start in range(0, len(envelopes), share)]
+        step = self._chunk
+        futures = [self._enqueue(envelopes[start : start + step], client) for start in range(0, len(envelopes), step)]
         parts = await asyncio.gather(*futures, return_exceptions=True)  # every chunk settles before we answer
         for part in parts:
             if isinstance(part, BaseException):
@@ -366,7 +385,29 @@ class Committer:
                 deadline = loop.time() + self._linger_ms / 1000
                 while self._queue.events < self._events_max and loop.time() < deadline:
                     await asyncio.sleep(min(0.001, max(0.0, deadline - loop.time())))
-            await self._commit(self._queue.take(self._events_max, self._share_events))
+            await self._commit_next(loop)
+
+    async def _commit_next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One commit, as the pacer plans it (node/fairqueue.py): light clients' events alone, or a
+        bulk share that fits before a light client is expected back, or a short wait for it."""
+        queue, share, pacer = self._queue, self._share_events, self._pacer
+        light = queue.light_clients(share)
+        plan = pacer.plan(loop.time(), bool(light), share) if pacer is not None and queue.heavy(share) else None
+        if plan is None:  # nobody has more than a share queued: round-robin, as many as a commit holds
+            batch = queue.take(self._events_max, share)
+        elif plan.action == "wait":
+            await queue.wait_change(max(0.0, plan.until_s - loop.time()))
+            return
+        elif plan.action == "light":
+            batch = queue.take(self._events_max, share, only=light)
+        else:
+            batch = queue.take(min(self._events_max, plan.events), min(share, plan.events))
+        started = loop.time()
+        await self._commit(batch)
+        if pacer is not None:
+            ended = loop.time()
+            pacer.committed(sum(len(p) for p in batch), ended - started)
+            pacer.served([c for c in light if not queue.queued(c)], ended)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         envelopes = [env for p in batch for env in p.envelopes]
@@ -493,9 +534,17 @@ class Committer:
                 meter_store.delete_calls(c, batch.settled_calls)
             alert_ids.extend(budget_store.insert_alerts(c, batch.alerts))
 
-        frontier, note = log_store.append_batch(
-            conn, own.origin_id, own.frontier, new, now_ms, own.sign, receipts=extras, also=also
-        )
+        try:
+            frontier, note = log_store.append_batch(
+                conn, own.origin_id, own.frontier, new, now_ms, own.sign_overlapped, receipts=extras, also=also
+            )
+        except BaseException:
+            try:
+                own.synced()
+            except InvariantViolation:
+                pass  # the rolled-back batch's record is rewritten by OwnLog.unsign (Committer._commit)
+            raise
+        own.synced()  # the superblock's flush, which overlapped the COMMIT: durable before anything is served
         alerts = [{**a, "id": i} for a, i in zip(batch.alerts, alert_ids)]
         return results, frontier, note, alerts
 

@@ -6,8 +6,9 @@ after a crash, acknowledged events and the checkpoints that signed them vanish,
 and a node that trusted the database alone would sign new checkpoints at sizes
 it had already signed with other roots: it would fork its own log. So, as
 TigerBeetle keeps a superblock beside its data file, the node records
-(size, root) of every checkpoint it signs in this small file *before* the
-transaction holding the checkpoint commits, and at start refuses to sign if the
+(size, root) of every checkpoint it signs in this small file (written before the
+transaction holding the checkpoint commits, flushed while it commits, and durable
+before the checkpoint or any receipt of the batch is served), and at start refuses to sign if the
 database's log is shorter than the recorded size or has another root there.
 
 Layout (`ledger.superblock`, 256 bytes): two 128-byte slots, each
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 FILE_NAME = "ledger.superblock"
@@ -98,6 +100,8 @@ class Superblock:
         self.path = path
         self.current = current
         self._fd = os.open(path, os.O_RDWR)
+        self._syncer: ThreadPoolExecutor | None = None  # runs the fdatasync of record(wait=False)
+        self._pending: Future | None = None
 
     @classmethod
     def create(cls, path: str, origin: bytes, size: int, root: bytes) -> "Superblock":
@@ -115,16 +119,41 @@ class Superblock:
         fsync_path(os.path.dirname(os.path.abspath(path)))
         return cls(path, rec)
 
-    def record(self, size: int, root: bytes) -> None:
-        """Make (size, root) the newest record, durably (one pwrite and one fdatasync)."""
+    def record(self, size: int, root: bytes, *, wait: bool = True) -> None:
+        """Make (size, root) the newest record, durably (one pwrite and one fdatasync).
+
+        With wait=False the fdatasync runs on another thread, alongside the caller's own
+        work (the writer's COMMIT, which has its own fsync), and `synced` waits for it:
+        the two flushes overlap instead of adding up. Nothing may serve the checkpoint
+        before `synced` returns.
+        """
         if size == self.current.size and root == self.current.root:
             return
+        self.synced()
         rec = Record(self.current.seq + 1, size, root, self.current.origin)
         os.pwrite(self._fd, _encode(rec), (rec.seq % 2) * SLOT_BYTES)
-        os.fdatasync(self._fd)
+        if wait:
+            os.fdatasync(self._fd)
+        else:
+            if self._syncer is None:
+                self._syncer = ThreadPoolExecutor(1, thread_name_prefix="ats-superblock")
+            self._pending = self._syncer.submit(os.fdatasync, self._fd)
         self.current = rec
 
+    def synced(self) -> None:
+        """Wait for the fdatasync of the last record(wait=False); raises its OSError."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def close(self) -> None:
+        try:
+            self.synced()
+        except OSError:
+            pass
+        if self._syncer is not None:
+            self._syncer.shutdown()
+            self._syncer = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

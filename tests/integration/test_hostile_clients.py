@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -142,6 +143,32 @@ def test_connections_over_the_bounds_get_503_and_a_flood_does_not_flood_the_log(
         time.sleep(0.1)
 
 
+def test_a_refused_connection_is_answered_at_once_and_held_until_the_client_closes_or_a_second(tmp_path):
+    """So a client that reconnects whenever the node closes it (slowloris) reconnects once a second."""
+    env = {"ATS_HTTP_HEAD_TIMEOUT_MS": "20000", "ATS_CONNECTIONS_PER_CLIENT_MAX": "2"}
+    quick = NodeProcess(str(tmp_path / "node"), env=env).start()
+    held = [connect(quick) for _ in range(2)]  # the per-client bound, idle
+    try:
+        well_behaved = connect(quick)
+        status, body, _ = read_reply(well_behaved)  # reads the answer, then closes: nothing is held
+        assert (status, body["error"]["code"]) == (503, "too_many_connections")
+        s = connect(quick)
+        s.settimeout(WAIT_S)
+        started = time.monotonic()
+        first = s.recv(65536)
+        answered = time.monotonic() - started
+        assert first.startswith(b"HTTP/1.1 503") and b"too_many_connections" in first and answered < 0.5
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")  # more of a request: not read, not answered
+        rest = s.recv(65536)  # the node closes it after REFUSED_HOLD_S
+        closed = time.monotonic() - started
+        s.close()
+        assert rest == b"" and 0.8 <= closed < 5, closed
+    finally:
+        for c in held:
+            c.close()
+        quick.kill()
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     mount = tmp_path / "disk"
@@ -204,7 +231,7 @@ def test_a_single_event_is_committed_ahead_of_another_clients_queued_batches(tmp
     """The fair queue: with a client's 3 × 1000 events queued, another client's single event is
     committed within the next commits (at most commit_share_events of the big client each), not
     after the 3000."""
-    env = {"ATS_COMMIT_SHARE_EVENTS": "64", "ATS_BATCH_EVENTS_MAX": "1000", "ATS_BODY_BYTES_MAX": str(1 << 20),
+    env = {"ATS_DEFAULT_PLAN": "platformium", "ATS_COMMIT_SHARE_EVENTS": "64", "ATS_BATCH_EVENTS_MAX": "1000", "ATS_BODY_BYTES_MAX": str(1 << 20),
            "ATS_HEAVY_REQUESTS_PER_CLIENT_MAX": "3"}  # the commit queue alone decides the order
     node = NodeProcess(str(tmp_path / "node"), env=env).start()
     try:
@@ -230,6 +257,51 @@ def test_a_single_event_is_committed_ahead_of_another_clients_queued_batches(tmp
         assert size_before < 2000, "the bulk client was nearly done before the single event was sent: inconclusive"
         # FIFO would put it behind the rest of the 3000; the fair queue after a few 64-event commits
         assert index - size_before <= 400, (size_before, index)
+    finally:
+        node.kill()
+
+
+def test_a_light_clients_events_are_committed_alone_while_bulk_fills_the_gaps(tmp_path):
+    """The pacer (node/fairqueue.py): while a bulk client has thousands of events queued, a client
+    sending one event at a time finds the writer free: each of its events is committed alone (its
+    checkpoint, read back from the SQLite file, covers that one entry), and the bulk client's events
+    are committed in between, so neither waits for the other to finish."""
+    env = {"ATS_DEFAULT_PLAN": "platformium", "ATS_BATCH_EVENTS_MAX": "1000", "ATS_BODY_BYTES_MAX": str(1 << 20), "ATS_HEAVY_REQUESTS_PER_CLIENT_MAX": "3"}
+    node = NodeProcess(str(tmp_path / "node"), env=env).start()
+    try:
+        bulk, honest = TestAgent(), TestAgent()
+        batches = [b"\x99\x03\xe8" + b"".join(bulk.envelope() for _ in range(1000)) for _ in range(3)]
+        singles = [honest.envelope() for _ in range(20)]
+        replies = []
+        threads = [threading.Thread(target=lambda b=b: replies.append(
+            request(node.url, "POST", "/v1/events/batch", b, "application/cbor"))) for b in batches]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + WAIT_S
+        while get(node.url, "/healthz").json()["size"] < 64 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        conn = http.client.HTTPConnection(node.host, node.port, timeout=WAIT_S, source_address=("127.0.0.2", 0))
+        indices = []
+        for body in singles:  # closed loop: the next event when the last one is answered
+            conn.request("POST", "/v1/events", body=body, headers={"Content-Type": "application/cbor"})
+            reply = conn.getresponse()
+            assert reply.status == 201
+            indices.append(json.loads(reply.read())["index"])
+        conn.close()
+        bulk_left = 3000 + 20 + 2 - get(node.url, "/healthz").json()["size"]
+        for t in threads:
+            t.join(60)
+        assert [r.status for r in replies] == [200, 200, 200]
+        assert bulk_left > 500, "the bulk client was nearly done before the light client finished: inconclusive"
+        db = sqlite3.connect(f"file:{tmp_path / 'node' / 'ledger.sqlite'}?mode=ro", uri=True)
+        sizes = sorted(r[0] for r in db.execute(
+            "SELECT c.size FROM checkpoints c JOIN origins o ON o.id = c.origin WHERE o.public_key = ?",
+            (bytes.fromhex(get(node.url, "/v1/node").json()["public_key"]),)))
+        db.close()
+        committed = set(sizes)
+        alone = sum(1 for i in indices if i in committed and i + 1 in committed)  # checkpoints at i and i + 1
+        assert alone >= 15, (alone, indices)
+        assert indices[-1] - indices[0] > 2 * len(indices), "no bulk events were committed between them"
     finally:
         node.kill()
 

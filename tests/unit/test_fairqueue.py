@@ -1,0 +1,137 @@
+"""The committer's fair queue and pacer (node/fairqueue.py), without a node: the clock is an argument."""
+
+import asyncio
+
+import pytest
+
+from node.fairqueue import CLIENTS_MAX, FairQueue, Pacer
+
+
+class Item(list):
+    pass
+
+
+def item(n: int, tag: str = "") -> Item:
+    return Item([tag] * n)
+
+
+def test_take_is_round_robin_with_at_most_a_share_per_client():
+    q: FairQueue[Item] = FairQueue()
+    for _ in range(4):
+        q.put("bulk", item(2, "b"))
+    q.put("one", item(1, "o"))
+    assert q.queued("bulk") == 8 and q.queued("one") == 1 and q.events == 9
+    batch = q.take(events_max=100, share_max=4)
+    assert [len(i) for i in batch] == [2, 2, 1]
+    assert q.queued("bulk") == 4 and q.queued("one") == 0 and q.events == 4
+    assert q.light_clients(4) == ["bulk"]  # what is left of it now fits one share
+    assert q.take(100, 4) and q.events == 0 and len(q) == 0
+
+
+def test_light_and_heavy_clients_and_taking_only_some():
+    q: FairQueue[Item] = FairQueue()
+    for _ in range(5):
+        q.put("bulk", item(2))
+    q.put("a", item(1))
+    q.put("b", item(1))
+    assert q.heavy(4) and sorted(q.light_clients(4)) == ["a", "b"]
+    batch = q.take(100, 4, only=["a", "b"])
+    assert len(batch) == 2 and q.queued("bulk") == 10 and not q.light_clients(4)
+    assert q.take(3, 3) == [item(2)]  # a bulk share that fits the gap: one chunk of 2, not 2 chunks
+
+
+def test_a_commit_never_passes_events_max_but_its_first_item_always_goes():
+    q: FairQueue[Item] = FairQueue()
+    q.put("x", item(7))
+    assert len(q.take(events_max=2, share_max=2)) == 1 and q.events == 0
+
+
+def test_wait_change_returns_on_put_or_after_its_timeout():
+    async def main():
+        q: FairQueue[Item] = FairQueue()
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        await q.wait_change(0.01)
+        assert loop.time() - t >= 0.009
+        loop.call_later(0.005, q.put, "x", item(1))
+        t = loop.time()
+        await q.wait_change(5)
+        assert loop.time() - t < 1
+    asyncio.run(main())
+
+
+def test_a_light_client_goes_first_and_alone():
+    p = Pacer()
+    assert p.plan(0.0, light=True, share=8).action == "light"
+
+
+def test_without_awaited_light_clients_bulk_gets_a_full_share():
+    p = Pacer()
+    plan = p.plan(0.0, light=False, share=8)
+    assert (plan.action, plan.events) == ("bulk", 8)
+
+
+def learn_gap(p: Pacer, client: str, gap: float, rounds: int = 30) -> float:
+    t = 0.0
+    for _ in range(rounds):
+        p.served([client], t)
+        t += gap
+        p.arrived(client, t)
+        t += 0.0002
+    return t
+
+
+def test_bulk_is_fitted_into_the_gap_before_a_light_client_is_back():
+    p = Pacer()
+    for _ in range(30):
+        p.committed(1, 0.0003 + 0.0001)
+        p.committed(8, 0.0003 + 8 * 0.0001)
+    assert p.base_s == pytest.approx(0.0003, rel=0.05) and p.event_s == pytest.approx(0.0001, rel=0.05)
+    t = learn_gap(p, "honest", 0.0012)
+    p.served(["honest"], t)  # honest is expected back at t + 1.2 ms
+    plan = p.plan(t, light=False, share=8)
+    # (1.2 ms / 1.25 - 0.3 ms) / 0.1 ms = 6.6: six bulk events fit before the honest client is back
+    assert (plan.action, plan.events) == ("bulk", 6)
+    late = p.plan(t + 0.0009, light=False, share=8)  # 0.3 ms left: not even one event fits
+    assert late.action == "wait" and late.until_s == pytest.approx(t + 0.0012 + p.gap_max_s)
+    assert p.plan(t + 0.0013, light=True, share=8).action == "light"
+
+
+def test_bulk_is_never_starved():
+    p = Pacer(defer_max=3)
+    t = learn_gap(p, "honest", 0.0001)  # back so fast that nothing fits
+    p.served(["honest"], t)
+    actions = [p.plan(t, light=False, share=8).action for _ in range(4)]
+    assert actions == ["wait", "wait", "wait", "bulk"]
+    assert p.deferred == 0
+
+
+def test_a_light_client_that_does_not_come_back_stops_being_awaited():
+    p = Pacer()
+    t = learn_gap(p, "honest", 0.001)
+    p.served(["honest"], t)
+    plan = p.plan(t + 0.001 + p.gap_max_s + 0.0001, light=False, share=8)
+    assert (plan.action, plan.events) == ("bulk", 8)
+
+
+def test_a_slow_client_is_not_awaited():
+    p = Pacer(gap_max_s=0.003)
+    t = learn_gap(p, "slow", 0.05)
+    p.served(["slow"], t)
+    assert p.plan(t, light=False, share=8) .events == 8
+
+
+def test_the_pacer_remembers_a_bounded_number_of_clients():
+    p = Pacer()
+    for i in range(CLIENTS_MAX + 100):
+        p.served([f"c{i}"], float(i))
+        p.arrived(f"c{i}", i + 0.001)
+    assert len(p._served) == CLIENTS_MAX and len(p._gap) <= CLIENTS_MAX + 1
+
+
+def test_odd_commit_observations_are_ignored():
+    p = Pacer()
+    base, per = p.base_s, p.event_s
+    p.committed(0, 1.0)
+    p.committed(5, -1.0)
+    assert (p.base_s, p.event_s) == (base, per)
