@@ -138,20 +138,24 @@ class Plan:
 class Pacer:
     """Plans commits so that light clients find the writer free (see the module's docstring).
 
-    Pure: every method takes the time (seconds, monotonic). It learns two things,
-    as exponentially weighted averages: a commit's cost (`base_s` + `event_s` per
-    event), and per light client the gap between its commit and its next request.
+    Pure: every method takes the time (seconds, monotonic). It learns, per light
+    client, the gap between the end of its commit and its next request (the
+    shortest of its last GAPS_KEPT gaps, so that it is rarely back earlier than
+    expected), and a commit's cost as `base_s` + `event_s` per event
+    (exponentially weighted averages; `base_s` plus its mean deviation is used,
+    so that a commit planned into a gap rarely overruns it).
     """
 
     ALPHA = 0.2  # weight of the newest observation
     SLACK = 1.25  # a commit planned into a gap may take at most 1/SLACK of it
+    GAPS_KEPT = 8
 
     def __init__(self, gap_max_s: float = 0.003, defer_max: int = 4):
         assert gap_max_s > 0 and defer_max >= 1
         self.gap_max_s, self.defer_max = gap_max_s, defer_max
-        self.base_s, self.event_s = 0.0003, 0.00005
+        self.base_s, self.base_dev_s, self.event_s = 0.0003, 0.0, 0.00005
         self._served: OrderedDict[str, float] = OrderedDict()  # light client -> when its commit ended
-        self._gap: dict[str, float] = {}  # light client -> its usual gap
+        self._gaps: dict[str, deque[float]] = {}  # light client -> its last gaps
         self._awaited: dict[str, float] = {}  # light client -> when it is expected back
         self.deferred = 0  # waits in a row while a bulk client had events queued
 
@@ -161,21 +165,27 @@ class Pacer:
         self._awaited.pop(client, None)
         if served is None:
             return
-        gap = now_s - served
-        old = self._gap.get(client)
-        self._gap[client] = gap if old is None else old + self.ALPHA * (gap - old)
+        gaps = self._gaps.get(client)
+        if gaps is None:
+            gaps = self._gaps[client] = deque(maxlen=self.GAPS_KEPT)
+        gaps.append(now_s - served)
+
+    def gap(self, client: str) -> float | None:
+        """client's expected gap: the shortest of its last gaps (None before it has one)."""
+        gaps = self._gaps.get(client)
+        return min(gaps) if gaps else None
 
     def served(self, clients: "list[str]", now_s: float) -> None:
         """A commit holding every queued event of these light clients ended."""
         for c in clients:
             self._served[c] = now_s
             self._served.move_to_end(c)
-            gap = self._gap.get(c)
+            gap = self.gap(c)
             if gap is not None and gap <= self.gap_max_s:
                 self._awaited[c] = now_s + gap
         while len(self._served) > CLIENTS_MAX:
             old, _ = self._served.popitem(last=False)
-            self._gap.pop(old, None)
+            self._gaps.pop(old, None)
             self._awaited.pop(old, None)
 
     def committed(self, events: int, seconds: float) -> None:
@@ -184,7 +194,9 @@ class Pacer:
             return
         a = self.ALPHA
         if events <= 2:
-            self.base_s += a * (max(0.0, seconds - events * self.event_s) - self.base_s)
+            base = max(0.0, seconds - events * self.event_s)
+            self.base_dev_s += a * (abs(base - self.base_s) - self.base_dev_s)
+            self.base_s += a * (base - self.base_s)
         else:
             self.event_s += a * (max(0.0, seconds - self.base_s) / events - self.event_s)
 
@@ -200,7 +212,8 @@ class Pacer:
             self.deferred = 0
             return Plan("bulk", share)
         room = min(self._awaited.values()) - now_s
-        fits = math.floor((room / self.SLACK - self.base_s) / self.event_s) if self.event_s > 0 else share
+        cost = self.base_s + self.base_dev_s
+        fits = math.floor((room / self.SLACK - cost) / self.event_s) if self.event_s > 0 else share
         if fits >= 1:
             self.deferred = 0
             return Plan("bulk", min(share, fits))

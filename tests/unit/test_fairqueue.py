@@ -126,7 +126,7 @@ def test_the_pacer_remembers_a_bounded_number_of_clients():
     for i in range(CLIENTS_MAX + 100):
         p.served([f"c{i}"], float(i))
         p.arrived(f"c{i}", i + 0.001)
-    assert len(p._served) == CLIENTS_MAX and len(p._gap) <= CLIENTS_MAX + 1
+    assert len(p._served) == CLIENTS_MAX and len(p._gaps) <= CLIENTS_MAX
 
 
 def test_odd_commit_observations_are_ignored():
@@ -135,3 +135,25 @@ def test_odd_commit_observations_are_ignored():
     p.committed(0, 1.0)
     p.committed(5, -1.0)
     assert (p.base_s, p.event_s) == (base, per)
+
+
+def test_a_clients_gap_is_the_shortest_of_its_recent_ones():
+    p = Pacer()
+    t = 0.0
+    for gap in (0.002, 0.0008, 0.0015) + (0.002,) * (Pacer.GAPS_KEPT - 1):
+        p.served(["c"], t)
+        t += gap
+        p.arrived("c", t)
+    assert p.gap("c") == pytest.approx(0.0015)  # 0.8 ms has left the window of the last GAPS_KEPT
+    assert p.gap("never") is None
+
+
+def test_a_commit_cost_that_varies_makes_the_bulk_share_smaller():
+    steady, jumpy = Pacer(), Pacer()
+    for i in range(40):
+        steady.committed(1, 0.0004)
+        jumpy.committed(1, 0.0002 if i % 2 else 0.0006)  # the same mean
+    for p in (steady, jumpy):
+        t = learn_gap(p, "honest", 0.002)
+        p.served(["honest"], t)
+    assert jumpy.plan(t, False, 64).events < steady.plan(t, False, 64).events
