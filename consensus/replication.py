@@ -50,6 +50,7 @@ know is stored and relayed but counted nowhere (docs/replication.md "Unknown kin
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Container, Iterable, Sequence
@@ -383,3 +384,21 @@ class ReplicationEngine:
         if cp.size == 0:
             return OriginPlan("skip", origin, reason="empty log")
         return OriginPlan("check_own", origin, cp, untrusted_note, held_note=own.note)
+
+
+def cluster_digest(origins: Iterable[tuple[bytes, int, str]], forked: Iterable[bytes] = ()) -> str:
+    """SHA-256 over every non-empty origin's size and signed root, and the forked origins:
+    equal digests, converged nodes (same logs, same fork flags).
+
+    Empty logs are left out: they hold nothing to converge on, and a node learns
+    of another's empty log only once it has something.
+    """
+    h = hashlib.sha256()
+    for origin, size, note in sorted(origins):
+        if size == 0:
+            continue
+        root = note.split("\n")[2] if note else ""
+        h.update(f"{origin.hex()} {size} {root}\n".encode())
+    for origin in sorted(forked):
+        h.update(f"fork {origin.hex()}\n".encode())
+    return h.hexdigest()

@@ -36,12 +36,11 @@ writes, asyncio tasks, the page pipeline) and feeds the results back.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
 import random
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -57,6 +56,7 @@ from consensus.replication import (  # noqa: F401  (constants re-exported for ca
     Held, OriginPlan, PeerState, ReplicationEngine, anchor_due, merge, pages,
 )
 from consensus.replication import OwnLog as EngineOwnLog
+from consensus.replication import cluster_digest  # noqa: F401  (node.queries, tests/sim/harness.py)
 from consensus.verify import (
     PeerProtocolError, check_consistent, check_fork_evidence, fork_evidence, prefix_checkpoint, verify_range,
 )
@@ -657,21 +657,3 @@ def _append(path: str, text: str) -> None:
 def digest_state(conn: Connection) -> tuple[list[tuple[bytes, int, str]], list[bytes]]:
     """What the cluster digest covers: every origin held (size, note), and the forked origins."""
     return peer_store.frontier(conn, FRONTIER_ORIGINS_MAX), peer_store.forked_origins(conn)
-
-
-def cluster_digest(origins: list[tuple[bytes, int, str]], forked: Iterable[bytes] = ()) -> str:
-    """SHA-256 over every non-empty origin's size and signed root, and the forked origins:
-    equal digests, converged nodes (same logs, same fork flags).
-
-    Empty logs are left out: they hold nothing to converge on, and a node learns
-    of another's empty log only once it has something.
-    """
-    h = hashlib.sha256()
-    for origin, size, note in sorted(origins):
-        if size == 0:
-            continue
-        root = note.split("\n")[2] if note else ""
-        h.update(f"{origin.hex()} {size} {root}\n".encode())
-    for origin in sorted(forked):
-        h.update(f"fork {origin.hex()}\n".encode())
-    return h.hexdigest()
