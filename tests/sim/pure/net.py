@@ -12,6 +12,8 @@ Interface (everything is deterministic given `random.Random(seed)`):
     net.send(src, dst, payload)     a message, delivered after a random delay, or lost (loss, a
                                     partition between src and dst, or dst down), or delivered twice
     net.timer(host, delay_ms, payload)
+    net.inject(at_ms, kind, src, dst, payload)
+                                    an outside input at a set time (agents' requests, faults)
                                     a timer for host (dropped if host crashes before it fires)
     net.pop() -> Event | None       the next delivery or timer in time order; advances now_ms
     net.partition(groups)           only hosts in the same group reach each other
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 EPOCH_MS = 1_780_000_000_000  # a fixed wall-clock origin (2026): events carry plausible times
@@ -43,15 +45,15 @@ class NetOptions:
     duplication: float = 0.0
 
 
-@dataclass(order=True)
+@dataclass
 class Event:
     at_ms: int
     seq: int
-    kind: str = field(compare=False)  # msg | timer
-    src: int = field(compare=False)
-    dst: int = field(compare=False)
-    payload: Any = field(compare=False)
-    epoch: int = field(compare=False)  # the destination's epoch when it was scheduled
+    kind: str  # msg | timer
+    src: int
+    dst: int
+    payload: Any
+    epoch: int  # the destination's epoch when it was scheduled
 
 
 class Network:
@@ -59,7 +61,7 @@ class Network:
         self.rng = rng
         self.options = options or NetOptions()
         self.now_ms = EPOCH_MS
-        self._queue: list[Event] = []
+        self._queue: list[tuple[int, int, Event]] = []
         self._seq = 0
         self._group: dict[int, int] = {}  # host -> partition group (absent: group 0)
         self._down: set[int] = set()
@@ -94,7 +96,8 @@ class Network:
 
     def _push(self, at_ms: int, kind: str, src: int, dst: int, payload: Any) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, Event(at_ms, self._seq, kind, src, dst, payload, self.epoch(dst)))
+        heapq.heappush(self._queue, (at_ms, self._seq, Event(at_ms, self._seq, kind, src, dst, payload,
+                                                             self._epoch.get(dst, 0))))
 
     def send(self, src: int, dst: int, payload: Any) -> None:
         self.sent += 1
@@ -107,15 +110,19 @@ class Network:
         for _ in range(copies):
             self._push(self.now_ms + self.rng.randint(o.delay_ms_min, o.delay_ms_max), "msg", src, dst, payload)
 
+    def inject(self, at_ms: int, kind: str, src: int, dst: int, payload: Any) -> None:
+        """An input from outside the network at a set time (an agent's request, a scheduled fault)."""
+        self._push(at_ms, kind, src, dst, payload)
+
     def timer(self, host: int, delay_ms: int, payload: Any) -> None:
         self._push(self.now_ms + max(0, delay_ms), "timer", host, host, payload)
 
     def pop(self) -> Event | None:
         """The next event for a host that is up and in the epoch it was meant for, or None."""
         while self._queue:
-            ev = heapq.heappop(self._queue)
+            ev = heapq.heappop(self._queue)[2]
             self.now_ms = max(self.now_ms, ev.at_ms)
-            if ev.dst in self._down or ev.epoch != self.epoch(ev.dst):
+            if ev.dst in self._down or ev.epoch != self._epoch.get(ev.dst, 0):
                 continue  # a crashed host's timers and messages are gone
             if ev.kind == "msg" and self._group.get(ev.src, 0) != self._group.get(ev.dst, 0):
                 self.lost += 1  # partitioned while in flight

@@ -57,6 +57,11 @@ class MemStore:
         self.counted: dict[bytes, int] = {}  # event id -> cost counted (each id once)
         self.cost_total = 0
         self.unknown: set[bytes] = set()  # ids of unknown-kind events stored (flagged, counted nowhere)
+        self.version = 0  # bumped by every write (the digest cache and the invariant checker use it)
+        self._digest: tuple[int, str] | None = None
+
+    def changed(self) -> None:
+        self.version += 1
 
     def log(self, origin: bytes) -> MemLog:
         lg = self.logs.get(origin)
@@ -76,12 +81,15 @@ class MemStore:
         return [(o, lg.note_size, lg.note) for o, lg in sorted(self.logs.items()) if lg.note]
 
     def digest(self) -> str:
-        return cluster_digest(self.frontier_rows(), sorted(self.forks))
+        if self._digest is None or self._digest[0] != self.version:
+            self._digest = (self.version, cluster_digest(self.frontier_rows(), sorted(self.forks)))
+        return self._digest[1]
 
     def record_fork(self, origin: bytes, evidence: dict) -> bool:
         if origin in self.forks:
             return False
         self.forks[origin] = evidence
+        self.changed()
         return True
 
     def _count(self, envelopes: list[Envelope]) -> None:
@@ -99,6 +107,7 @@ class MemStore:
         self._count(envelopes)
         lg.append([e.raw for e in envelopes], [e.event.id for e in envelopes], lg.frontier.copy())
         lg.note, lg.note_size = sign(lg.size, lg.frontier.root()), lg.size
+        self.changed()
         return lg.note
 
     def append_verified(self, checked: VerifiedRange, note: str | None) -> None:
@@ -111,6 +120,7 @@ class MemStore:
         lg.append([e.raw for e in envs], [e.event.id for e in envs], lg.frontier.copy())
         if note is not None:
             lg.note, lg.note_size = note, lg.size
+        self.changed()
 
     def adopt_note(self, origin: bytes, cp: Checkpoint, note: str, keep: bool, held_note: str | None) -> None:
         """node/replication.py _adopt_note over the in-memory log: a root that differs is a fork."""
@@ -128,3 +138,4 @@ class MemStore:
                                                   else None, proof))
         if keep:
             lg.note, lg.note_size = note, cp.size
+            self.changed()
