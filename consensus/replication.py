@@ -9,7 +9,7 @@ randomness of its own (STYLE.md P1, P2). Its shells run what it decides and feed
 One `ReplicationEngine` per node. The shell asks it, at `now_ms`:
 
     engine.due(now_ms, running, fetching)   -> peers to sync now (one frontier round trip each)
-    engine.wait_ms(now_ms, running)         -> how long the shell may sleep before asking again
+    engine.wait_ms(now_ms, running, fetching) -> how long the shell may sleep before asking again
     engine.plan_origin(peer, origin, size, untrusted_note, held, forks, own)
                                              -> an OriginPlan: skip | own_ahead | check_own | adopt | fetch
     engine.lag(origins, forks, held)        -> events the peer holds that we do not
@@ -321,10 +321,15 @@ class ReplicationEngine:
             self.next_round_ms = now_ms + self.interval_ms
         return due
 
-    def wait_ms(self, now_ms: int, running: Container[str]) -> int:
-        """How long the shell may wait before `due` can say something new (unless woken)."""
-        waits = [self.next_round_ms - now_ms,
-                 *(p.next_try_ms - now_ms for p in self._idle(running) if p.failures or p.urgent)]
+    def wait_ms(self, now_ms: int, running: Container[str], fetching: bool = False) -> int:
+        """How long the shell may wait before `due` can say something new (unless woken).
+
+        While fetching, the next random round waits for the fetch to end (`due` holds it back),
+        and the shell is woken when a sync ends: no polling every WAIT_MS_MIN meanwhile.
+        """
+        waits = [p.next_try_ms - now_ms for p in self._idle(running) if p.failures or p.urgent]
+        if not fetching or not waits:
+            waits.append(self.next_round_ms - now_ms if not fetching else self.interval_ms)
         return max(min(waits), WAIT_MS_MIN)
 
     def _idle(self, running: Container[str]) -> list[PeerState]:

@@ -254,7 +254,7 @@ class Replicator:
                     for peer in due:
                         running[peer.url] = asyncio.create_task(one(peer, mine))
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.engine.wait_ms(now, running) / 1000)
+                    await asyncio.wait_for(self._wake.wait(), self.engine.wait_ms(now, running, bool(self._fetching)) / 1000)
                 except asyncio.TimeoutError:
                     pass
         finally:

@@ -89,9 +89,9 @@ class Scenario:
     partitions: int
 
     @classmethod
-    def from_seed(cls, seed: int, nodes: int = 5, batches: int = 6) -> "Scenario":
+    def from_seed(cls, seed: int, nodes: int = 5, batches: int = 5) -> "Scenario":
         rng = random.Random(f"pure/{seed}")
-        return cls(seed, nodes, batches, ring=rng.random() < 0.4, interval_ms=rng.choice([50, 100, 200]),
+        return cls(seed, nodes, batches, ring=rng.random() < 0.4, interval_ms=rng.choice([100, 200, 300]),
                    entries_max=rng.choice([2, 3, 8]),
                    options=NetOptions(1, rng.choice([5, 20, 60]), loss=rng.choice([0.0, 0.0, 0.05, 0.15]),
                                       duplication=rng.choice([0.0, 0.05])),
@@ -137,7 +137,7 @@ class Simulation:
         for peer in node.engine.due(now, node.running, bool(node.fetching)):
             gen = node.sync(peer, lambda: self.net.now_ms)
             self._advance(node, peer.url, gen, None, first=True)
-        self.wake(node, node.engine.wait_ms(now, node.running))
+        self.wake(node, node.engine.wait_ms(now, node.running, bool(node.fetching)))
 
     def wake(self, node: SimNode, delay_ms: int) -> None:
         """One pending tick per node: an earlier one replaces a later one (a node's single timer)."""
@@ -153,6 +153,7 @@ class Simulation:
             request = next(gen) if first else (gen.throw(error) if error else gen.send(reply))
         except StopIteration:
             node.running.pop(url, None)
+            self.wake(node, 0)  # a sync ended: the shell asks the engine again (node: _wake.set())
             return
         self._req += 1
         node.running[url] = (self._req, gen)
@@ -212,7 +213,7 @@ class Simulation:
         sc, rng, net = self.sc, self.rng, self.net
         horizon = 0
         for _ in range(sc.batches):
-            at = rng.randint(0, 1_000)
+            at = rng.randint(0, 600)
             host = rng.randrange(sc.nodes)
             picks = [rng.randrange(len(self.pool)) for _ in range(rng.randint(1, 4))]
             net.inject(net.now_ms + at, "msg", host, host, ("submit", picks))
@@ -221,18 +222,18 @@ class Simulation:
                           ("submit", picks))
             horizon = max(horizon, at + 300)
         for _ in range(sc.crashes):
-            host, at = rng.randrange(sc.nodes), rng.randint(0, 1_000)
+            host, at = rng.randrange(sc.nodes), rng.randint(0, 600)
             net.inject(net.now_ms + at, "timer", -1, -1, ("chaos", "crash", host))
-            net.inject(net.now_ms + at + rng.randint(50, 800), "timer", -1, -1, ("chaos", "restart", host))
-            horizon = max(horizon, at + 900)
+            net.inject(net.now_ms + at + rng.randint(50, 500), "timer", -1, -1, ("chaos", "restart", host))
+            horizon = max(horizon, at + 600)
         for _ in range(sc.partitions):
-            at = rng.randint(0, 1_000)
+            at = rng.randint(0, 600)
             hosts = list(range(sc.nodes))
             rng.shuffle(hosts)
             cut = rng.randint(1, sc.nodes - 1)
             net.inject(net.now_ms + at, "timer", -1, -1, ("chaos", "partition", (hosts[:cut], hosts[cut:])))
-            net.inject(net.now_ms + at + rng.randint(100, 800), "timer", -1, -1, ("chaos", "heal"))
-            horizon = max(horizon, at + 900)
+            net.inject(net.now_ms + at + rng.randint(100, 500), "timer", -1, -1, ("chaos", "heal"))
+            horizon = max(horizon, at + 600)
         return horizon
 
     def run(self) -> str:
@@ -330,6 +331,6 @@ class Simulation:
 
 
 
-def run(seed: int, nodes: int = 5, batches: int = 6) -> tuple[str, Simulation]:
+def run(seed: int, nodes: int = 5, batches: int = 5) -> tuple[str, Simulation]:
     sim = Simulation(Scenario.from_seed(seed, nodes, batches))
     return sim.run(), sim
