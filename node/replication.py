@@ -636,6 +636,13 @@ class Replicator:
         others = [p for p in self.peers.values() if p.node != self._own.public_key]
         return [p.view(now) for p in sorted(others, key=lambda p: p.url)]
 
+    def metric_lines(self) -> list[str]:
+        """/metrics: events of kinds this release does not know, stored since start (node/metrics.py extra)."""
+        name = "ats_replication_unknown_kind_events_total"
+        return [f"# HELP {name} Events of kinds this release does not know, stored by replication since start"
+                " (stored and relayed, counted nowhere; docs/replication.md).", f"# TYPE {name} counter",
+                f"{name} {self.unknown_kinds}"]
+
     def seen_sizes(self) -> dict[str, int]:
         """Per origin (hex), the largest size any peer's last full frontier showed."""
         seen: dict[str, int] = {}
