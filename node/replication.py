@@ -36,38 +36,35 @@ writes, asyncio tasks, the page pipeline) and feeds the results back.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from consensus.messages import (
-    FORKS_EXCHANGED_MAX, FRONTIER_BYTES_MAX, FRONTIER_ORIGINS_MAX, NONCE_BYTES, PEERS_EXCHANGED_MAX, peer_headers,
-)
-from consensus.peermsg import entries as msg_entries
+from consensus.messages import FRONTIER_BYTES_MAX, PEERS_EXCHANGED_MAX
 from consensus.peermsg import frontier as msg_frontier
-from consensus.peermsg import proof as msg_proof
-from consensus.replication import (  # noqa: F401  (constants re-exported for callers of node.replication)
-    BACKOFF_MS_MAX, CONCURRENT_PEERS, DEAD_AFTER_FAILURES, DROP_AFTER_FAILURES, GOSSIP_FANOUT, PENALTY_BACKOFF_MS,
-    Held, OriginPlan, PeerState, ReplicationEngine, anchor_due, merge, pages,
+from consensus.replication import (
+    CONCURRENT_PEERS, Held, OriginPlan, PeerState, ReplicationEngine, anchor_due, merge,
 )
 from consensus.replication import OwnLog as EngineOwnLog
 from consensus.replication import cluster_digest  # noqa: F401  (node.queries, tests/sim/harness.py)
 from consensus.verify import (
-    PeerProtocolError, check_consistent, check_fork_evidence, fork_evidence, prefix_checkpoint, verify_range,
+    PeerProtocolError, check_consistent, check_fork_evidence, prefix_checkpoint, verify_range,
 )
 from ledger.checkpoint import Checkpoint, NoteSignature, cosign, open_checkpoint, origin_line, verify_cosignature
-from ledger.errors import NotFound
 from ledger.merkle import Frontier
-from node.aio import cancel_and_wait, read_bounded
+from node.aio import cancel_and_wait
 from node.budgets import BudgetBook
 from node import tls
 from node.clock import SystemClock
 from node.ingest import OwnLog
+from node import replstore
+from node.peerclient import HttpTransport, Transport  # noqa: F401  (Transport: tests/sim/simnet.py)
+from node.peerclient import PeerClient
+from node.replstore import digest_state  # noqa: F401  (node.queries, tests/sim/harness.py)
 from node.store import budgets as budget_store
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
@@ -78,25 +75,6 @@ logger = logging.getLogger("ats.replication")
 
 REQUEST_TIMEOUT_S = 10
 PEER_KEEPALIVE_S = 5.0
-
-
-class Transport(Protocol):
-    """How peer requests travel: HTTP in a node (`HttpTransport`), a seeded network in tests/sim."""
-
-    async def request(self, method: str, url: str, headers: dict[str, str], body: bytes,
-                      limit: int) -> tuple[int, bytes | None]:
-        """(status, body), body None if it was larger than limit. Raises OSError/TimeoutError/ClientError."""
-        ...
-
-
-class HttpTransport:
-    def __init__(self, session: aiohttp.ClientSession):
-        self.session = session
-
-    async def request(self, method: str, url: str, headers: dict[str, str], body: bytes,
-                      limit: int) -> tuple[int, bytes | None]:
-        async with self.session.request(method, url, headers=headers, data=body or None) as resp:
-            return resp.status, await read_bounded(resp, limit)
 
 
 class Replicator:
@@ -114,9 +92,11 @@ class Replicator:
         self.peers = self.engine.peers  # url -> PeerState (consensus/replication.py)
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
-        self._transport = transport
         self._task: asyncio.Task | None = None
-        self._nonce = nonce  # peer request nonces (consensus.messages): unique per request
+        # peer requests, signed with a fresh nonce each (consensus.messages)
+        self._client = PeerClient(lambda: (clock.now_ms(), own.public_key, own.seed, self.own_url, self.v1_compat),
+                                  nonce, entries_max)
+        self._client.transport = transport
         self._anchored_size = -1
         self._locks: dict[bytes, asyncio.Lock] = {}
         self._fetching = 0  # origin fetches in progress
@@ -147,8 +127,8 @@ class Replicator:
         # idle connections are dropped before a peer's http_head_timeout_ms (10 s by default) closes them
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
                                               connector=tls.connector(self.ssl, keepalive_timeout=PEER_KEEPALIVE_S))
-        if self._transport is None:
-            self._transport = HttpTransport(self._session)
+        if self._client.transport is None:
+            self._client.transport = HttpTransport(self._session)
         self.start()
         try:
             yield
@@ -199,7 +179,7 @@ class Replicator:
 
         async def one(peer: PeerState) -> None:
             try:
-                await self._post(peer, "/v1/peer/notify", {"digest": digest})
+                await self._client.post(peer, "/v1/peer/notify", {"digest": digest})
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 pass  # the peer's own anti-entropy round is the backstop
 
@@ -262,40 +242,12 @@ class Replicator:
                 task.cancel()
             await asyncio.gather(*running.values(), *([notifying] if notifying else []), return_exceptions=True)
 
-    # -- HTTP -----------------------------------------------------------------------------------
-
-    def _headers(self, method: str, path_qs: str, body: bytes) -> dict[str, str]:
-        return peer_headers(method, path_qs, body, self._clock.now_ms(), self._own.public_key, self._own.seed,
-                            self._nonce(NONCE_BYTES), self.own_url, v1_compat=self.v1_compat)
-
-    async def _get(self, peer: PeerState, path_qs: str, limit: int, cbor: bool = False) -> bytes | None:
-        """The answer's body (None for 204); raises PeerProtocolError("oversized"), RuntimeError (HTTP)."""
-        assert self._transport is not None
-        headers = self._headers("GET", path_qs, b"")
-        if cbor:
-            headers["Accept"] = "application/cbor"
-        status, body = await self._transport.request("GET", peer.url + path_qs, headers, b"", limit)
-        if body is None:
-            raise PeerProtocolError("oversized", f"{path_qs.split('?')[0]} answer over {limit} bytes")
-        if status == 204:
-            return None  # in sync: nothing to say
-        if status != 200:
-            raise RuntimeError(f"{path_qs.split('?')[0]}: HTTP {status} {body[:200]!r}")
-        return body
-
-    async def _post(self, peer: PeerState, path: str, doc: dict[str, Any]) -> int:
-        assert self._transport is not None
-        body = json.dumps(doc).encode()
-        headers = {"Content-Type": "application/json", **self._headers("POST", path, body)}
-        status, _ = await self._transport.request("POST", peer.url + path, headers, body, 64 * 1024)
-        return status
-
     # -- one peer ---------------------------------------------------------------------------------
 
     async def _sync(self, peer: PeerState, mine: str) -> None:
         now = self._clock.now_ms()
         try:
-            body = await self._get(peer, f"/v1/peer/frontier?digest={mine}", FRONTIER_BYTES_MAX)
+            body = await self._client.get(peer, f"/v1/peer/frontier?digest={mine}", FRONTIER_BYTES_MAX)
             if body is None:  # 204: the peer holds exactly what we hold
                 self.engine.record(peer, "in_sync", now)
                 return
@@ -309,7 +261,7 @@ class Replicator:
                 self.add_peer(url, "exchanged")
             await self._learn_forks(peer, list(frontier.forks), now)
             origins = list(frontier.origins)
-            forks, held = await self._db.read(self._known, [o for o, _s, _n in origins])
+            forks, held = await self._db.read(replstore.known, [o for o, _s, _n in origins])
             peer.lag_events = self.engine.lag(origins, forks, held)
             for origin, size, note in origins:
                 await self._sync_origin(peer, origin, size, note, forks, held)
@@ -343,16 +295,6 @@ class Replicator:
                 known.add(origin)
                 self.poke()
 
-    @staticmethod
-    def _known(conn: Connection, origins: list[bytes]) -> tuple[set[bytes], dict[bytes, Held]]:
-        """One read for a whole frontier: the forked origins, and what we hold of each origin."""
-        held = {}
-        for origin in origins:
-            row = peer_store.held(conn, origin)
-            if row is not None:
-                held[origin] = Held(row[1], row[2])
-        return set(peer_store.forked_origins(conn)), held
-
     def _own_state(self) -> EngineOwnLog:
         own = self._own
         return EngineOwnLog(own.public_key, own.checkpoint_size, own.checkpoint_note)
@@ -372,8 +314,8 @@ class Replicator:
             await self._check_own(plan)
         elif plan.action == "adopt":
             # read-only unless the note is newer than ours (we hold entries past our last note)
-            await (self._db.write if plan.keep else self._db.read)(self._adopt_note, origin, plan.cp, plan.note,
-                                                                   plan.keep, plan.held_note)
+            await (self._db.write if plan.keep else self._db.read)(replstore.adopt_note, origin, plan.cp, plan.note,
+                                                                   plan.keep, plan.held_note, self._clock.now_ms())
             if plan.keep:
                 self._changes += 1  # a newer note is held: the digest covers it
         elif plan.action == "fetch":
@@ -383,7 +325,7 @@ class Replicator:
         cp, origin = plan.cp, plan.origin
         assert cp is not None
         if plan.held_cp is not None:
-            proof = await self._proof(peer, origin, plan.held_cp.size, cp.size)
+            proof = await self._client.proof(peer, origin, plan.held_cp.size, cp.size)
             check_consistent(plan.held_cp, plan.held_note, cp, plan.note, proof)
         async with self._origin_lock(origin):  # one fetch per origin at a time, whichever peer serves it
             held = await self._db.read(peer_store.held, origin)
@@ -406,7 +348,7 @@ class Replicator:
         the evidence is stored and gossiped, and the node stops extending its log."""
         own = self._own
         try:
-            await self._db.read(self._adopt_note, plan.origin, plan.cp, plan.note, False, own.checkpoint_note)
+            await self._db.read(replstore.adopt_note, plan.origin, plan.cp, plan.note, False, own.checkpoint_note, 0)
         except PeerProtocolError as e:
             if e.code != "fork":
                 raise
@@ -422,30 +364,6 @@ class Replicator:
             lock = self._locks[origin] = asyncio.Lock()
         return lock
 
-    def _adopt_note(self, conn: Connection, origin: bytes, cp: Checkpoint, note: str, keep: bool,
-                    held_note: str | None) -> None:
-        row = log_store.origin_row(conn, origin)
-        if row is None:
-            raise PeerProtocolError("bad_frontier", "a checkpoint for entries we do not hold")
-        ours = merkle_store.tree_hash_at(conn, row[0], cp.size)
-        if ours != cp.root:
-            # we hold the larger signed tree: its root at cp.size and the proof that it is a
-            # prefix of our checkpoint make the evidence checkable by any node
-            held_cp = open_checkpoint(held_note, origin)[0] if held_note else None
-            if held_cp is None or held_cp.size < cp.size:
-                raise PeerProtocolError("bad_frontier", "a checkpoint beyond our signed checkpoint")
-            proof = merkle_store.consistency_proof_at(conn, row[0], cp.size, held_cp.size) if cp.size < held_cp.size else []
-            evidence = fork_evidence(origin, note, held_note or "", ours if cp.size < held_cp.size else None, proof)
-            raise PeerProtocolError("fork", f"signed root at {cp.size} differs from the verified entries held here",
-                                    evidence)
-        if keep:
-            log_store.store_checkpoint(conn, row[0], cp.size, cp.root, note, self._clock.now_ms())
-
-    async def _proof(self, peer: PeerState, origin: bytes, first: int, second: int) -> list[bytes]:
-        body = await self._get(peer, f"/v1/log/proof/consistency?origin={origin.hex()}&from={first}&to={second}",
-                               msg_proof.PROOF_BYTES_MAX)
-        return msg_proof.decode(body or b"")
-
     async def _fetch(self, peer: PeerState, origin: bytes, start: int, cp: Checkpoint, note: str) -> None:
         """Fetch [start, cp.size) page by page; each page verified against the signed root, then stored.
 
@@ -456,14 +374,14 @@ class Replicator:
         """
         origin_id = await self._db.write(lambda c: log_store.ensure_origin(c, origin)[0])
         frontier = await self._db.read(merkle_store.load_frontier, origin_id, start)
-        ahead = asyncio.create_task(self._page(peer, origin, start, cp))
+        ahead = asyncio.create_task(self._client.page(peer, origin, start, cp.size))
         storing: asyncio.Task | None = None
         try:
             while start < cp.size:
                 raw, proof = await ahead
                 end = start + len(raw)
                 if end < cp.size:
-                    ahead = asyncio.create_task(self._page(peer, origin, end, cp))
+                    ahead = asyncio.create_task(self._client.page(peer, origin, end, cp.size))
                 checked = await self._verify_page(origin, frontier, start, raw, cp, note, proof)
                 if storing is not None:
                     await storing
@@ -490,17 +408,6 @@ class Replicator:
                     storing.exception()
         self._changes += 1  # our digest changed
         self._relay = True  # relay: our peers may not reach the origin's holders directly
-
-    async def _page(self, peer: PeerState, origin: bytes, start: int, cp: Checkpoint) -> tuple[list[bytes], list[bytes] | None]:
-        """Entries [start, ...) of origin from the peer, at most replication_entries_max, and, for a
-        page that ends before cp.size, the consistency proof from its end to cp.size."""
-        (_a, end), = pages(start, cp.size, self._entries_max)[:1]
-        body = await self._get(peer, f"/v1/log/entries?origin={origin.hex()}&start={start}&end={end}",
-                               msg_entries.body_bytes_max(self._entries_max), cbor=True)
-        # a peer's CBOR is untrusted like an agent's: bounded before it is built (PROTOCOL.md §2)
-        raw = msg_entries.decode(body or b"", end - start, items_max=self._entries_max + msg_entries.ITEMS_SLACK)
-        end = start + len(raw)
-        return raw, (await self._proof(peer, origin, end, cp.size) if end < cp.size else None)
 
     async def _verify_page(self, origin: bytes, frontier: Frontier, start: int, raw: list[bytes], cp: Checkpoint,
                            note: str, proof: list[bytes] | None) -> Any:
@@ -537,7 +444,7 @@ class Replicator:
     async def _cosign(self, peer: PeerState, cp: Checkpoint) -> None:
         sig = cosign(cp, self._own.origin_line, self._own.seed, self._clock.now_ms() // 1000)
         try:
-            status = await self._post(peer, "/v1/peer/cosign", {"size": cp.size, "line": sig.line()})
+            status = await self._client.post(peer, "/v1/peer/cosign", {"size": cp.size, "line": sig.line()})
             if status >= 300:
                 logger.info("peer %s refused our cosignature: HTTP %s", peer.url, status)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
@@ -545,20 +452,8 @@ class Replicator:
 
     async def _measure_peer_lag(self, peer: PeerState, origins: list[tuple[bytes, int, str]]) -> None:
         theirs = {o: s for o, s, _n in origins}
-
-        def run(conn: Connection) -> tuple[int, int]:
-            events = nbytes = 0
-            for origin, size, _note in peer_store.frontier(conn, FRONTIER_ORIGINS_MAX):
-                if not self.admitted(origin) and origin != self._own.public_key:
-                    continue
-                have = theirs.get(origin, 0)
-                if size > have:
-                    row = log_store.origin_row(conn, origin)
-                    events += size - have
-                    nbytes += peer_store.bytes_from(conn, row[0], have) if row else 0
-            return events, nbytes
-
-        peer.peer_lag_events, peer.peer_lag_bytes = await self._db.read(run)
+        merged = lambda o: self.admitted(o) or o == self._own.public_key  # noqa: E731
+        peer.peer_lag_events, peer.peer_lag_bytes = await self._db.read(replstore.peer_lag, theirs, merged)
         peer.origins = {o.hex(): s for o, s in theirs.items()}
 
     # -- anchoring ---------------------------------------------------------------------------
@@ -583,7 +478,7 @@ class Replicator:
                     await resp.read()
             else:
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, _append, self._anchor_sink, text + "\n")
+                await loop.run_in_executor(None, replstore.append_text, self._anchor_sink, text + "\n")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             logger.warning("anchor sink %s failed: %s", self._anchor_sink, e)
 
@@ -592,21 +487,7 @@ class Replicator:
     async def frontier_answer(self, their_digest: str | None) -> dict[str, Any] | None:
         """GET /v1/peer/frontier: None when the asker's digest is ours (in sync), else the frontier:
         every origin held (size, signed checkpoint), known peers and fork evidence."""
-
-        def run(conn: Connection) -> dict[str, Any] | None:
-            origins, forked = digest_state(conn)
-            digest = cluster_digest(origins, forked)
-            if their_digest == digest:
-                return None
-            evidence = [f["evidence"] for f in peer_store.forks(conn) if "a" in f["evidence"]]
-            return {
-                "node": self._own.public_key.hex(),
-                "origins": [{"origin": o.hex(), "size": s, "checkpoint": n} for o, s, n in origins],
-                "digest": digest,
-                "forks": evidence[:FORKS_EXCHANGED_MAX],
-            }
-
-        doc = await self._db.read(run)
+        doc = await self._db.read(replstore.frontier_doc, self._own.public_key, their_digest)
         if doc is not None:
             doc["peers"] = self.known_urls()
         return doc
@@ -615,14 +496,7 @@ class Replicator:
         """POST /v1/peer/cosign: a witness's cosignature of our checkpoint at size, checked, stored."""
         sig = NoteSignature.parse_line(line.rstrip("\n"))
         own = self._own
-
-        def note_at(conn: Connection) -> str:
-            cp = log_store.checkpoint_at(conn, own.origin_id, size)
-            if cp is None:
-                raise NotFound("not_found", f"no checkpoint of this node at size {size}")
-            return cp.note
-
-        note = await self._db.read(note_at)
+        note = await self._db.read(replstore.own_note_at, own.origin_id, size)
         cp, _ = open_checkpoint(note, own.public_key)
         verify_cosignature(cp, sig, origin_line(witness), witness)
         await self._db.write(peer_store.add_cosignature, own.origin_id, size, witness, sig.line().rstrip("\n"),
@@ -653,14 +527,3 @@ class Replicator:
 
     def known_urls(self) -> list[str]:
         return self.engine.known_urls(PEERS_EXCHANGED_MAX)
-
-
-def _append(path: str, text: str) -> None:
-    with open(path, "a") as f:
-        f.write(text)
-        f.flush()
-
-
-def digest_state(conn: Connection) -> tuple[list[tuple[bytes, int, str]], list[bytes]]:
-    """What the cluster digest covers: every origin held (size, note), and the forked origins."""
-    return peer_store.frontier(conn, FRONTIER_ORIGINS_MAX), peer_store.forked_origins(conn)

@@ -30,7 +30,6 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from consensus.peermsg import frontier as msg_frontier  # noqa: F401  (the wire the nodes speak)
 from ledger import encoding
 from ledger.checkpoint import open_checkpoint
 from ledger.events import make_envelope_bytes, make_event_bytes, parse_envelope
