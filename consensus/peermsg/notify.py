@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-NOTIFY_BYTES_MAX = 1024
+NOTIFY_BYTES_MAX = 4096  # as node/api/peer.py bounds a notification before authenticating it
 DIGEST_CHARS_MAX = 128
 ERRORS = ("oversized",)
 
