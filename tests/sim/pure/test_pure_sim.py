@@ -107,6 +107,53 @@ def test_unknown_kinds_are_stored_relayed_and_counted_nowhere():
         assert node.penalised_by_honest == 0
 
 
+def test_an_origin_restored_from_an_old_backup_is_flagged_forked_by_every_node():
+    """The origin signs two histories (its log cut back to 2 entries, then grown differently): every
+    node, the origin included (its key is burnt), records checkable fork evidence; nobody else is
+    flagged, and the forked origin's new entries are never merged."""
+    from consensus.verify import check_fork_evidence
+    from tests.sim.pure.store import MemLog
+
+    sc = Scenario.from_seed(21)
+    sc.crashes = sc.partitions = sc.batches = 0
+    sc.options.loss = 0.0
+    sim = Simulation(sc)
+    sim.net_start = sim.net.now_ms
+    for node in sim.nodes:
+        sim.wake(node, 0)
+    sim.net.inject(sim.net.now_ms + 1, "msg", 0, 0, ("submit", [30, 31, 32, 33]))
+    _play(sim, 5)
+    sim.converge()
+    bad = sim.nodes[0]
+    sim.honest.discard(bad.key)
+    sim.penalties_expected = True
+    sim.net.crash(0)
+    old = bad.store.logs[bad.key]
+    restored = MemLog()
+    restored.append(old.entries[:2], old.ids[:2], restored.frontier.copy())
+    restored.note, restored.note_size = bad.signer.sign(2, restored.frontier.root()), 2
+    bad.store.logs[bad.key] = restored
+    bad.store.held_ids = set(restored.ids)  # the backup's counters: the events it holds
+    bad.store.counted = {e: sim.costs[e] for e in restored.ids}
+    bad.store.cost_total = sum(bad.store.counted.values())
+    bad.acked = bad.acked[:2]
+    bad.store.changed()
+    sim.net.restart(0)
+    bad.boot()
+    sim.wake(bad, 0)
+    sim.net.inject(sim.net.now_ms + 1, "msg", 0, 0, ("submit", [40, 41, 42, 43]))
+    for _ in range(200):
+        _play(sim, 100)
+        if all(bad.key in n.store.forks for n in sim.nodes):
+            break
+    for node in sim.nodes:
+        assert set(node.store.forks) == {bad.key}
+        assert check_fork_evidence(node.store.forks[bad.key])[0] == bad.key
+        if node is not bad:
+            held = node.store.logs[bad.key].ids
+            assert held == old.ids[:len(held)], "the second history is never merged"
+
+
 def test_the_checker_catches_a_node_that_counts_an_event_twice(monkeypatch):
     """The invariants are not vacuous: break the merge (nothing is ever held) and a seed fails."""
     import tests.sim.pure.store as store
