@@ -18,6 +18,8 @@ Invariants:
 - counted once: a node's counters hold each event id it holds (of a known kind) once, and
   nothing else; unknown kinds are held and counted nowhere;
 - no false fork: no honest origin is ever flagged, and no honest peer is penalised;
+- anchored: every checkpoint a node anchored (witness_quorum cosignatures, each verified) is a root
+  of its own log, each larger than the one before;
 - convergence: after the final heal all digests are equal and every node holds every acked event.
 
 Imports: `ledger`, `consensus` and this package only (tests/sim/pure/test_pure_sim.py checks it).
@@ -117,7 +119,7 @@ class Simulation:
         self._notes_ok: set[tuple[bytes, str]] = set()
         self.pool = event_pool()
         self.costs = {e.event.id: getattr(e.event.body, "cost", 0) or 0 for e in self.pool}
-        self._checked: dict[int, int] = {}  # host -> store version last checked
+        self._checked: dict[int, tuple[int, int]] = {}  # host -> (store version, anchors) last checked
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -152,6 +154,9 @@ class Simulation:
         try:
             request = next(gen) if first else (gen.throw(error) if error else gen.send(reply))
         except StopIteration:
+            for host, payload in node.outbox:
+                self.net.send(node.host, host, payload)
+            node.outbox.clear()
             node.running.pop(url, None)
             self.wake(node, 0)  # a sync ended: the shell asks the engine again (node: _wake.set())
             return
@@ -182,6 +187,8 @@ class Simulation:
             running = node.running.get(url)
             if running and running[0] == rid:
                 self._advance(node, url, running[1], None, error=Timeout())
+        elif kind == "cosign":
+            node.accept_cosignature(self.nodes[ev.src].key, ev.payload[1], self.net.now_ms)
         elif kind == "notify":
             _k, digest, url = ev.payload
             peer_key = self.nodes[ev.src].key
@@ -293,13 +300,15 @@ class Simulation:
         (same version) is not re-read: nothing it holds can have moved."""
         if node.penalised_by_honest and not self.penalties_expected:
             self.fail(f"node {node.host} penalised an honest peer")
-        if self._checked.get(node.host) == node.store.version:
+        version = (node.store.version, len(node.anchored))
+        if self._checked.get(node.host) == version:
             return
-        self._checked[node.host] = node.store.version
+        self._checked[node.host] = version
         for origin, lg in node.store.logs.items():
             self._check_log(node, origin, lg)
         self._check_acked(node)
         self._check_counts(node)
+        self._check_anchored(node)
         if any(o in self.honest for o in node.store.forks):
             self.fail(f"node {node.host} flagged an honest origin forked")
 
@@ -319,6 +328,16 @@ class Simulation:
             if cp.size != lg.note_size or cp.size > lg.size or lg.tree_hash_at(cp.size) != cp.root:
                 self.fail(f"node {node.host} holds a note of {origin.hex()[:8]} that does not sign its entries")
             self._notes_ok.add((origin, lg.note))
+
+    def _check_anchored(self, node: SimNode) -> None:
+        """Every anchored checkpoint is a root of the node's own log, each larger than the last
+        (so each is consistent with the one before: both are prefixes of one log)."""
+        own = node.store.logs.get(node.key)
+        last = 0
+        for size, root in node.anchored:
+            if own is None or size <= last or size > own.size or own.tree_hash_at(size) != root:
+                self.fail(f"node {node.host} anchored a checkpoint at {size} that is not a root of its log")
+            last = size
 
     def _check_acked(self, node: SimNode) -> None:
         own = node.store.logs.get(node.key)

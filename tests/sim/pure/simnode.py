@@ -20,7 +20,9 @@ from consensus.replication import OriginPlan, OwnLog, PeerState, ReplicationEngi
 from consensus.verify import (
     PeerProtocolError, check_consistent, check_fork_evidence, prefix_checkpoint, verify_range,
 )
-from ledger.checkpoint import CheckpointSigner
+from consensus.peermsg import cosign as msg_cosign
+from consensus.replication import anchor_due
+from ledger.checkpoint import CheckpointSigner, cosign, open_checkpoint, origin_line, verify_cosignature
 from ledger.events import Envelope
 from ledger.signing import public_key_from_seed
 from tests.sim.pure.store import MemStore
@@ -31,6 +33,13 @@ PEERS_EXCHANGED_MAX = 64
 
 class Timeout(Exception):
     pass
+
+
+_HOSTS: dict[bytes, int] = {}  # node key -> host, filled as nodes are built (the sim's address book)
+
+
+def host_of_key(key: bytes) -> int:
+    return _HOSTS[key]
 
 
 def url_of(host: int) -> str:
@@ -48,12 +57,18 @@ class SimNode:
         self.seed = seed
         self.key = public_key_from_seed(seed)
         self.signer = CheckpointSigner(seed)
+        _HOSTS[self.key] = host
         self.store = MemStore()
         self.static, self.interval_ms, self.entries_max = static, interval_ms, entries_max
         self.admitted_set = admitted
         self.rng = rng
         self.acked: list[tuple[int, bytes]] = []  # (index in own log, event id) of every acknowledged event
+        self.notes: dict[int, str] = {}  # every checkpoint this node signed of its own log, by size (durable)
         self.penalised_by_honest = 0
+        self.cosigned: dict[int, dict[bytes, str]] = {}  # size of our log -> witness -> cosignature line
+        self.anchored: list[tuple[int, bytes]] = []  # (size, root) of every checkpoint anchored, in order
+        self.witness_quorum = 1
+        self.outbox: list[tuple[int, Any]] = []  # messages the shell sends once the step is done (host, payload)
         self.tick_at: int | None = None  # the node's one pending timer (sim.py wake)
         self.tick_epoch = -1
         self.boot()
@@ -84,7 +99,8 @@ class SimNode:
         if not new:
             return []
         start = self.store.held(self.key).size if self.store.held(self.key) else 0
-        self.store.append_own(self.key, new, self.signer.sign)
+        note = self.store.append_own(self.key, new, self.signer.sign)
+        self.notes[self.store.logs[self.key].size] = note
         self.acked += [(start + i, e.event.id) for i, e in enumerate(new)]
         self.push = True
         return [e.event.id for e in new]
@@ -110,6 +126,24 @@ class SimNode:
             _k, origin, m, n = request
             return msg_proof.encode(self.store.logs[origin].proof(m, n))
         raise AssertionError(kind)
+
+    def accept_cosignature(self, witness: bytes, body: bytes, now_ms: int) -> None:
+        """POST /v1/peer/cosign: a witness's cosignature of our checkpoint at size, checked, stored;
+        then the anchor policy (consensus.replication.anchor_due)."""
+        size, sig = msg_cosign.decode(body)
+        lg = self.store.logs.get(self.key)
+        note = self.notes.get(size)
+        if lg is None or note is None:
+            return  # not a checkpoint of ours (a node answers 404 not_found)
+        cp = open_checkpoint(note, self.key)[0]
+        verify_cosignature(cp, sig, origin_line(witness), witness)
+        self.cosigned.setdefault(size, {})[witness] = sig.line()
+        quorum_sizes = [s for s, w in self.cosigned.items() if len(w) >= self.witness_quorum]
+        found = max(quorum_sizes) if quorum_sizes else None
+        last = self.anchored[-1][0] if self.anchored else -1
+        if anchor_due(self.witness_quorum, found, last):
+            assert found is not None
+            self.anchored.append((found, open_checkpoint(self.notes[found], self.key)[0].root))
 
     # -- replicating ---------------------------------------------------------------------------
 
@@ -176,3 +210,6 @@ class SimNode:
             self.push = True  # relay: our peers may not reach the origin's holders directly
         finally:
             self.fetching.discard(origin)
+        if plan.cosign:  # the origin is the peer: we just witnessed its log grow consistently
+            line = cosign(cp, origin_line(self.key), self.seed, 1_780_000_000).line()
+            self.outbox.append((host_of_key(origin), ("cosign", msg_cosign.encode(cp.size, line))))

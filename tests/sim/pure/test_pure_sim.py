@@ -73,6 +73,21 @@ def test_partition_2_3_then_heal_converges_with_the_events_of_both_sides():
     assert all(len(n.store.counted) == 5 for n in sim.nodes)
 
 
+def test_witnesses_cosign_and_each_node_anchors_its_own_checkpoints():
+    sc = Scenario.from_seed(4)
+    sc.crashes = sc.partitions = sc.batches = 0
+    sim = Simulation(sc)
+    sim.net_start = sim.net.now_ms
+    for node in sim.nodes:
+        sim.wake(node, 0)
+    for host in range(sc.nodes):
+        sim.net.inject(sim.net.now_ms + 1 + host, "msg", host, host, ("submit", [50 + host]))
+    _play(sim, 5)
+    sim.converge()
+    _play(sim, 3_000)  # cosignatures travel after the fetch that witnessed the growth
+    assert all(n.anchored and n.anchored[-1][0] == 1 for n in sim.nodes)
+
+
 def test_an_event_retried_at_two_nodes_is_counted_once_everywhere():
     sc = Scenario.from_seed(3)
     sc.crashes = sc.partitions = 0
@@ -137,6 +152,9 @@ def test_an_origin_restored_from_an_old_backup_is_flagged_forked_by_every_node()
     bad.store.counted = {e: sim.costs[e] for e in restored.ids}
     bad.store.cost_total = sum(bad.store.counted.values())
     bad.acked = bad.acked[:2]
+    bad.notes = {size: note for size, note in bad.notes.items() if size <= 2}
+    bad.anchored = [(size, root) for size, root in bad.anchored if size <= 2]
+    bad.cosigned = {size: w for size, w in bad.cosigned.items() if size <= 2}
     bad.store.changed()
     sim.net.restart(0)
     bad.boot()
