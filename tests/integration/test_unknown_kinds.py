@@ -4,12 +4,14 @@ replication. It is stored and relayed, counted nowhere, flagged, and its sender 
 A newer origin (the test signs its log: one entry of kind `x.future` between two `act` entries)
 is served by an honest peer; node A, a real node process, replicates it; node B, another real
 node process that knows only A, replicates it from A. Both keep every peer in good standing,
-both count the two `act` events and nothing else, and both still start after a restart (the
-budget book replays the log without the unknown kind).
+both count the two `act` events and nothing else, `ats verify-db` accepts the stored log, and the
+node still starts after a restart (the budget book replays the log without the unknown kind).
 """
 
 import os
 import re
+import subprocess
+import sys
 
 from ledger import encoding
 from ledger.events import make_envelope_bytes
@@ -55,6 +57,9 @@ def test_an_unknown_kind_is_stored_relayed_counted_nowhere_and_flagged(tmp_path)
             assert usage["totals"] == {"act": {"count": 2, "cost": 2000, "units": 20}, "x.future": {"count": 1}}
         assert "kinds this release does not know (x.future)" in a.stderr()
         b.kill()
+        out = subprocess.run([sys.executable, "-m", "node", "verify-db", b.data_dir], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0 and "verified 3 entries" in out.stdout, out.stdout + out.stderr
         b.start()
         wait_for(lambda: get(b.url, "/v1/peers").status == 200, "node B back after a restart")
         assert get(b.url, f"/v1/agents/{agent.public_key.hex()}/usage").json()["totals"]["act"]["cost"] == 2000
