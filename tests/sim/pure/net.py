@@ -11,7 +11,8 @@ Interface (everything is deterministic given `random.Random(seed)`):
     net.now_ms                      the simulated clock (starts at EPOCH_MS, only `pop` moves it)
     net.send(src, dst, payload)     a message, delivered after a random delay, or lost (loss, a
                                     partition between src and dst, or dst down), or delivered twice
-    net.timer(host, delay_ms, payload)
+    net.timer(host, delay_ms, payload) -> Event
+    net.cancel(timer)               a timer that will not fire (popped and skipped, no step)
     net.inject(at_ms, kind, src, dst, payload)
                                     an outside input at a set time (agents' requests, faults)
                                     a timer for host (dropped if host crashes before it fires)
@@ -54,6 +55,7 @@ class Event:
     dst: int
     payload: Any
     epoch: int  # the destination's epoch when it was scheduled
+    cancelled: bool = False
 
 
 class Network:
@@ -94,10 +96,11 @@ class Network:
 
     # -- scheduling -------------------------------------------------------------------------
 
-    def _push(self, at_ms: int, kind: str, src: int, dst: int, payload: Any) -> None:
+    def _push(self, at_ms: int, kind: str, src: int, dst: int, payload: Any) -> Event:
         self._seq += 1
-        heapq.heappush(self._queue, (at_ms, self._seq, Event(at_ms, self._seq, kind, src, dst, payload,
-                                                             self._epoch.get(dst, 0))))
+        ev = Event(at_ms, self._seq, kind, src, dst, payload, self._epoch.get(dst, 0))
+        heapq.heappush(self._queue, (at_ms, self._seq, ev))
+        return ev
 
     def send(self, src: int, dst: int, payload: Any) -> None:
         self.sent += 1
@@ -114,13 +117,21 @@ class Network:
         """An input from outside the network at a set time (an agent's request, a scheduled fault)."""
         self._push(at_ms, kind, src, dst, payload)
 
-    def timer(self, host: int, delay_ms: int, payload: Any) -> None:
-        self._push(self.now_ms + max(0, delay_ms), "timer", host, host, payload)
+    def timer(self, host: int, delay_ms: int, payload: Any) -> Event:
+        return self._push(self.now_ms + max(0, delay_ms), "timer", host, host, payload)
+
+    @staticmethod
+    def cancel(timer: Event | None) -> None:
+        """A timer that will not fire (a request answered before its timeout, a tick replaced)."""
+        if timer is not None:
+            timer.cancelled = True
 
     def pop(self) -> Event | None:
         """The next event for a host that is up and in the epoch it was meant for, or None."""
         while self._queue:
             ev = heapq.heappop(self._queue)[2]
+            if ev.cancelled:
+                continue  # the clock does not move for a timer that never fires
             self.now_ms = max(self.now_ms, ev.at_ms)
             if ev.dst in self._down or ev.epoch != self._epoch.get(ev.dst, 0):
                 continue  # a crashed host's timers and messages are gone

@@ -146,14 +146,16 @@ class Simulation:
         at = self.net.now_ms + delay_ms
         if node.tick_at is not None and node.tick_at <= at and node.tick_epoch == self.net.epoch(node.host):
             return
+        self.net.cancel(node.tick_timer)
         node.tick_at, node.tick_epoch = at, self.net.epoch(node.host)
-        self.net.timer(node.host, delay_ms, ("tick", at))
+        node.tick_timer = self.net.timer(node.host, delay_ms, ("tick", at))
 
     def _advance(self, node: SimNode, url: str, gen: Any, reply: Any, first: bool = False,
                  error: BaseException | None = None) -> None:
         try:
             request = next(gen) if first else (gen.throw(error) if error else gen.send(reply))
         except StopIteration:
+            self.net.cancel(node.timeouts.pop(url, None))
             for host, payload in node.outbox:
                 self.net.send(node.host, host, payload)
             node.outbox.clear()
@@ -163,7 +165,8 @@ class Simulation:
         self._req += 1
         node.running[url] = (self._req, gen)
         self.net.send(node.host, host_of(url), ("req", self._req, request))
-        self.net.timer(node.host, REQUEST_TIMEOUT_MS, ("timeout", url, self._req))
+        self.net.cancel(node.timeouts.get(url))
+        node.timeouts[url] = self.net.timer(node.host, REQUEST_TIMEOUT_MS, ("timeout", url, self._req))
 
     def deliver(self, ev: Any) -> None:
         node = self.nodes[ev.dst]

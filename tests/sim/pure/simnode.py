@@ -71,6 +71,7 @@ class SimNode:
         self.outbox: list[tuple[int, Any]] = []  # messages the shell sends once the step is done (host, payload)
         self.tick_at: int | None = None  # the node's one pending timer (sim.py wake)
         self.tick_epoch = -1
+        self.tick_timer: Any = None
         self.boot()
 
     def boot(self) -> None:
@@ -81,6 +82,7 @@ class SimNode:
         self.running: dict[str, tuple[int, Generator[Any, Any, None]]] = {}  # url -> (request id, sync)
         self.fetching: set[bytes] = set()  # origins being fetched (node/replication.py's per-origin lock)
         self.push = False
+        self.timeouts: dict[str, Any] = {}  # url -> the pending request's timeout timer (net.Network.cancel)
 
     def admitted(self, origin: bytes) -> bool:
         return self.admitted_set is None or origin in self.admitted_set
