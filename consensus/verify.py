@@ -164,7 +164,7 @@ def verify_range(origin: bytes, frontier: Frontier, start: int, untrusted_envelo
     envelopes = []
     for offset, raw in enumerate(untrusted_envelopes):
         try:
-            env = parse_envelope(raw)
+            env = parse_envelope(raw, unknown_kinds=True)  # a newer node's kind: stored, counted nowhere
             verify(env.event.raw, env.sig, env.event.signer)
         except LedgerError as e:
             code = "bad_signature" if e.code == "bad_signature" else "bad_entry"
@@ -174,3 +174,16 @@ def verify_range(origin: bytes, frontier: Frontier, start: int, untrusted_envelo
     if work.root() != cp.root:
         raise PeerProtocolError("bad_root", f"entries {start}..{cp.size} do not hash to the signed root")
     return VerifiedRange(origin, start, tuple(envelopes), work, cp, note)
+
+
+def prefix_checkpoint(frontier: Frontier, start: int, untrusted_envelopes: Sequence[bytes], cp: Checkpoint,
+                      untrusted_proof: Sequence[bytes]) -> Checkpoint:
+    """The checkpoint a page [start, end) that ends before cp.size is verified against: the root of
+    the frontier extended by the page, once the proof shows that tree is a prefix of cp's."""
+    end = start + len(untrusted_envelopes)
+    work = frontier.copy()
+    for raw in untrusted_envelopes:
+        work.append(leaf_hash(raw))
+    if not verify_consistency(end, cp.size, work.root(), cp.root, list(untrusted_proof)):
+        raise PeerProtocolError("bad_root", f"entries {start}..{end} are not a prefix of the signed log")
+    return Checkpoint(cp.origin, end, work.root())

@@ -13,6 +13,7 @@ another registry as `kinds=` (tests build one with a kind of their own).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -33,6 +34,25 @@ from ledger.kinds import KINDS, METERED_KINDS
 from ledger.signing import event_id
 
 Kinds = Mapping[str, type[Body]]
+_UNKNOWN_KIND_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class UnknownBody(Body):
+    """The body of an event whose kind this release does not know (a newer node's, met by
+    replication during a rolling upgrade; `parse_event(raw, unknown_kinds=True)`): kept as its
+    CBOR map, never checked against a schema, naming no metric, so it counts nowhere."""
+
+    fields_map: Any = None
+
+    @classmethod
+    def from_map(cls, m: Any) -> Body:
+        if type(m) is not dict:
+            raise Invalid("invalid_body", "body must be a map")
+        return cls(fields_map=m)
+
+    def to_map(self) -> dict[str, Any]:
+        return dict(self.fields_map)
 
 _EVENT_KEYS = frozenset({"v", "kind", "signer", "ts", "nonce", "body"})
 _ENVELOPE_KEYS = frozenset({"event", "sig"})
@@ -93,8 +113,11 @@ def make_envelope_bytes(event_bytes: bytes, sig: bytes) -> bytes:
     return encoding.encode({"event": event_bytes, "sig": sig})
 
 
-def parse_event(raw: bytes, *, kinds: Kinds = KINDS) -> Event:
-    """Parse and check one event's CBOR bytes; raises Malformed, Invalid or TooLarge."""
+def parse_event(raw: bytes, *, kinds: Kinds = KINDS, unknown_kinds: bool = False) -> Event:
+    """Parse and check one event's CBOR bytes; raises Malformed, Invalid or TooLarge.
+
+    unknown_kinds: an event of a kind not registered here (a well-formed kind name) parses with an
+    `UnknownBody` instead of raising unknown_kind (what replication stores and relays)."""
     if len(raw) > EVENT_BYTES_MAX:
         raise TooLarge("event_too_large", f"event is {len(raw)} bytes, at most {EVENT_BYTES_MAX}")
     m = encoding.decode_canonical(raw)
@@ -113,7 +136,9 @@ def parse_event(raw: bytes, *, kinds: Kinds = KINDS) -> Event:
         raise Invalid("invalid_event", "kind must be text")
     body_cls = kinds.get(kind)
     if body_cls is None:
-        raise Invalid("unknown_kind", f"unknown event kind {kind[:64]!r}")
+        if not (unknown_kinds and _UNKNOWN_KIND_RE.fullmatch(kind)):
+            raise Invalid("unknown_kind", f"unknown event kind {kind[:64]!r}")
+        body_cls = UnknownBody
     signer, ts, nonce = m["signer"], m["ts"], m["nonce"]
     if type(signer) is not bytes or len(signer) != PUBLIC_KEY_SIZE:
         raise Invalid("invalid_event", "signer must be a 32-byte public key")
@@ -127,18 +152,19 @@ def parse_event(raw: bytes, *, kinds: Kinds = KINDS) -> Event:
     return Event(kind=kind, signer=signer, ts=ts, nonce=nonce, body=body, raw=raw, id=event_id(raw))
 
 
-def envelope_from_parts(event_bytes: Any, sig: Any, raw: bytes | None = None) -> Envelope:
+def envelope_from_parts(event_bytes: Any, sig: Any, raw: bytes | None = None, *,
+                        unknown_kinds: bool = False) -> Envelope:
     """Build and check an envelope from its two fields (the JSON form's path); raw if known."""
     if type(event_bytes) is not bytes or type(sig) is not bytes:
         raise Malformed("malformed_envelope", "envelope fields event and sig must be byte strings")
     if len(sig) != SIGNATURE_SIZE:
         raise Malformed("malformed_envelope", f"sig must be {SIGNATURE_SIZE} bytes")
-    event = parse_event(event_bytes)
+    event = parse_event(event_bytes, unknown_kinds=unknown_kinds)
     return Envelope(event=event, sig=sig, raw=raw if raw is not None else make_envelope_bytes(event_bytes, sig))
 
 
-def parse_envelope(raw: bytes) -> Envelope:
-    """Parse an envelope's CBOR bytes; raises Malformed, Invalid or TooLarge."""
+def parse_envelope(raw: bytes, *, unknown_kinds: bool = False) -> Envelope:
+    """Parse an envelope's CBOR bytes; raises Malformed, Invalid or TooLarge (unknown_kinds: parse_event)."""
     if len(raw) > ENVELOPE_BYTES_MAX:
         raise TooLarge("event_too_large", f"envelope is {len(raw)} bytes, at most {ENVELOPE_BYTES_MAX}")
     m = encoding.decode_canonical(raw)
@@ -149,7 +175,7 @@ def parse_envelope(raw: bytes) -> Envelope:
             raise Malformed("unknown_field", f"unknown envelope key {key!r}")
     if "event" not in m or "sig" not in m:
         raise Malformed("malformed_envelope", "an envelope needs event and sig")
-    return envelope_from_parts(m["event"], m["sig"], raw)
+    return envelope_from_parts(m["event"], m["sig"], raw, unknown_kinds=unknown_kinds)
 
 
 def body_from_json(kind: str, doc: Any) -> dict[str, Any]:

@@ -104,6 +104,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     replicator.v1_compat = config.peer_protocol_v1
     app[REPLICATOR_KEY] = replicator
     replicator.workers = workers
+    metrics.extra.append(replicator.metric_lines)  # ats_replication_unknown_kind_events_total
     anomalies = AnomalyWatch(
         metrics, threshold_milli=config.anomaly_threshold_milli, warmup_events=config.anomaly_warmup_events,
         agents_max=config.anomaly_agents_max,

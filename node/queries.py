@@ -39,7 +39,7 @@ def parse_hex32(value: str | None, what: str) -> bytes:
 
 def event_view(env_bytes: bytes) -> dict[str, Any]:
     """A JSON-friendly view of a stored envelope's event (bytes as hex)."""
-    ev = parse_envelope(env_bytes).event
+    ev = parse_envelope(env_bytes, unknown_kinds=True).event  # a newer node's kind is shown as stored
 
     def j(v: Any) -> Any:
         return v.hex() if isinstance(v, bytes) else v

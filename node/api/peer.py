@@ -10,12 +10,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from consensus.messages import SignedRequest, check_peer_request
-from ledger.checkpoint import NoteSignature
-from ledger.errors import Forbidden, LedgerError, Malformed, NotFound, TooLarge
-from node.api.bodies import json_doc
+from consensus.peermsg import cosign as msg_cosign
+from consensus.peermsg import notify as msg_notify
+from ledger.errors import Forbidden, Malformed, NotFound, TooLarge
 from node.appkeys import CLOCK_KEY, CONFIG_KEY, QUERIES_KEY, REPLAY_GUARD_KEY, REPLICATOR_KEY
 
-COSIGN_BODY_BYTES_MAX = 4096
+COSIGN_BODY_BYTES_MAX = msg_cosign.COSIGN_BYTES_MAX
 
 
 async def authenticate(request: web.Request, body: bytes) -> SignedRequest:
@@ -52,12 +52,8 @@ async def notify(request: web.Request) -> web.Response:
     if len(body) > COSIGN_BODY_BYTES_MAX:
         raise TooLarge("body_too_large", "a notification is a few dozen bytes")
     signed = await authenticate(request, body)
-    try:
-        digest = json_doc(body).get("digest") if body else None
-    except (LedgerError, AttributeError):
-        digest = None  # the notification itself is the news; its digest only saves a pull
-    await request.app[REPLICATOR_KEY].notified(signed.node, signed.advertise,
-                                               digest if isinstance(digest, str) else None)
+    digest = msg_notify.decode(body)  # None if it does not parse: the notification itself is the news
+    await request.app[REPLICATOR_KEY].notified(signed.node, signed.advertise, digest)
     return web.Response(status=204)
 
 
@@ -68,14 +64,10 @@ async def cosign(request: web.Request) -> web.Response:
         raise TooLarge("body_too_large", "a cosignature is a few hundred bytes")
     witness = (await authenticate(request, body)).node
     try:
-        doc = json_doc(body)
-        size, line = doc["size"], doc["line"]
-        if type(size) is not int or not isinstance(line, str):
-            raise TypeError
-        NoteSignature.parse_line(line.rstrip("\n"))
-    except (ValueError, KeyError, TypeError, LedgerError):
-        raise Malformed("malformed_note", 'a cosignature is {"size": N, "line": "— name base64"}') from None
-    await request.app[REPLICATOR_KEY].accept_cosignature(witness, size, line)
+        size, sig = msg_cosign.decode(body)  # consensus/peermsg/cosign.py
+    except msg_cosign.CosignError as e:
+        raise Malformed("malformed_note", str(e)) from None
+    await request.app[REPLICATOR_KEY].accept_cosignature(witness, size, sig.line())
     return web.json_response({"stored": True, "size": size}, status=201)
 
 
