@@ -160,7 +160,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await committer.stop()
         ingestor.close()
         await starting  # bounded: WorkerPool.start gives up after a minute
-        workers.close()
+        await workers.aclose()
         await db.close()
         own.close()
 
