@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 
 logger = logging.getLogger("ats.memory")
@@ -28,7 +27,7 @@ TRIM_INTERVAL_S = 5.0
 
 def _libc():
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        libc = ctypes.CDLL(None)  # this process's own symbols: libc's among them
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
     except OSError:
         return None

@@ -250,18 +250,27 @@ class WorkerPool:
             logger.warning("worker processes unavailable, verifying in this process: %s", errors[0])
         self.ready = bool(self._workers)
 
-    async def _spawn(self) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _WORKER_CODE, str(os.getpid()),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        worker = _Worker(proc)
-        try:
-            worker.send([], "ping", ())
-            ok, _pid = await asyncio.wait_for(worker.receive(), START_TIMEOUT_S)
-            assert ok, _pid
-        except BaseException:
-            _kill(proc)
-            raise
+    async def _spawn(self, attempts: int = 3) -> None:
+        """Start one worker and wait for its first answer; one that dies while it starts (killed,
+        out of memory) is started again, at most `attempts` times in all."""
+        for attempt in range(attempts):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _WORKER_CODE, str(os.getpid()),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            worker = _Worker(proc)
+            try:
+                worker.send([], "ping", ())
+                ok, _pid = await asyncio.wait_for(worker.receive(), START_TIMEOUT_S)
+                assert ok, _pid
+                break
+            except (asyncio.IncompleteReadError, ConnectionError) as e:
+                _kill(proc)
+                if attempt == attempts - 1:
+                    raise
+                logger.warning("a worker process died while it started (%s); starting another", e)
+            except BaseException:
+                _kill(proc)
+                raise
         if self._closing:
             _kill(proc)
             return

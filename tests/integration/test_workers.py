@@ -36,6 +36,19 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+def workers_of(pid: int) -> set[int]:
+    """The node's worker processes (node/workers.py) among its live descendants."""
+    out = set()
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if b"node.workers" in f.read():
+                    out.add(p)
+        except OSError:
+            pass
+    return out
+
+
 def wait_for(predicate, seconds: float = 20.0):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -113,3 +126,30 @@ def _post_quietly(url: str, body: bytes) -> None:
         post_cbor(url, "/v1/events/batch", body)
     except Exception:  # the node is killed under it: no answer is expected
         pass
+
+
+def test_single_events_checked_in_a_worker_and_a_killed_worker_is_replaced(tmp_path):
+    """A single CBOR event is parsed and verified in a worker (same answers as in the node's own
+    process); a worker killed under the node is replaced, and the node goes on accepting."""
+    node = NodeProcess(str(tmp_path / "s"), env={"ATS_VERIFY_PROCESSES": "1"}).start()
+    try:
+        (worker,) = wait_for(lambda: workers_of(node.proc.pid))
+        agent = TestAgent()
+        good = agent.envelope("act", {"op": "llm.call", "cost": 3, "units": 1})
+        first = post_cbor(node.url, "/v1/events", good)
+        assert first.status == 201, first.body
+        assert post_cbor(node.url, "/v1/events", good).json()["status"] == "duplicate"
+        doc = cbor2.loads(agent.envelope("act", {"op": "llm.call", "cost": 3, "units": 1}))
+        doc["sig"] = bytes(64)
+        bad = post_cbor(node.url, "/v1/events", cbor2.dumps(doc))
+        assert bad.json()["error"]["code"] == "bad_signature"
+        assert post_cbor(node.url, "/v1/events", b"\xa1\x61x\x01").json()["error"]["code"] in (
+            "unknown_field", "malformed_envelope")
+        os.kill(worker, signal.SIGKILL)
+        replaced = wait_for(lambda: (lambda d: d if d and worker not in d else None)(workers_of(node.proc.pid)))
+        assert replaced and worker not in replaced, f"no new worker after the old one was killed: {replaced}"
+        statuses = [post_cbor(node.url, "/v1/events", agent.envelope("act", {"op": "llm.call", "cost": 1, "units": 1})).status
+                    for _ in range(5)]
+        assert statuses == [201] * 5, statuses
+    finally:
+        node.kill(signal.SIGKILL)
