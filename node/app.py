@@ -38,6 +38,7 @@ from node.gateway.dialects import ANTHROPIC
 from node.meter import Meter
 from consensus.messages import ReplayGuard
 from node.workers import WorkerPool
+from node import memory
 from node.dashboard import Dashboard
 from ledger.checkpoint import verifier_key
 from node.budgets import BudgetBook
@@ -128,6 +129,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         share_events=config.commit_share_events, pace_gap_ms=config.commit_pace_gap_ms,
     )
     committer.start()
+    trimming = asyncio.create_task(memory.trim_periodically(), name="ats-malloc-trim")
     ingestor = Ingestor(committer, metrics, clock, config.verify_threads)
     app[INGESTOR_KEY] = ingestor
     escrow_agent = EscrowAgent(db, book, own, replicator, clock)  # strict mode: asks peers for rights
@@ -154,6 +156,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        trimming.cancel()
         await exports.stop()
         await asking.aclose()
         await replication.aclose()
@@ -161,7 +164,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await committer.stop()
         ingestor.close()
         await starting  # bounded: WorkerPool.start gives up after a minute
-        workers.close()
+        await workers.aclose()
         await db.close()
         own.close()
 
@@ -261,6 +264,7 @@ async def _serve(config: Config, on_ready: Callable[[str], None] | None) -> None
     # The writer and verify threads run Python between their C calls; at the default 5 ms switch
     # interval the event loop could wait that long for the GIL on every request (issue 10, class 8).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    memory.limit_arenas()  # before the writer, reader and verify threads start (node/memory.py)
     open_files = raise_open_files_limit()
     connections_max = connections_bound(config.connections_max, open_files)
     if connections_max < config.connections_max:

@@ -357,6 +357,8 @@ class Committer:
     async def _commit_all(self, envelopes: list[Envelope], client: str) -> list[Outcome]:
         """Queue envelopes in chunks of share_events under client; wait for every chunk's commit."""
         step = self._chunk
+        if len(envelopes) <= step:  # one chunk (every single event): its future, without a gather
+            return await self._enqueue(envelopes, client)
         futures = [self._enqueue(envelopes[start : start + step], client) for start in range(0, len(envelopes), step)]
         parts = await asyncio.gather(*futures, return_exceptions=True)  # every chunk settles before we answer
         for part in parts:
@@ -490,9 +492,11 @@ class Committer:
         held = log_store.find_entries(conn, [env.event.id for env in envelopes])
         results: list[Outcome] = []
         new: list[Envelope] = []
-        extras: list[str | None] = []
+        extras: list[bytes | None] = []
         new_ids: dict[bytes, dict[str, Any]] = {}
         batch = Admitted()
+        none = Admitted()  # without a book: every event is admitted with no budgets
+        size, origin_hex = own.size, own.public_key.hex()
         for env in envelopes:
             ev = env.event
             stored = held.get(ev.id)
@@ -504,21 +508,25 @@ class Committer:
                 continue
             try:
                 check_timestamp(ev.ts, now_ms, self._skew_ms)
-                admitted, rejection = book.admit(conn, ev, now_ms) if book else (Admitted(), None)
+                admitted, rejection = book.admit(conn, ev, now_ms) if book else (none, None)
             except LedgerError as e:
                 results.append(Outcome(error=e))
                 continue
-            batch.merge(admitted)
+            if admitted is not none:
+                batch.merge(admitted)
             if rejection is not None:
                 results.append(Outcome(error=rejection))
                 continue
             if self._anomalies is not None:
                 self._anomalies.observe(ev, now_ms, batch)
-            extra = {"budgets": admitted.budgets, **({"run": admitted.run} if admitted.run else {})}
-            r = receipt(ev.id, "accepted", own.public_key, own.size + len(new), **extra)
+            # the receipt, built once: answered now, and its budgets stored for a duplicate's answer
+            r = {"id": ev.id.hex(), "status": "accepted", "origin": origin_hex, "index": size + len(new),
+                 "budgets": admitted.budgets or []}
+            if admitted.run:
+                r["run"] = admitted.run
             new_ids[ev.id] = r
             new.append(env)
-            extras.append(receipts.pack(admitted.budgets, admitted.run))
+            extras.append(receipts.pack(admitted.budgets, admitted.run) if admitted.budgets or admitted.run else None)
             results.append(Outcome(r))
         for kind, body in batch.node_records:
             new.append(self._node_record(kind, body, now_ms))

@@ -100,6 +100,18 @@ async def single(request: web.Request) -> Envelope:
     return _json_envelope(_json(request, body))
 
 
+async def single_checked(request: web.Request, workers: Any = None) -> tuple[Envelope, bool]:
+    """The one envelope of a POST /v1/events and whether its signature was checked too: a CBOR
+    envelope goes to the worker processes (node/workers.py) when they run; raises LedgerError."""
+    ct = _content_type(request)
+    body = await _body(request)
+    if ct == "application/cbor":
+        if workers is not None and workers.ready:
+            return await workers.check_one(body), True
+        return parse_envelope(body), False
+    return _json_envelope(_json(request, body)), False
+
+
 def _cbor_array_items(body: bytes, batch_max: int) -> list[bytes]:
     """Split a definite-length CBOR array into its elements' exact bytes (heads only: nothing is decoded)."""
     head = body[0]

@@ -17,8 +17,8 @@ from node.queries import parse_hex32
 
 async def submit(request: web.Request) -> web.Response:
     """POST /v1/events: 201 accepted, 200 duplicate, or the error."""
-    envelope = await bodies.single(request)
-    (outcome,) = await request.app[INGESTOR_KEY].submit([envelope], client=request.remote or "")
+    envelope, verified = await bodies.single_checked(request, request.app.get(WORKERS_KEY))
+    (outcome,) = await request.app[INGESTOR_KEY].submit([envelope], client=request.remote or "", verified=verified)
     if outcome.error:
         return render(outcome.error)
     status = 201 if outcome.receipt["status"] == "accepted" else 200

@@ -35,6 +35,8 @@ TREE_HASHES_DDL = (
 _PARAMS_MAX = 500
 
 _INSERT = "INSERT INTO tree_hashes (origin, sidx, hash) VALUES (?, ?, ?)"
+_ROWS_PER_INSERT = 256  # 768 parameters: below SQLite's limit before 3.32 (999)
+_INSERT_MANY = "INSERT INTO tree_hashes (origin, sidx, hash) VALUES " + ", ".join(["(?, ?, ?)"] * _ROWS_PER_INSERT)
 
 
 def _select_sql(count: int) -> str:
@@ -92,7 +94,12 @@ def append_leaves(
     first, hashes = work.extend(leaf_hashes)
     # Stored indexes of consecutive leaves are contiguous (ledger.merkle.Frontier.extend), so the
     # rows are (origin, first + i, hashes[i]); zip builds the tuples in C.
-    conn.executemany(_INSERT, zip(repeat(origin), range(first, first + len(hashes)), hashes))
+    rows = list(zip(repeat(origin), range(first, first + len(hashes)), hashes))
+    full = len(rows) - len(rows) % _ROWS_PER_INSERT
+    for start in range(0, full, _ROWS_PER_INSERT):  # one SQLite step per 256 rows, not one per row
+        conn.execute(_INSERT_MANY, [v for row in rows[start : start + _ROWS_PER_INSERT] for v in row])
+    if full < len(rows):
+        conn.executemany(_INSERT, rows[full:])
     frontier.restore(work)
 
 

@@ -52,7 +52,7 @@ def connect(path: str, *, readonly: bool = False, synchronous: str = "full") -> 
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=ON")
     # the writer's page cache holds the hot index pages of a batch; readers need little
-    conn.execute(f"PRAGMA cache_size={-4000 if readonly else -16000}")  # KiB: 4 MiB per reader, 16 MiB writer
+    conn.execute(f"PRAGMA cache_size={-2000 if readonly else -16000}")  # KiB: 2 MiB per reader, 16 MiB writer
     return conn
 
 

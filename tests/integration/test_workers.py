@@ -36,6 +36,19 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+def workers_of(pid: int) -> set[int]:
+    """The node's worker processes (node/workers.py) among its live descendants."""
+    out = set()
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if b"node.workers" in f.read():
+                    out.add(p)
+        except OSError:
+            pass
+    return out
+
+
 def wait_for(predicate, seconds: float = 20.0):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -48,9 +61,9 @@ def wait_for(predicate, seconds: float = 20.0):
 
 def started(tmp_path, name: str) -> tuple[NodeProcess, set[int]]:
     node = NodeProcess(str(tmp_path / name), env={"ATS_VERIFY_PROCESSES": str(WORKERS)}).start()
-    # the fork server and its workers
-    procs = wait_for(lambda: (lambda d: d if len(d) >= WORKERS + 1 else None)(descendants(node.proc.pid)))
-    assert procs and len(procs) >= WORKERS + 1, f"workers did not start: {procs}"
+    # its worker processes (children of the node, nothing else: no fork server, no resource tracker)
+    procs = wait_for(lambda: (lambda d: d if len(d) >= WORKERS else None)(descendants(node.proc.pid)))
+    assert procs and len(procs) == WORKERS, f"workers did not start: {procs}"
     return node, procs
 
 
@@ -91,8 +104,7 @@ def test_sigterm_stops_the_workers_too(tmp_path):
 def test_no_worker_outlives_a_sigkill_while_the_workers_start(tmp_path):
     """The race a CI run found: the node killed after a worker was spawned but before the worker
     asked the kernel to kill it with its parent (PR_SET_PDEATHSIG), while the dead node was not yet
-    reaped. The worker sees it was handed to another parent and exits; the resource tracker
-    follows when its pipe closes."""
+    reaped. The worker sees it was handed to another parent and exits (or reads the end of its stdin)."""
     agent = TestAgent()
     body = cbor_array([agent.envelope("act", {"op": "llm.call", "cost": 1, "units": 1}) for _ in range(16)])
     for i in range(3):
@@ -114,3 +126,30 @@ def _post_quietly(url: str, body: bytes) -> None:
         post_cbor(url, "/v1/events/batch", body)
     except Exception:  # the node is killed under it: no answer is expected
         pass
+
+
+def test_single_events_checked_in_a_worker_and_a_killed_worker_is_replaced(tmp_path):
+    """A single CBOR event is parsed and verified in a worker (same answers as in the node's own
+    process); a worker killed under the node is replaced, and the node goes on accepting."""
+    node = NodeProcess(str(tmp_path / "s"), env={"ATS_VERIFY_PROCESSES": "1"}).start()
+    try:
+        (worker,) = wait_for(lambda: workers_of(node.proc.pid))
+        agent = TestAgent()
+        good = agent.envelope("act", {"op": "llm.call", "cost": 3, "units": 1})
+        first = post_cbor(node.url, "/v1/events", good)
+        assert first.status == 201, first.body
+        assert post_cbor(node.url, "/v1/events", good).json()["status"] == "duplicate"
+        doc = cbor2.loads(agent.envelope("act", {"op": "llm.call", "cost": 3, "units": 1}))
+        doc["sig"] = bytes(64)
+        bad = post_cbor(node.url, "/v1/events", cbor2.dumps(doc))
+        assert bad.json()["error"]["code"] == "bad_signature"
+        assert post_cbor(node.url, "/v1/events", b"\xa1\x61x\x01").json()["error"]["code"] in (
+            "unknown_field", "malformed_envelope")
+        os.kill(worker, signal.SIGKILL)
+        replaced = wait_for(lambda: (lambda d: d if d and worker not in d else None)(workers_of(node.proc.pid)))
+        assert replaced and worker not in replaced, f"no new worker after the old one was killed: {replaced}"
+        statuses = [post_cbor(node.url, "/v1/events", agent.envelope("act", {"op": "llm.call", "cost": 1, "units": 1})).status
+                    for _ in range(5)]
+        assert statuses == [201] * 5, statuses
+    finally:
+        node.kill(signal.SIGKILL)
