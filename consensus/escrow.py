@@ -12,9 +12,9 @@ and what peers answered, and run the actions it returns:
   more becomes one `AskPeers` action (the shell sends the ask to every other member it knows);
   the others wait, and `next_ms` says when to poll again. A want of a window that has ended is
   dropped: its rights are worth nothing.
-* `answer_ask`: an asked member decides what to give (`ledger.escrow.grant`, or the endgame rule
-  below); it remembers who asked (pre-staging follows the asks). Nothing is given for a window
-  that has ended.
+* `answer_ask`: an asked member decides what to give (`grant`: all it is asked if it is idle,
+  else the larger half of what it has left); it remembers who asked (pre-staging follows the
+  asks). Nothing is given for a window that has ended.
 * `answered(peer, given)`: a peer gave: `Pull(peer)` merges its log at once, so the transfer is
   spendable one round trip later.
 * `prestage(now_ms, view)`: in the last tenth of a window, the next window's rights of an idle
@@ -191,7 +191,7 @@ class EscrowEngine:
         heard = self.heard.setdefault(key, {})
         if asker in heard or len(heard) < ASKERS_MAX:
             heard[asker] = heard.get(asker, 0) + asked
-        return escrow.grant(account, held, asked)
+        return grant(account, held, asked)
 
     def prestage(self, now_ms: int, view: RightsView) -> list[Give]:
         """In the last tenth of a window: next window's rights this node gives to the members that
@@ -226,6 +226,24 @@ class EscrowEngine:
         self.asked_ms.clear()
         self.heard.clear()
         self.prestaged.clear()
+
+
+def grant(account: Account, held: int, asked: int) -> int:
+    """How much an asked holder gives; never more than it holds spare.
+
+    A node that has spent nothing of this key gives all it is asked, up to all it holds. A node
+    with demand of its own gives at most the larger half of what it has available (rounded up),
+    so the last rights of a window end up split between the nodes that still have demand instead
+    of sitting with one of them, and a last odd right is given, not kept: rounded down, every busy
+    node kept a remainder of 1 (1 // 2 = 0 to give), too small for its own next event, and the
+    end of a window left one right per busy node out of reach (docs/strict.md §3, the endgame).
+    """
+    available = account.available(held)
+    if asked <= 0 or available <= 0:
+        return 0
+    if account.consumed == 0 and held == 0:
+        return min(asked, available)
+    return min(asked, (available + 1) // 2)
 
 
 def _bound(d: dict, limit: int) -> None:

@@ -14,8 +14,10 @@ code node/escrow.py runs, with this module as its shell. The shell runs the
 engine's actions on a simulated network: `AskPeers` sends an ask to every
 other member, an asked node answers with what the engine gives (logging the
 transfer in its own origin log, checked by `ledger.escrow.check_give` and
-debited in the same step), `Pull` merges the giver's log, `Give` (pre-staging)
-logs a transfer, and `Due.next_ms` schedules the next poll.
+debited in the same step, and pushing it: a notification to the receiver, which
+pulls, as node/replication.py's `poke` does on every commit), `Pull` merges the
+giver's log, `Give` (pre-staging) logs a transfer, and `Due.next_ms` schedules
+the next poll.
 
 Each simulated node keeps what a real node keeps durably: its own origin log
 (usage records it admitted, run reservations and `escrow.transfer` records it
@@ -403,6 +405,13 @@ class Sim:
                           node.held(g.key))  # raises on a bad transfer
         node.append(Record("transfer", g.key, g.amount, to=g.to))
         self.stats["transfers"] += 1
+        # the commit pushes it (node/replication.py: poke, notify): the receiver pulls from the giver
+        self.send(node.key, g.to, "notify", None)
+
+    def _notify(self, data: tuple) -> None:
+        src, dst, _ = data
+        if self.nodes[dst].up:
+            self.pull(dst, src)
 
     def _answer(self, data: tuple) -> None:
         src, dst, given = data
