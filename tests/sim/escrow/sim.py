@@ -206,7 +206,8 @@ class Sim:
         self.groups: dict[bytes, int] | None = None  # partition: node -> side
         self.runs = 0
         self.stats: dict[str, Any] = {"admitted": 0, "refused": 0, "transfers": 0, "messages": 0,
-                                      "first_refusal_used": {}, "final_refusal_used": {}, "steps": 0}
+                                      "first_refusal_used": {}, "final_refusal_used": {}, "steps": 0,
+                                      "final_refusals_that_fit": 0}
         # demand: a skewed subset of nodes carries 10x the capacity per window
         weights = [self.rng.choice((0, 1, 1, 3, 10)) for _ in self.members]
         if not any(weights):
@@ -306,6 +307,9 @@ class Sim:
             else:
                 if key[4] not in self.stats["final_refusal_used"]:
                     self.stats["final_refusal_used"][key[4]] = self.union_total(key)
+                    # rights were left in the cluster for this event: they did not gather in time
+                    fits = self.union_total(key) + amount <= self.opts.capacity
+                    self.stats["final_refusals_that_fit"] += fits
 
     def _try(self, node: SimNode, key: escrow.Key, amount: int) -> None:
         node_key = node.key
