@@ -58,6 +58,7 @@ class SimNode:
     held_by_key: dict[escrow.Key, int] = field(default_factory=dict)
     cluster: dict[tuple[str, escrow.Key], int] = field(default_factory=dict)  # the checker's view, shared
     poll_at: int | None = None  # when the engine's next poll is scheduled (volatile)
+    shares: dict[tuple[int, int], int] = field(default_factory=dict)  # (capacity, window start) -> share
 
     def log(self, origin: bytes) -> list[Record]:
         return self.own if origin == self.key else self.merged.setdefault(origin, [])
@@ -102,7 +103,10 @@ class SimNode:
 
     def account(self, key: escrow.Key, capacity: int) -> escrow.Account:
         """This node's rights in key, from its durable state."""
-        return escrow.Account(share=escrow.share(capacity, self.engine.members.at(key[4]), self.key),
+        share = self.shares.get((capacity, key[4]))
+        if share is None:  # the split is fixed per window: computed once (node/escrow.py caches the capacity)
+            share = self.shares[(capacity, key[4])] = escrow.share(capacity, self.engine.members.at(key[4]), self.key)
+        return escrow.Account(share=share,
                               received=self.received.get(key, 0), given=self.given.get(key, 0),
                               consumed=self.consumed.get(key, 0))
 

@@ -58,6 +58,7 @@ WINDOWS = 2
 RETRY_MS = 50  # Retry-After of a no_rights refusal: the agent tries again this much later
 RETRY_FOR_MS = 2_000  # an agent retries a refused request this long; after that the refusal is final
 PULL_MS = 200  # anti-entropy interval of each node
+KEYS = tuple(SCOPE + (w * WINDOW_MS,) for w in range(WINDOWS))  # the strict keys of a schedule
 
 
 @dataclass
@@ -395,7 +396,7 @@ class Sim:
         return self.cluster.get(("used", key), 0)
 
     def keys(self) -> list[escrow.Key]:
-        return [SCOPE + (w * WINDOW_MS,) for w in range(WINDOWS)]
+        return list(KEYS)
 
     def check(self, full: bool = False) -> None:
         """After every step: no strict overspend, rights conserved (from the cluster's counters).
@@ -406,7 +407,7 @@ class Sim:
         if not self.opts.strict:
             return
         full = full or self.stats["steps"] % 5000 == 0
-        for key in self.keys():
+        for key in KEYS:
             c = self.cluster
             used, held = c.get(("used", key), 0), c.get(("held", key), 0)
             if full:
