@@ -156,13 +156,15 @@ class EscrowEngine:
 
     def asks_due(self, now_ms: int) -> Due:
         """The wants to ask for now; the rest wait for their key's gap (one ask round per ASK_GAP_MS)."""
-        asks, waiting, next_ms = [], {}, None
-        for key, need in self.wants.items():
+        asks, next_ms = [], None
+        # taken whole first: in the node, admissions (the writer thread) add wants meanwhile
+        wants, self.wants = self.wants, {}
+        for key, need in wants.items():
             if now_ms >= self.window_end(key):
                 continue  # the window is over: its rights are worth nothing
             last = self.asked_ms.get(key)
             if last is not None and now_ms - last < ASK_GAP_MS:
-                waiting[key] = need
+                self.want(key, need)  # kept for the next round
                 due = last + ASK_GAP_MS
                 next_ms = due if next_ms is None else min(next_ms, due)
                 continue
@@ -170,7 +172,6 @@ class EscrowEngine:
             self.asked_ms[key] = now_ms
             asks.append(AskPeers(key, need))
         _bound(self.asked_ms, ASKED_MAX)
-        self.wants = waiting
         return Due(asks, next_ms)
 
     def answered(self, peer: bytes | None, given: int) -> list[Pull]:
