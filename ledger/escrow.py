@@ -19,7 +19,8 @@ events it admitted) and held_own the open run reservations it admitted.
 Rights move only by `escrow.transfer` records in the *giver's* origin log,
 signed by the giver, and the giver debits itself (given += amount) in the
 same transaction that logs the record, after checking that it holds the
-amount spare (`grant`, `check_give`). The receiver credits itself when it
+amount spare (`check_give`; how much to give is the protocol's choice,
+`consensus.escrow.grant`). The receiver credits itself when it
 merges the giver's log. So:
 
 * each node's counters are changed only by that node (merge never conflicts);
@@ -31,8 +32,9 @@ merges the giver's log. So:
   delay, loss, duplication, reordering or crash.
 
 Everything here is integer arithmetic on values passed in: no I/O, no clock.
-The simulation (tests/sim/escrow) and the node (node/escrow.py,
-node/budgets.py) call the same functions.
+The escrow protocol engine (consensus/escrow.py) calls these rules; the node
+(node/escrow.py, node/budgets.py) and the simulation (tests/sim/escrow) run
+that engine.
 """
 
 from __future__ import annotations
@@ -106,22 +108,6 @@ def is_low(account: Account, held: int) -> bool:
 def ask_amount(account: Account, need: int) -> int:
     """How much to ask each peer for: what the refused event needs, at least half a share."""
     return max(1, need, account.share * ASK_SHARE_PCT // 100)
-
-
-def grant(account: Account, held: int, asked: int) -> int:
-    """How much a holder gives to an asking member; never more than it holds spare.
-
-    A node that has spent nothing of this key gives all it is asked, up to all
-    it holds; a node with demand of its own gives at most half of what it has
-    available, so the last rights of a window end up split between the nodes
-    that still have demand instead of sitting with one of them.
-    """
-    available = account.available(held)
-    if asked <= 0 or available <= 0:
-        return 0
-    if account.consumed == 0 and held == 0:
-        return min(asked, available)
-    return max(0, min(asked, available // 2))
 
 
 def check_give(giver: bytes, to: bytes, amount: int, members: Sequence[bytes], account: Account, held: int) -> None:

@@ -1,70 +1,97 @@
-"""Strict mode on a node: rights in escrow (ledger/escrow.py), their counters, and asking peers.
+"""Strict mode on a node: the shell of the escrow engine (consensus/escrow.py) over SQLite and HTTP.
 
-Theory of operation. `EscrowBook` lives with the budget book on the writer
-thread. For a strict rule it turns the rule's window into a key, computes the
-key's capacity (hard limit + reserve, from the rules in force at the window's
-start) and this node's account from three durable counters kept in
-`usage_counters` under the rule's metric with a suffix (`@own`, `@given`,
-`@received`), each moved in the same transaction as the record that moves it:
+Theory of operation. The protocol's decisions (admit or want, when to ask and for how much,
+what to give, pre-staging, window ends) are the pure `consensus.escrow.EscrowEngine`; the rules
+of rights are `ledger.escrow`. This module runs what the engine decides:
 
-* `@own`: an event this node admits (its own origin log);
-* `@given`: an `escrow.transfer` this node logs (giver-only, checked spare);
-* `@received`: an `escrow.transfer` to this node, merged from the giver's log.
+* `EscrowBook` lives with the budget book on the writer thread. For a strict rule it turns the
+  rule's window into a key, computes the key's capacity (hard limit + reserve, from the rules in
+  force at the window's start) and this node's account from three durable counters kept in
+  `usage_counters` under the rule's metric with a suffix (`@own`, `@given`, `@received`), each
+  moved in the same transaction as the record that moves it:
 
-A refusal (`429 no_rights`), or an admission that leaves the node below its
-low-water mark, records a *want*; `EscrowAgent` (on the event loop) asks every
-other member it knows a URL for (`POST /v1/peer/escrow/ask`), and wakes
-replication when a peer gave, so the transfer is merged — and spendable — in
-one pull. A peer that is asked logs the transfer through the ordinary ingest
-path (`Ingestor.submit`), which pushes it to its peers on commit.
+  * `@own`: an event this node admits (its own origin log);
+  * `@given`: an `escrow.transfer` this node logs (giver-only, checked spare);
+  * `@received`: an `escrow.transfer` to this node, merged from the giver's log.
+
+  What it needs from the budget book is the typed `Book` protocol below (not the whole book).
+* `EscrowAgent` (on the event loop) polls the engine's ask schedule, sends the asks
+  (`POST /v1/peer/escrow/ask`, consensus/escrow_messages.py) to every other member it knows a URL
+  for, wakes replication from a peer that gave (`Pull`), and logs the transfers the engine
+  decides (an answer to an ask, pre-staging) through the ordinary ingest path, which pushes
+  them to its peers on commit. The clock and the randomness (nonces) are its arguments.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Protocol
 
 import aiohttp
 from aiohttp import web
 
+from consensus import escrow_messages as wire
+from consensus.escrow import TICK_MS, EscrowEngine, Membership, transfer_event
 from consensus.messages import NONCE_BYTES, peer_headers
-from node import tls
 from ledger import escrow
 from ledger.budget import Rule, thresholds
 from ledger.constants import NONCE_SIZE
-from ledger.errors import Forbidden, Invalid, LedgerError, OverBudget
-from ledger.events import Event, make_envelope_bytes, make_event_bytes, parse_envelope
+from ledger.errors import Invalid, LedgerError, OverBudget
+from ledger.events import Event, make_envelope_bytes, parse_envelope
 from ledger.signing import sign
-from ledger.windows import window_bounds
+from node import tls
 
 logger = logging.getLogger("ats.escrow")
 
-ASK_PATH = "/v1/peer/escrow/ask"
-ASK_GAP_MS = 100  # one ask round per key at most this often
-TICK_MS = 1_000  # how often the agent looks whether a window is ending (pre-staging)
+ASK_PATH = wire.ASK_PATH
 ASK_TIMEOUT_S = 2  # a peer cut off by a partition must not hold the next ask round for long
-WANTS_MAX = 1024  # keys waiting for rights (bounded: the oldest are dropped)
+CAPACITIES_MAX = 100_000  # capacities remembered (cleared past it: recomputed from the rules)
+Counter = tuple[str, str, str, str, int]  # a usage_counters key
+
+
+class Book(Protocol):
+    """What escrow needs from the budget book (node/budgets.py's BudgetBook), on the writer thread."""
+
+    counters: dict[Counter, int]
+
+    def rules(self, conn: Any, chain: list[tuple[str, str]], at_ms: int) -> list[Rule]: ...
+
+    def consumed(self, conn: Any, key: Counter) -> int: ...
+
+    def local_held(self, key: Counter) -> int: ...
+
+
+class _Rights:
+    """The engine's `RightsView` over the book and one connection (writer thread)."""
+
+    def __init__(self, escrow_book: "EscrowBook", book: Book, conn: Any):
+        self._e, self._book, self._conn = escrow_book, book, conn
+
+    def capacity(self, key: escrow.Key) -> int | None:
+        return self._e.capacity(self._book, self._conn, key)
+
+    def account(self, key: escrow.Key, capacity: int) -> escrow.Account:
+        return self._e.account(self._book, self._conn, key, capacity)
+
+    def held(self, key: escrow.Key) -> int:
+        return self._book.local_held(key)
 
 
 class EscrowBook:
-    """Rights of this node in every strict key (writer thread)."""
+    """Rights of this node in every strict key (writer thread), and its escrow engine."""
 
     def __init__(self, node_key: bytes, *, strict: tuple[str, ...], members: tuple[bytes, ...],
                  members_next: tuple[bytes, ...] = (), members_from_ms: int = 0, retry_ms: int = 100):
         self.node_key = node_key
         self.strict_specs = frozenset(strict)
-        self.members_now = tuple(sorted(set(members)))
-        self.members_next = tuple(sorted(set(members_next)))
-        self.members_from_ms = members_from_ms
+        self.membership = Membership.of(members, members_next, members_from_ms)
+        self.members_now = self.membership.now
         self.retry_ms = retry_ms
         self.capacities: dict[escrow.Key, int] = {}
-        self.wants: dict[escrow.Key, int] = {}
+        self.engine = EscrowEngine(node_key, self.membership)
         self.on_want: Callable[[], None] | None = None
-        self.asks: dict[escrow.Key, dict[bytes, int]] = {}  # asks heard per key: next window's split follows them
-        self.prestaged: set[escrow.Key] = set()
 
     @classmethod
     def from_config(cls, config: Any, node_key: bytes) -> "EscrowBook":
@@ -79,16 +106,14 @@ class EscrowBook:
 
     def members(self, start_ms: int) -> tuple[bytes, ...]:
         """The member set of a window: the next set from members_from_ms on, when one is configured."""
-        if self.members_next and start_ms >= self.members_from_ms:
-            return self.members_next
-        return self.members_now
+        return self.membership.at(start_ms)
 
     @staticmethod
-    def counter(key: escrow.Key, suffix: str) -> tuple[str, str, str, str, int]:
+    def counter(key: escrow.Key, suffix: str) -> Counter:
         scope, scope_id, metric, window, start = key
         return (scope, scope_id, metric + suffix, window, start)
 
-    def capacity(self, book: Any, conn: Any, key: escrow.Key) -> int | None:
+    def capacity(self, book: Book, conn: Any, key: escrow.Key) -> int | None:
         """Hard limit + reserve of the key's rule as in force at the window's start (None: not strict)."""
         cap = self.capacities.get(key)
         if cap is None:
@@ -100,12 +125,12 @@ class EscrowBook:
                     break
             if cap is None:
                 return None
-            if len(self.capacities) > 100_000:
+            if len(self.capacities) > CAPACITIES_MAX:
                 self.capacities.clear()
             self.capacities[key] = cap
         return cap
 
-    def account(self, book: Any, conn: Any, key: escrow.Key, capacity: int) -> escrow.Account:
+    def account(self, book: Book, conn: Any, key: escrow.Key, capacity: int) -> escrow.Account:
         return escrow.Account(
             share=escrow.share(capacity, self.members(key[4]), self.node_key),
             received=book.consumed(conn, self.counter(key, escrow.RECEIVED)),
@@ -113,33 +138,25 @@ class EscrowBook:
             consumed=book.consumed(conn, self.counter(key, escrow.OWN)),
         )
 
-    def want(self, key: escrow.Key, need: int) -> None:
-        if key not in self.wants and len(self.wants) >= WANTS_MAX:
-            self.wants.pop(next(iter(self.wants)))
-        self.wants[key] = max(need, self.wants.get(key, 0))
-        if self.on_want is not None:
-            self.on_want()
-
-    def decide(self, book: Any, conn: Any, key: escrow.Key, held: int, amount: int) -> tuple[LedgerError | None, dict]:
+    def decide(self, book: Book, conn: Any, key: escrow.Key, held: int, amount: int) -> tuple[LedgerError | None, dict]:
         """The strict rule for one key: (refusal or None, the `@own` delta to write if admitted)."""
         capacity = self.capacity(book, conn, key)
         if capacity is None:
             return None, {}
         acct = self.account(book, conn, key, capacity)
-        if not escrow.admits(acct, held, amount):
-            self.want(key, escrow.ask_amount(acct, amount))
-            return OverBudget(
-                "no_rights",
-                f"this node holds {acct.available(held)} of the rights to {key[2]} of {key[0]} {key[1][:16]} in this"
-                f" {key[3]} and needs {amount}: it is asking its peers (strict mode)",
-                details={"retry_after_ms": self.retry_ms},
-            ), {}
-        after = escrow.Account(acct.share, acct.received, acct.given, acct.consumed + max(0, amount))
-        if escrow.is_low(after, held):
-            self.want(key, escrow.ask_amount(acct, amount))
-        return None, {}
+        ok, wanted = self.engine.admit(key, acct, held, amount)
+        if wanted and self.on_want is not None:
+            self.on_want()
+        if ok:
+            return None, {}
+        return OverBudget(
+            "no_rights",
+            f"this node holds {acct.available(held)} of the rights to {key[2]} of {key[0]} {key[1][:16]} in this"
+            f" {key[3]} and needs {amount}: it is asking its peers (strict mode)",
+            details={"retry_after_ms": self.retry_ms},
+        ), {}
 
-    def give(self, book: Any, conn: Any, ev: Event, held: int) -> dict[tuple[str, str, str, str, int], int]:
+    def give(self, book: Book, conn: Any, ev: Event, held: int) -> dict[Counter, int]:
         """Check this node's own transfer record (holder-only, spare) and return its `@given` delta."""
         b = ev.body
         key = b.key
@@ -152,7 +169,7 @@ class EscrowBook:
         book.counters[given] = acct.given + b.amount
         return {given: b.amount}
 
-    def receive(self, book: Any, conn: Any, ev: Event) -> dict[tuple[str, str, str, str, int], int]:
+    def receive(self, book: Book, conn: Any, ev: Event) -> dict[Counter, int]:
         """A merged transfer: credit it if it is to this node from a member (each event id once)."""
         b = ev.body
         members = self.members(b.start)
@@ -163,41 +180,20 @@ class EscrowBook:
         book.counters[received] = book.consumed(conn, received) + b.amount
         return {received: b.amount}
 
-    def grant(self, book: Any, conn: Any, asker: bytes, key: escrow.Key, asked: int, held: int) -> int:
+    def grant(self, book: Book, conn: Any, asker: bytes, key: escrow.Key, asked: int, held: int, now_ms: int) -> int:
         """How much to give an asking member now (writer thread; the transfer's admission re-checks)."""
-        if asker not in self.members(key[4]) or self.node_key not in self.members(key[4]):
-            raise Forbidden("not_member", "the asking node and this node must both be strict members")
         capacity = self.capacity(book, conn, key)
-        if capacity is None:
+        if capacity is None and asker in self.members(key[4]) and self.node_key in self.members(key[4]):
             raise Invalid("not_strict", f"{key[2]} of {key[0]} {key[1][:16]} per {key[3]} is not a strict budget here")
-        heard = self.asks.setdefault(key, {})
-        heard[asker] = heard.get(asker, 0) + asked
-        return escrow.grant(self.account(book, conn, key, capacity), held, asked)
+        acct = self.account(book, conn, key, capacity) if capacity is not None else escrow.Account(0)
+        return self.engine.answer_ask(now_ms, asker, key, asked, acct, held)
 
-    def prestage_plan(self, book: Any, conn: Any, now_ms: int) -> list[tuple[escrow.Key, bytes, int]]:
+    def prestage_plan(self, book: Book, conn: Any, now_ms: int) -> list[tuple[escrow.Key, bytes, int]]:
         """In the last tenth of a window: next window's rights this node gives to the members that
-        asked it for rights in this one, if it used little of its own share (ledger.escrow.prestage)."""
-        plan = []
-        for key in sorted(self.asks):
-            start, end = window_bounds(key[3], key[4])
-            if now_ms >= end:
-                del self.asks[key]  # the window is over
-                self.prestaged.discard(key)
-                continue
-            if key in self.prestaged or now_ms < end - (end - start) // 10:
-                continue
-            self.prestaged.add(key)
-            nxt = key[:4] + (end,)
-            cap, cap_next = self.capacity(book, conn, key), self.capacity(book, conn, nxt)
-            if cap is None or cap_next is None or self.node_key not in self.members(end):
-                continue
-            acct, nacct = self.account(book, conn, key, cap), self.account(book, conn, nxt, cap_next)
-            asks = {m: n for m, n in self.asks[key].items() if m in self.members(end)}
-            for to, amount in escrow.prestage(acct.consumed, acct.share, nacct.available(book.local_held(nxt)), asks):
-                plan.append((nxt, to, amount))
-        return plan
+        asked it for rights in this one, if it used little of its own share (the engine decides)."""
+        return [(g.key, g.to, g.amount) for g in self.engine.prestage(now_ms, _Rights(self, book, conn))]
 
-    def view(self, book: Any, conn: Any, held_of: Callable[[escrow.Key], int]) -> list[dict[str, Any]]:
+    def view(self, book: Book, conn: Any, held_of: Callable[[escrow.Key], int]) -> list[dict[str, Any]]:
         out = []
         for key, capacity in sorted(self.capacities.items()):
             acct = self.account(book, conn, key, capacity)
@@ -210,16 +206,18 @@ class EscrowBook:
 
 
 class EscrowAgent:
-    """The event-loop side: asks peers for rights, and gives them when asked."""
+    """The event-loop side: runs the engine's asks, pulls and gives (HTTP, the writer, ingest)."""
 
-    def __init__(self, db: Any, book: Any, own: Any, replicator: Any, clock: Any):
+    def __init__(self, db: Any, book: Any, own: Any, replicator: Any, clock: Any,
+                 entropy: Callable[[int], bytes] = os.urandom):
         self._db, self._book, self._own, self._replicator, self._clock = db, book, own, replicator, clock
+        self._entropy = entropy  # nonces of peer requests and transfer records
         self.escrow: EscrowBook = book.escrow
+        self.engine = self.escrow.engine
         self.ingestor: Any = None  # set by the composition root once built
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._asked_ms: dict[escrow.Key, int] = {}
 
     async def context(self) -> AsyncIterator[None]:
         """An aiohttp cleanup context: the asking loop lives between startup and cleanup."""
@@ -251,45 +249,41 @@ class EscrowAgent:
                 await self._prestage()
                 continue
             self._wake.clear()
-            wants, self.escrow.wants = self.escrow.wants, {}
             now = self._clock.now_ms()
-            due = {k: n for k, n in wants.items() if now - self._asked_ms.get(k, -ASK_GAP_MS) >= ASK_GAP_MS}
-            for k in wants.keys() - due.keys():
-                self.escrow.wants.setdefault(k, wants[k])  # asked a moment ago: keep for the next round
-            if len(wants) > len(due):
-                self._loop.call_later(ASK_GAP_MS / 1000, self._wake.set)  # type: ignore[union-attr]
-            for key, need in due.items():
-                self._asked_ms[key] = now
+            due = self.engine.asks_due(now)
+            if due.next_ms is not None:  # asked a moment ago: the engine keeps it for the next round
+                self._loop.call_later(max(0, due.next_ms - now) / 1000, self._wake.set)  # type: ignore[union-attr]
+            for ask in due.asks:
                 try:
-                    await self._ask(key, need)
+                    await self._ask(ask.key, ask.amount)
                 except Exception:  # never let one ask stop the loop
-                    logger.exception("asking peers for rights in %s failed", key)
+                    logger.exception("asking peers for rights in %s failed", ask.key)
 
-    async def _ask(self, key: escrow.Key, need: int) -> None:
+    def _peers(self, key: escrow.Key) -> list[Any]:
         members = set(self.escrow.members(key[4])) - {self._own.public_key}
         # peers not contacted yet (node unknown) are asked too: they check our membership themselves
-        peers = [p for p in list(self._replicator.peers.values())
-                 if (p.node in members or p.node is None) and p.failures < 5]
-        doc = {"scope": key[0], "scope_id": key[1], "metric": key[2], "window": key[3], "start": key[4], "amount": need}
-        body = json.dumps(doc).encode()
+        return [p for p in list(self._replicator.peers.values())
+                if (p.node in members or p.node is None) and p.failures < 5]
 
-        async def one(peer: Any) -> int:
+    async def _ask(self, key: escrow.Key, need: int) -> None:
+        body = wire.encode_ask(wire.Ask(key, need))
+
+        async def one(peer: Any) -> None:
             try:
                 assert self._session is not None
                 async with self._session.post(peer.url + ASK_PATH, data=body, headers=self._headers(body)) as resp:
-                    answer = await resp.json(content_type=None) if resp.status == 200 else {}
-                    given = int(answer.get("given", 0))
-                    if given and peer.node is not None:
-                        self._replicator.wake(peer.node)  # pull from the giver now: spendable once merged
-                    return given
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
-                return 0
+                    raw = await _read_bounded(resp, wire.ANSWER_BYTES_MAX + 1) if resp.status == 200 else b""
+                answer = wire.decode_answer(raw) if raw else wire.Answer(0)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, LedgerError):
+                return
+            for pull in self.engine.answered(peer.node, answer.given):
+                self._replicator.wake(pull.peer)  # pull from the giver now: spendable once merged
 
-        await asyncio.gather(*(one(p) for p in peers))
+        await asyncio.gather(*(one(p) for p in self._peers(key)))
 
     def _headers(self, body: bytes) -> dict[str, str]:
         signed = peer_headers("POST", ASK_PATH, body, self._clock.now_ms(), self._own.public_key, self._own.seed,
-                              os.urandom(NONCE_BYTES), v1_compat=getattr(self._replicator, "v1_compat", False))
+                              self._entropy(NONCE_BYTES), v1_compat=getattr(self._replicator, "v1_compat", False))
         return {"Content-Type": "application/json", **signed}
 
     async def _prestage(self) -> None:
@@ -302,26 +296,25 @@ class EscrowAgent:
 
     async def give(self, asker: bytes, key: escrow.Key, asked: int) -> dict[str, Any]:
         """Answer a member's ask: log a transfer of what this node can spare (maybe nothing)."""
-        amount = await self._db.write(self._grant, asker, key, asked)
+        amount = await self._db.write(self._grant, asker, key, asked, self._clock.now_ms())
         if amount <= 0:
-            return {"given": 0, "id": None}
-        return await self._transfer(key, asker, amount)
+            return wire.answer_doc(wire.Answer(0))
+        return wire.answer_doc(await self._transfer(key, asker, amount))
 
-    async def _transfer(self, key: escrow.Key, to: bytes, amount: int) -> dict[str, Any]:
+    async def _transfer(self, key: escrow.Key, to: bytes, amount: int) -> wire.Answer:
         """Log one escrow.transfer of this node's rights (checked again, and debited, by the writer)."""
         seq = await self._db.write(lambda c: self._book.consumed(c, EscrowBook.counter(key, escrow.GIVEN)))
-        raw = make_event_bytes("escrow.transfer", self._own.public_key, self._clock.now_ms(), os.urandom(NONCE_SIZE),
-                               escrow.transfer_body(key, to, amount, seq))
+        raw = transfer_event(key, to, amount, seq, self._own.public_key, self._clock.now_ms(), self._entropy(NONCE_SIZE))
         env = parse_envelope(make_envelope_bytes(raw, sign(raw, self._own.seed)))
         outcome = (await self.ingestor.submit([env], client="escrow"))[0]
         if outcome.error is not None:
             if outcome.error.code in ("insufficient_rights", "no_rights"):
-                return {"given": 0, "id": None}  # spent meanwhile
+                return wire.Answer(0)  # spent meanwhile
             raise outcome.error
-        return {"given": amount, "id": outcome.receipt["id"]}
+        return wire.Answer(amount, outcome.receipt["id"])
 
-    def _grant(self, conn: Any, asker: bytes, key: escrow.Key, asked: int) -> int:
-        return self.escrow.grant(self._book, conn, asker, key, asked, self._book.local_held(key))
+    def _grant(self, conn: Any, asker: bytes, key: escrow.Key, asked: int, now_ms: int) -> int:
+        return self.escrow.grant(self._book, conn, asker, key, asked, self._book.local_held(key), now_ms)
 
     async def view(self) -> dict[str, Any]:
         def run(conn: Any) -> list[dict[str, Any]]:
@@ -329,6 +322,17 @@ class EscrowAgent:
 
         return {"node": self._own.public_key.hex(), "members": [m.hex() for m in self.escrow.members_now],
                 "strict": sorted(self.escrow.strict_specs), "keys": await self._db.write(run)}
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most `limit` bytes of a response body (decode_answer refuses more than its bound)."""
+    raw = b""
+    while len(raw) < limit:  # bounded: every turn reads at least one byte or stops
+        chunk = await resp.content.read(limit - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return raw
 
 
 ESCROW_KEY = web.AppKey("escrow", EscrowAgent)

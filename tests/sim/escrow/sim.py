@@ -1,48 +1,64 @@
 """A seeded, deterministic simulation of strict (escrow) and optimistic budgets across N nodes.
 
 Theory of operation. One `random.Random(seed)` drives everything: the cluster
-size (3, 5 or 7), the capacity, demand (about 10× the capacity per window,
+size (3, 5 or 7), the capacity, demand (about 10x the capacity per window,
 skewed over the nodes), message delay, loss, duplication and reordering,
 partitions and heals, crashes and restarts. Time is simulated, in integer ms,
-on one event heap; nothing reads a clock.
+on one event heap; nothing reads a clock. Many nodes run in one thread.
+
+Each simulated node runs the real escrow protocol engine
+(`consensus.escrow.EscrowEngine`: admit or want, the ask schedule, what to
+give, pre-staging, window ends) over the real rules of rights
+(`ledger.escrow`) and of optimistic budgets (`ledger.budget.evaluate`): the
+code node/escrow.py runs, with this module as its shell. The shell runs the
+engine's actions on a simulated network: `AskPeers` sends an ask to every
+other member, an asked node answers with what the engine gives (logging the
+transfer in its own origin log, checked by `ledger.escrow.check_give` and
+debited in the same step, and pushing it: a notification to the receiver, which
+pulls, as node/replication.py's `poke` does on every commit), `Pull` merges the
+giver's log, `Give` (pre-staging) logs a transfer, and `Due.next_ms` schedules
+the next poll.
 
 Each simulated node keeps what a real node keeps durably: its own origin log
 (usage records it admitted, run reservations and `escrow.transfer` records it
 gave), and the logs of other origins it merged (prefixes, extended by
-anti-entropy pulls like node/replication.py's). Its volatile state (pending
-asks, asks heard this window) is lost in a crash. Admission, giving, asking and
-pre-staging call the pure rules of `ledger.escrow` (strict) and
-`ledger.budget.evaluate` (optimistic): the same functions node/budgets.py and
-node/escrow.py call.
+anti-entropy pulls like node/replication.py's), and counters summed over them.
+Its engine (pending asks, asks heard this window) is volatile: a crash resets it.
 
-After every step the checker recomputes, from the union of every node's own
-log (crashed nodes included), that in strict mode no key's consumption (plus
-what open reservations hold) exceeds its capacity, and that transfers conserve
-rights. A failure raises `SimFailure` naming `ATS_SIM_SEED=<seed>`.
+Invariants, after every step (from the cluster's counters) and every 5000 steps
+and at the end (recomputed from the logs, a pair assertion):
+* zero strict overspend: the union of every node's own log (crashed nodes
+  included, partitioned or not) never consumes + holds more than a key's capacity;
+* rights conserved: transfers credited never exceed transfers debited, so the
+  rights every node believes it holds sum to at most the capacity, and the true
+  rights (every transfer that exists counted) sum to exactly the capacity;
+* nothing granted twice: every transfer record is credited at most once, by the
+  member it names, and only after its giver debited it.
+A failure raises `SimFailure` naming `ATS_SIM_SEED=<seed>`, which replays it.
+
+This module imports only `ledger`, `consensus` and the standard library
+(tests/sim/test_escrow_sim.py checks it).
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from consensus.escrow import AskPeers, EscrowEngine, Give, Membership
 from ledger import escrow
 from ledger.budget import Overage, Rule, evaluate
 from ledger.errors import LedgerError
+from tests.sim.escrow.node import WINDOW_MS, Record, SimFailure, SimNode, sim_bounds
 
-SCOPE = ("team", "research", "act.cost", "sim")
-WINDOW_MS = 20_000
+SCOPE = ("team", "research", "act.cost", "sim")  # window "sim": WINDOW_MS long (sim_bounds)
 WINDOWS = 2
 RETRY_MS = 50  # Retry-After of a no_rights refusal: the agent tries again this much later
 RETRY_FOR_MS = 2_000  # an agent retries a refused request this long; after that the refusal is final
-ASK_GAP_MS = 40  # a node asks for one key at most this often
 PULL_MS = 200  # anti-entropy interval of each node
-
-
-class SimFailure(AssertionError):
-    pass
+KEYS = tuple(SCOPE + (w * WINDOW_MS,) for w in range(WINDOWS))  # the strict keys of a schedule
 
 
 @dataclass
@@ -77,94 +93,23 @@ class Options:
         )
 
 
-@dataclass
-class Record:
-    """One entry of an origin log."""
-
-    kind: str  # use, reserve, post, transfer
-    key: escrow.Key
-    amount: int
-    to: bytes = b""
-    run: int = -1
-
-
-@dataclass
-class SimNode:
-    key: bytes
-    own: list[Record] = field(default_factory=list)
-    merged: dict[bytes, list[Record]] = field(default_factory=dict)  # other origins' log prefixes
-    up: bool = True
-    # sums over the logs above (derivable from them at any time: what node/escrow.py keeps in
-    # usage_counters rows, updated in the transaction that appends or merges the records)
-    consumed: dict[escrow.Key, int] = field(default_factory=dict)
-    given: dict[escrow.Key, int] = field(default_factory=dict)
-    received: dict[escrow.Key, int] = field(default_factory=dict)
-    union: dict[escrow.Key, int] = field(default_factory=dict)
-    open_runs: dict[int, tuple[escrow.Key, int]] = field(default_factory=dict)
-    held_by_key: dict[escrow.Key, int] = field(default_factory=dict)
-    cluster: dict[tuple[str, escrow.Key], int] = field(default_factory=dict)  # the checker's view, shared
-    # volatile: lost in a crash
-    asked_at: dict[escrow.Key, int] = field(default_factory=dict)
-    asks_heard: dict[escrow.Key, dict[bytes, int]] = field(default_factory=dict)
-    prestaged: set[int] = field(default_factory=set)
-
-    def log(self, origin: bytes) -> list[Record]:
-        return self.own if origin == self.key else self.merged.setdefault(origin, [])
-
-    def append(self, r: Record) -> None:
-        """Log one own record and move its counters (one transaction in the node)."""
-        self.own.append(r)
-        c = self.cluster
-        if r.kind in ("use", "post"):
-            self.consumed[r.key] = self.consumed.get(r.key, 0) + r.amount
-            self.union[r.key] = self.union.get(r.key, 0) + r.amount
-            c[("used", r.key)] = c.get(("used", r.key), 0) + r.amount
-        if r.kind == "reserve":
-            self.open_runs[r.run] = (r.key, r.amount)
-            self.held_by_key[r.key] = self.held_by_key.get(r.key, 0) + r.amount
-            c[("held", r.key)] = c.get(("held", r.key), 0) + r.amount
-        elif r.kind == "post":
-            rkey, estimate = self.open_runs.pop(r.run)
-            self.held_by_key[rkey] -= estimate
-            c[("held", rkey)] -= estimate
-        elif r.kind == "transfer":
-            self.given[r.key] = self.given.get(r.key, 0) + r.amount
-
-    def merge(self, r: Record) -> None:
-        """Fold one record of another origin, merged for the first time."""
-        if r.kind in ("use", "post"):
-            self.union[r.key] = self.union.get(r.key, 0) + r.amount
-        elif r.kind == "transfer" and r.to == self.key:
-            self.received[r.key] = self.received.get(r.key, 0) + r.amount
-
-    def account(self, key: escrow.Key, members: tuple[bytes, ...], capacity: int) -> escrow.Account:
-        """This node's rights in key, from its durable state."""
-        return escrow.Account(share=escrow.share(capacity, members, self.key), received=self.received.get(key, 0),
-                              given=self.given.get(key, 0), consumed=self.consumed.get(key, 0))
-
-    def held(self, key: escrow.Key) -> int:
-        """Open reservations this node admitted, in key's window."""
-        return self.held_by_key.get(key, 0)
-
-    def union_used(self, key: escrow.Key) -> int:
-        """Optimistic mode: consumption in key as this node sees the union of logs."""
-        return self.union.get(key, 0)
-
-
 class Sim:
     def __init__(self, opts: Options):
         self.opts = opts
         self.rng = random.Random(opts.seed * 7919 + 1)
         self.members = tuple(bytes([i + 1]) * 32 for i in range(opts.nodes))
         self.cluster: dict[tuple[str, escrow.Key], int] = {}
-        self.nodes = {k: SimNode(k, cluster=self.cluster) for k in self.members}
+        membership = Membership.of(self.members)
+        self.nodes = {k: SimNode(k, EscrowEngine(k, membership, bounds=sim_bounds), opts.capacity, cluster=self.cluster)
+                      for k in self.members}
         self.heap: list[tuple[int, int, str, Any]] = []
         self.seq = 0
         self.now = 0
         self.groups: dict[bytes, int] | None = None  # partition: node -> side
         self.runs = 0
         self.stats: dict[str, Any] = {"admitted": 0, "refused": 0, "transfers": 0, "messages": 0,
-                                      "first_refusal_used": {}, "final_refusal_used": {}, "steps": 0}
+                                      "first_refusal_used": {}, "final_refusal_used": {}, "steps": 0,
+                                      "final_refusals_that_fit": 0}
         # demand: a skewed subset of nodes carries 10x the capacity per window
         weights = [self.rng.choice((0, 1, 1, 3, 10)) for _ in self.members]
         if not any(weights):
@@ -264,6 +209,9 @@ class Sim:
             else:
                 if key[4] not in self.stats["final_refusal_used"]:
                     self.stats["final_refusal_used"][key[4]] = self.union_total(key)
+                    # rights were left in the cluster for this event: they did not gather in time
+                    fits = self.union_total(key) + amount <= self.opts.capacity
+                    self.stats["final_refusals_that_fit"] += fits
 
     def _try(self, node: SimNode, key: escrow.Key, amount: int) -> None:
         node_key = node.key
@@ -293,21 +241,18 @@ class Sim:
         node.append(Record("post", key if ok else rkey, actual if ok else 0, run=run))
 
     def admit(self, node: SimNode, key: escrow.Key, amount: int, *, reserve: bool = False, extra_held: int = 0) -> bool:
-        """The admission decision, through the same pure rules the node uses."""
+        """The admission decision, through the same engine and rules the node uses."""
         held = node.held(key) + extra_held
         if self.opts.strict:
-            acct = node.account(key, self.members, self.opts.capacity)
             # a post: its own hold is released (extra_held < 0) as its actual cost is consumed,
             # exactly as node/budgets.py passes the run's new hold and the spend to the same rule
-            ok = escrow.admits(acct, held, amount)
-            if not ok:
-                self.refused(node, key, acct, held, max(1, amount))
+            ok, wanted = node.engine.admit(key, node.account(key, self.opts.capacity), held, amount)
             if ok:
                 self.stats["admitted"] += 1
-            if not ok:
-                pass
-            elif escrow.is_low(escrow.Account(acct.share, acct.received, acct.given, acct.consumed + max(0, amount)), held):
-                self.ask(node, key, acct, max(1, amount))
+            else:
+                self.refused(key)
+            if wanted:
+                self.poll(node)  # the node wakes its asking loop
             return ok
         capacity = self.capacity(node, key)
         rule = Rule(SCOPE[0], SCOPE[1], SCOPE[2], SCOPE[3], capacity,
@@ -315,55 +260,71 @@ class Sim:
         used = node.union_used(key)
         verdict = evaluate(rule, used, held, max(0, amount), self.now, key[4] + WINDOW_MS, None)
         if not verdict.ok:
-            self.stats["refused"] += 1
-            if key[4] not in self.stats["first_refusal_used"]:
-                self.stats["first_refusal_used"][key[4]] = self.union_total(key)
+            self.refused(key)
         else:
             self.stats["admitted"] += 1
         return verdict.ok
 
-    def refused(self, node: SimNode, key: escrow.Key, acct: escrow.Account, held: int, need: int) -> None:
+    def refused(self, key: escrow.Key) -> None:
         self.stats["refused"] += 1
         if key[4] not in self.stats["first_refusal_used"]:
             self.stats["first_refusal_used"][key[4]] = self.union_total(key)
-        self.ask(node, key, acct, need)
 
-    def ask(self, node: SimNode, key: escrow.Key, acct: escrow.Account, need: int) -> None:
-        last = node.asked_at.get(key)
-        if last is not None and self.now - last < ASK_GAP_MS:
-            return
-        node.asked_at[key] = self.now
-        amount = escrow.ask_amount(acct, need)
-        for peer in self.members:
+    # -- the engine's actions ---------------------------------------------------------------------
+
+    def poll(self, node: SimNode) -> None:
+        """Run the engine's ask schedule now: send the due asks, poll again when the others are due."""
+        due = node.engine.asks_due(self.now)
+        for ask in due.asks:
+            self.send_ask(node, ask)
+        if due.next_ms is not None and (node.poll_at is None or node.poll_at <= self.now or due.next_ms < node.poll_at):
+            node.poll_at = due.next_ms
+            self.at(due.next_ms, "poll", node.key)
+
+    def _poll(self, node_key: bytes) -> None:
+        node = self.nodes[node_key]
+        if node.poll_at == self.now:
+            node.poll_at = None
+        if node.up:
+            self.poll(node)
+
+    def send_ask(self, node: SimNode, ask: AskPeers) -> None:
+        for peer in node.engine.members.at(ask.key[4]):
             if peer != node.key:
                 self.stats["messages"] += 1
-                self.send(node.key, peer, "ask", (key, amount))
+                self.send(node.key, peer, "ask", (ask.key, ask.amount))
 
     def _ask(self, data: tuple) -> None:
+        """An asked member: the engine decides what to give; the answer goes back to the asker."""
         src, dst, (key, amount) = data
         node = self.nodes[dst]
         if not node.up:
             return
-        node.asks_heard.setdefault(key, {})
-        node.asks_heard[key][src] = node.asks_heard[key].get(src, 0) + amount
-        if key[4] + WINDOW_MS <= self.now:
-            return  # the window is over: its rights are worth nothing
-        acct = node.account(key, self.members, self.opts.capacity)
-        held = node.held(key)
-        give = escrow.grant(acct, held, amount)
-        if give > 0:
-            self.give(node, key, src, give, acct, held)
+        given = node.engine.answer_ask(self.now, src, key, amount, node.account(key, self.opts.capacity), node.held(key))
+        if given > 0:
+            self.give(node, Give(key, src, given))
+        self.send(dst, src, "answer", given)
 
-    def give(self, node: SimNode, key: escrow.Key, to: bytes, amount: int, acct: escrow.Account, held: int) -> None:
-        escrow.check_give(node.key, to, amount, self.members, acct, held)  # raises on a bad transfer
-        node.append(Record("transfer", key, amount, to=to))  # logged and debited in one step
+    def give(self, node: SimNode, g: Give) -> None:
+        """Log a transfer: checked by the holder-only rule, and debited in the same step (one transaction)."""
+        escrow.check_give(node.key, g.to, g.amount, node.engine.members.at(g.key[4]), node.account(g.key, self.opts.capacity),
+                          node.held(g.key))  # raises on a bad transfer
+        node.append(Record("transfer", g.key, g.amount, to=g.to))
         self.stats["transfers"] += 1
-        self.send(node.key, to, "notify", None)  # push: the receiver pulls from us now
+        # the commit pushes it (node/replication.py: poke, notify): the receiver pulls from the giver
+        self.send(node.key, g.to, "notify", None)
 
     def _notify(self, data: tuple) -> None:
         src, dst, _ = data
         if self.nodes[dst].up:
             self.pull(dst, src)
+
+    def _answer(self, data: tuple) -> None:
+        src, dst, given = data
+        node = self.nodes[dst]
+        if node.up:
+            for pull in node.engine.answered(src, given):
+                self.pull(dst, pull.peer)  # the giver's log holds the transfer: merge it now
 
     def _tick(self, node_key: bytes) -> None:
         node = self.nodes[node_key]
@@ -372,7 +333,8 @@ class Sim:
         peers = [p for p in self.members if p != node_key]
         self.pull(node_key, self.rng.choice(peers))
         if self.opts.strict:
-            self.maybe_prestage(node)
+            for g in node.engine.prestage(self.now, node):
+                self.give(node, g)
 
     def pull(self, node_key: bytes, peer: bytes) -> None:
         node = self.nodes[node_key]
@@ -405,24 +367,7 @@ class Sim:
             if start <= len(log):
                 for r in records[len(log) - start:]:  # a prefix, extended; duplicates change nothing
                     log.append(r)
-                    node.merge(r)
-
-    def maybe_prestage(self, node: SimNode) -> None:
-        """In the last tenth of a window, an idle node gives next window's rights to who asked."""
-        window = self.now // WINDOW_MS
-        if window + 1 >= WINDOWS or window in node.prestaged or self.now % WINDOW_MS < WINDOW_MS * 9 // 10:
-            return
-        node.prestaged.add(window)
-        key = self.key_at(self.now)
-        nxt = key[:4] + (key[4] + WINDOW_MS,)
-        acct = node.account(key, self.members, self.opts.capacity)
-        nacct = node.account(nxt, self.members, self.opts.capacity)
-        nheld = node.held(nxt)
-        for to, amount in escrow.prestage(acct.consumed, acct.share, nacct.available(nheld), node.asks_heard.get(key, {})):
-            if to == node.key:
-                continue
-            nacct = node.account(nxt, self.members, self.opts.capacity)
-            self.give(node, nxt, to, min(amount, nacct.available(nheld)), nacct, nheld)
+                    node.merge(origin, len(log) - 1, r)
 
     def _partition(self, _data: Any) -> None:
         if self.rng.randrange(3) == 0:  # isolate one node
@@ -438,8 +383,8 @@ class Sim:
         node = self.nodes[node_key]
         node.up = False
         # volatile state is lost; the logs (own and merged) are durable, like SQLite's
-        node.asked_at.clear()
-        node.asks_heard.clear()
+        node.engine.crash()
+        node.poll_at = None
 
     def _restart(self, node_key: bytes) -> None:
         self.nodes[node_key].up = True
@@ -451,45 +396,58 @@ class Sim:
         return self.cluster.get(("used", key), 0)
 
     def keys(self) -> list[escrow.Key]:
-        return [SCOPE + (w * WINDOW_MS,) for w in range(WINDOWS)]
+        return list(KEYS)
 
     def check(self, full: bool = False) -> None:
-        """After every step: the union of accepted events never exceeds a strict capacity.
+        """After every step: no strict overspend, rights conserved (from the cluster's counters).
 
-        The per-step check uses the cluster's counters; every 5000 steps and at the end the
-        union is recomputed from the logs themselves (a pair assertion, STYLE P4).
+        Every 5000 steps and at the end the same is recomputed from the logs themselves (a pair
+        assertion, STYLE P4), with every credit traced to the transfer it came from.
         """
         if not self.opts.strict:
             return
         full = full or self.stats["steps"] % 5000 == 0
-        for key in self.keys():
-            used, held = self.cluster.get(("used", key), 0), self.cluster.get(("held", key), 0)
+        for key in KEYS:
+            c = self.cluster
+            used, held = c.get(("used", key), 0), c.get(("held", key), 0)
             if full:
-                held_check = sum(n.held(key) for n in self.nodes.values())
-                if held_check != held:
-                    raise SimFailure(f"held {held} differs from the nodes' {held_check}; ATS_SIM_SEED={self.opts.seed}")
-                check_used = sum(r.amount for n in self.nodes.values() for r in n.own
-                                 if r.key == key and r.kind in ("use", "post"))
-                if check_used != used:
-                    raise SimFailure(f"counters {used} differ from the logs {check_used}; ATS_SIM_SEED={self.opts.seed}")
-                self.check_conservation(key)
+                self.check_logs(key, used, held)
             if used + held > self.opts.capacity:
-                raise SimFailure(f"strict overspend: {key} used {used} + held {held} > capacity {self.opts.capacity}"
-                                 f" at t={self.now} ms; replay with ATS_SIM_SEED={self.opts.seed}")
+                self.fail(f"strict overspend: {key} used {used} + held {held} > capacity {self.opts.capacity}")
+            if c.get(("received", key), 0) > c.get(("given", key), 0):
+                self.fail(f"rights created: {key} credited {c.get(('received', key), 0)} > debited {c.get(('given', key), 0)}")
+
+    def fail(self, what: str) -> None:
+        raise SimFailure(f"{what} at t={self.now} ms; replay with ATS_SIM_SEED={self.opts.seed}")
+
+    def check_logs(self, key: escrow.Key, used: int, held: int) -> None:
+        held_check = sum(n.held(key) for n in self.nodes.values())
+        if held_check != held:
+            self.fail(f"held {held} differs from the nodes' {held_check}")
+        check_used = sum(r.amount for n in self.nodes.values() for r in n.own if r.key == key and r.kind in ("use", "post"))
+        if check_used != used:
+            self.fail(f"counters {used} differ from the logs {check_used}")
+        self.check_conservation(key)
 
     def check_conservation(self, key: escrow.Key) -> None:
-        """Every node's true rights (all transfers that exist counted) sum to the capacity."""
+        """True rights (all transfers that exist counted) sum to the capacity; every credit is one
+        transfer to that node that exists in its giver's log, credited once."""
         rights = 0
         for n in self.nodes.values():
             acct = escrow.Account(escrow.share(self.opts.capacity, self.members, n.key))
             acct.given = sum(r.amount for r in n.own if r.kind == "transfer" and r.key == key)
             acct.received = sum(r.amount for m in self.nodes.values() for r in m.own
                                 if r.kind == "transfer" and r.key == key and r.to == n.key)
-            if acct.received < n.received.get(key, 0):
-                raise SimFailure(f"credited more than was given; ATS_SIM_SEED={self.opts.seed}")
+            credited = sum(n.merged[o][i].amount for o, i in n.credited
+                           if self.nodes[o].own[i] is n.merged[o][i] and n.merged[o][i].key == key)
+            if credited != n.received.get(key, 0) or acct.received < credited:
+                self.fail(f"credits {n.received.get(key, 0)} are not the transfers merged ({credited}) or exceed"
+                          f" those given ({acct.received})")
+            if n.given.get(key, 0) != acct.given:
+                self.fail(f"debits {n.given.get(key, 0)} differ from the transfers logged ({acct.given})")
             rights += acct.rights
         if rights != self.opts.capacity:
-            raise SimFailure(f"rights not conserved: {rights} != {self.opts.capacity}; ATS_SIM_SEED={self.opts.seed}")
+            self.fail(f"rights not conserved: {rights} != {self.opts.capacity}")
 
     def result(self) -> dict[str, Any]:
         totals = [self.union_total(k) for k in self.keys()]
