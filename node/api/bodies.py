@@ -100,13 +100,21 @@ async def single(request: web.Request) -> Envelope:
     return _json_envelope(_json(request, body))
 
 
-async def single_checked(request: web.Request, workers: Any = None) -> tuple[Envelope, bool]:
+
+
+async def single_checked(request: web.Request, workers: Any = None, busy: bool = False) -> tuple[Envelope, bool]:
     """The one envelope of a POST /v1/events and whether its signature was checked too: a CBOR
-    envelope goes to the worker processes (node/workers.py) when they run; raises LedgerError."""
+    envelope goes to the worker processes (node/workers.py) when they run and the node is busy
+    with single events (more than `singles_inline_max` at once): below that, a few clients sending
+    one event at a time, the loop's ~60 µs of parse and verify beats a worker's round trip and a
+    wait behind another client's batch part in the worker (scripts/bench_fairness.py: 897 against
+    727 events/s for one client alone, and 0.70 against 0.56-0.63 of that beside a bulk client);
+    above it, an open-loop flood of single events (scripts/bench_ingest.py), the loop's CPU is
+    what runs out and the workers take it. Raises LedgerError."""
     ct = _content_type(request)
     body = await _body(request)
     if ct == "application/cbor":
-        if workers is not None and workers.ready:
+        if busy and workers is not None and workers.ready:
             return await workers.check_one(body), True
         return parse_envelope(body), False
     return _json_envelope(_json(request, body)), False

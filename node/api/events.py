@@ -15,10 +15,19 @@ from node.api.jsonbody import json_response
 from node.queries import parse_hex32
 
 
+_singles = 0  # POST /v1/events being handled now (one event loop per process)
+
+
 async def submit(request: web.Request) -> web.Response:
     """POST /v1/events: 201 accepted, 200 duplicate, or the error."""
-    envelope, verified = await bodies.single_checked(request, request.app.get(WORKERS_KEY))
-    (outcome,) = await request.app[INGESTOR_KEY].submit([envelope], client=request.remote or "", verified=verified)
+    global _singles
+    _singles += 1
+    try:
+        busy = _singles > request.app[CONFIG_KEY].singles_inline_max
+        envelope, verified = await bodies.single_checked(request, request.app.get(WORKERS_KEY), busy)
+        (outcome,) = await request.app[INGESTOR_KEY].submit([envelope], client=request.remote or "", verified=verified)
+    finally:
+        _singles -= 1
     if outcome.error:
         return render(outcome.error)
     status = 201 if outcome.receipt["status"] == "accepted" else 200

@@ -131,7 +131,7 @@ def _post_quietly(url: str, body: bytes) -> None:
 def test_single_events_checked_in_a_worker_and_a_killed_worker_is_replaced(tmp_path):
     """A single CBOR event is parsed and verified in a worker (same answers as in the node's own
     process); a worker killed under the node is replaced, and the node goes on accepting."""
-    node = NodeProcess(str(tmp_path / "s"), env={"ATS_VERIFY_PROCESSES": "1"}).start()
+    node = NodeProcess(str(tmp_path / "s"), env={"ATS_VERIFY_PROCESSES": "1", "ATS_SINGLES_INLINE_MAX": "0"}).start()
     try:
         (worker,) = wait_for(lambda: workers_of(node.proc.pid))
         agent = TestAgent()
