@@ -1,0 +1,164 @@
+"""Effective limits of a scope (rules with stake and reputation multipliers, plans, owner budgets and
+bursts applied), cached until a policy record changes them or the time leaves the span they hold for.
+
+The rules of a scope change only with: the book's `version` (a registration,
+plan, stake, owner budget or governance record), the governed policy in force
+(a fold span: `Governance.policy_span`), the bursts of the scope (their start
+and end), its owner budgets in force (`OwnerBudgets.in_force_span`), and for an
+agent the UTC day (reputation is a day-start score) and a rating about it
+(`forget_agent`). An entry is (version, from ms, until ms, rules): a hit costs a
+dict lookup and two comparisons, so admission computes limits once per scope
+and policy change instead of once per event. Both caches are bounded
+(`RULE_CACHE_MAX` entries, the oldest dropped first).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ledger import budget as rules_mod
+from ledger.budget import Overage, Rule
+from ledger.governance import Policy
+from ledger.multipliers import effective_limit
+from ledger.plans import QUOTA_METRICS
+from ledger.scoped import OwnerBudget
+from ledger.windows import DAY_MS
+from node.store.sqlite import Connection
+
+if TYPE_CHECKING:
+    from node.budgets import BudgetBook
+
+RULE_CACHE_MAX = 50_000
+_Entry = tuple[int, int, int, list[Rule]]
+
+
+class RuleCache:
+    def __init__(self, book: "BudgetBook") -> None:
+        self._book = book
+        self._scopes: dict[tuple[str, str], _Entry] = {}
+        # by agent: its whole chain's (scopes, version, from, until, rules, rule indices by metric)
+        self._chains: dict[bytes, tuple[list[tuple[str, str]], int, int, int, list[Rule], dict[str, list[int]]]] = {}
+
+    def forget_agent(self, agent: bytes) -> None:
+        self._scopes.pop(("agent", agent.hex()), None)
+        self._chains.pop(agent, None)
+
+    def rules(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int) -> list[Rule]:
+        """Every rule on the chain's scopes in force at at_ms, with multipliers and bursts applied."""
+        return self._chain(conn, chain, at_ms)[0]
+
+    def spending(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int, metrics: list[str]) -> list[Rule]:
+        """The rules of `rules` on these metrics only, in the same (chain) order."""
+        rules, by_metric = self._chain(conn, chain, at_ms)
+        if len(metrics) == 1:
+            return [rules[i] for i in by_metric.get(metrics[0], ())]
+        return [rules[i] for i in sorted({i for m in metrics for i in by_metric.get(m, ())})]
+
+    def _chain(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int) -> tuple[list[Rule], dict[str, list[int]]]:
+        version = self._book.policy.version
+        head = chain[0] if chain else None
+        agent = bytes.fromhex(head[1]) if head is not None and head[0] == "agent" else None
+        if agent is not None:
+            cached = self._chains.get(agent)
+            if cached is not None:
+                scopes, v, lo, hi, rules, by_metric = cached
+                if v == version and lo <= at_ms < hi and scopes == chain:
+                    return rules, by_metric
+        out: list[Rule] = []
+        lo, hi = 0, 2**63
+        for scope, scope_id in chain:
+            entry = self._scope(conn, scope, scope_id, at_ms, version)
+            lo, hi = max(lo, entry[1]), min(hi, entry[2])
+            out.extend(entry[3])
+        by_metric: dict[str, list[int]] = {}
+        for i, rule in enumerate(out):
+            by_metric.setdefault(rule.metric, []).append(i)
+        if agent is not None:
+            _put(self._chains, agent, (list(chain), version, lo, hi, out, by_metric))
+        return out, by_metric
+
+    def _scope(self, conn: Connection, scope: str, scope_id: str, at_ms: int, version: int) -> _Entry:
+        cached = self._scopes.get((scope, scope_id))
+        if cached is not None and cached[0] == version and cached[1] <= at_ms < cached[2]:
+            return cached
+        state = self._book.policy
+        policy = state.governance.policy_at(at_ms)
+        lo, hi = state.governance.policy_span(at_ms)
+        if scope == "agent":
+            day = at_ms - at_ms % DAY_MS
+            lo, hi = max(lo, day), min(hi, day + DAY_MS)
+        for b in policy.bursts:
+            if b.scope == scope and b.scope_id == scope_id:
+                for t in (b.start_ms, b.end_ms):
+                    if t <= at_ms:
+                        lo = max(lo, t)
+                    else:
+                        hi = min(hi, t)
+        owned: tuple[OwnerBudget, ...] = ()
+        if state.owner_budgets.version:
+            owned = state.owner_budgets.in_force(scope, scope_id, at_ms)
+            o_lo, o_hi = state.owner_budgets.in_force_span(scope, scope_id, at_ms)
+            lo, hi = max(lo, o_lo), min(hi, o_hi)
+        rules = _owned(policy, self._scope_rules(conn, policy, scope, scope_id, at_ms), owned, at_ms)
+        entry = (version, lo, hi, rules)
+        _put(self._scopes, (scope, scope_id), entry)
+        return entry
+
+    def _scope_rules(self, conn: Connection, policy: Policy, scope: str, scope_id: str, at_ms: int) -> list[Rule]:
+        out: list[Rule] = []
+        state = self._book.policy
+        agent = bytes.fromhex(scope_id) if scope == "agent" else None
+        stake = state.stakes.get(agent, 0) if agent else 0
+        score = self._book.score(conn, agent, at_ms) if agent else 0
+        stake_tiers, reputation_tiers = policy.stake_table(), policy.reputation_table()
+        for kind, b in policy.budgets.items():
+            if agent is None:
+                # ancestors count every metering kind's metric (visible in balance); their
+                # limits come from the plan they are assigned, below
+                o = Overage(b.soft_pct, b.hard_pct, b.throttle, False, b.reserve_pct)
+                out.append(Rule(scope, scope_id, b.metric, b.window, None, o, kind))
+                continue
+            base = effective_limit(b.limit, stake, score, stake_tiers=stake_tiers, reputation_tiers=reputation_tiers)
+            o = Overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
+            out.append(_burst(policy, Rule(scope, scope_id, b.metric, b.window, base, o, kind), at_ms))
+        plan_name = state.plan_of(scope, scope_id)
+        if plan_name is None:
+            return out
+        plan = policy.plan(plan_name)
+        for quota, (metric, window) in QUOTA_METRICS.items():
+            base = plan.limits[quota]
+            if agent is not None:
+                base = effective_limit(base, stake, score, stake_tiers=stake_tiers, reputation_tiers=reputation_tiers)
+            out.append(_burst(policy, Rule(scope, scope_id, metric, window, base, rules_mod.PLAN_QUOTA_OVERAGE, quota), at_ms))
+        return out
+
+
+def _owned(policy: Policy, rules: list[Rule], owned: tuple[OwnerBudget, ...], at_ms: int) -> list[Rule]:
+    """The scope's rules with its owner budgets in force (ledger/scoped.py): an owner budget
+    replaces the default of its metric and window; defaults of its metric in other windows
+    stop limiting but are still counted (the balance shows them)."""
+    if not owned:
+        return rules
+    metrics = {b.metric for b in owned}
+    keys = {(b.metric, b.window) for b in owned}
+    out = [
+        r if r.metric not in metrics else Rule(r.scope, r.scope_id, r.metric, r.window, None, r.overage, r.source)
+        for r in rules if (r.metric, r.window) not in keys
+    ]
+    for b in owned:
+        o = Overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
+        out.append(_burst(policy, Rule(b.scope, b.scope_id, b.metric, b.window, b.limit, o, "budget.set"), at_ms))
+    return out
+
+
+def _burst(policy: Policy, rule: Rule, at_ms: int) -> Rule:
+    factor = policy.burst_pct(rule.scope, rule.scope_id, rule.metric, at_ms)
+    if factor == 100 or rule.limit is None:
+        return rule
+    return Rule(rule.scope, rule.scope_id, rule.metric, rule.window, rule.limit * factor // 100, rule.overage, rule.source)
+
+
+def _put(cache: dict, key: object, value: object) -> None:
+    if key not in cache and len(cache) >= RULE_CACHE_MAX:
+        del cache[next(iter(cache))]
+    cache[key] = value
