@@ -158,6 +158,15 @@ class BudgetBook:
         self.__init__(**self._args)  # type: ignore[misc]
         self.load(conn, now_ms)
 
+    def rollback(self, conn: Connection, now_ms: int) -> str | None:
+        """After a rolled-back transaction whose effects this book already holds (a batch, a merged
+        page): rebuild it from the log. None, or why it could not be (the node must turn read-only)."""
+        try:
+            self.reload(conn, now_ms)
+        except Exception as e:
+            return f"budget book could not be rebuilt after a failed commit: {e}"
+        return None
+
     def _fold(self, ev: Event, *, local: bool) -> None:
         """A policy or run record decided elsewhere (replayed, merged): applied, never refused."""
         if ev.kind in RUN_KINDS:
