@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Protocol
 
-from ledger.errors import Forbidden, OverBudget
+from ledger.errors import Forbidden, Invalid, OverBudget
 from ledger.events import Event, is_metered
 from ledger.policy import AUTHORITY_KINDS, NODE_KINDS, ORACLE_KINDS
 from ledger.readgrants import GRANT_KINDS
@@ -247,6 +247,21 @@ class Runs:
         if excluding is not None and excluding.local and excluding.run in self.open and scope in excluding.chain:
             total -= excluding.hold
         return total
+
+
+def check_run_limits(reg: Registration, body: Any, cost: int, open_runs: list[Run], now_ms: int) -> None:
+    """A reservation against the agent's registered run limits; raises Invalid or OverBudget."""
+    if reg.allowed_tools is not None and not set(body.tools or ()) <= set(reg.allowed_tools):
+        denied = sorted(set(body.tools or ()) - set(reg.allowed_tools))
+        raise Invalid("tool_not_allowed", f"tools not allowed for this agent: {', '.join(denied)}")
+    if reg.max_tokens_per_run is not None and body.tokens > reg.max_tokens_per_run:
+        raise Invalid("run_limit_exceeded", f"{body.tokens} tokens is over max_tokens_per_run {reg.max_tokens_per_run}")
+    if reg.max_cost_per_run is not None and cost > reg.max_cost_per_run:
+        raise Invalid("run_limit_exceeded", f"estimated cost {cost} is over max_cost_per_run {reg.max_cost_per_run}")
+    if reg.max_parallel_runs is not None and len(open_runs) >= reg.max_parallel_runs:
+        retry = min(r.expires_ms for r in open_runs) - now_ms if open_runs else 1000
+        raise OverBudget("too_many_runs", f"{len(open_runs)} runs open, max_parallel_runs is {reg.max_parallel_runs}",
+                         details={"retry_after_ms": max(1, retry)})
 
 
 # -- metered calls ------------------------------------------------------------------------

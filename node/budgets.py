@@ -35,20 +35,20 @@ from typing import Any, Iterator
 from ledger import escrow as escrow_rules
 from ledger.book import (
     RUN_TIMEOUT_MS_MAX, Admitted, CallHolds, Chain, CounterKey, Registration, Roles, Run, Runs, ScopeKey,
-    call_amounts, run_state, step, trust_penalty,
+    call_amounts, check_run_limits, run_state, step, trust_penalty,
 )
 from ledger.bookdecide import Ask, Decision, decide, dry_run_parts, held, receipt_parts
 from ledger.bookpolicy import PolicyState
-from ledger.budget import Bucket, Rule, charges
-from ledger.constants import COUNTER_MAX
-from ledger.errors import Conflict, Invalid, LedgerError, OverBudget
+from ledger.budget import Rule, charges
+from ledger.errors import Conflict, Invalid, LedgerError
 from ledger.events import Event, charged_agent, is_metered, unsigned_event
 from ledger.governance import Governance
 from ledger.policy import RUN_KINDS
 from ledger.pricing import estimate_milli, llm_cost_milli
 from ledger.reputation import Rating, performance_trust, score_ppm
 from ledger.windows import DAY_MS
-from node import budgetviews
+from node import budgetmerge, budgetviews
+from node.budgetmerge import METERING
 from node.budgetrules import RuleCache
 from node.escrow import EscrowBook
 from node.store import budgets as budget_store
@@ -60,7 +60,6 @@ __all__ = ["Admitted", "BudgetBook", "Registration", "Run", "call_amounts", "tru
 
 logger = logging.getLogger("ats.budgets")
 
-METERING = ("act", "dat", "cpt", "trt")
 COUNTER_GENERATION_MAX = 200_000
 REPUTATION_MAX = 100_000
 SETTLED_MAX = 100_000
@@ -148,7 +147,7 @@ class BudgetBook:
         for event in budget_store.policy_events(conn, now_ms - RUN_TIMEOUT_MS_MAX):
             if not self.roles.may_sign(event):
                 continue  # replicated from a node whose authorities are not ours: ignored live, ignored now
-            self._fold(event, local=True)
+            self.fold(event, local=True)
         self.policy.announced = {a.proposal for a in self.policy.governance.adopted()}
         for call in meter_store.open_calls(conn):
             self.call_book.hold(call, self.chain(call.agent))
@@ -167,10 +166,10 @@ class BudgetBook:
             return f"budget book could not be rebuilt after a failed commit: {e}"
         return None
 
-    def _fold(self, ev: Event, *, local: bool) -> None:
+    def fold(self, ev: Event, *, local: bool) -> None:
         """A policy or run record decided elsewhere (replayed, merged): applied, never refused."""
         if ev.kind in RUN_KINDS:
-            self._replay_run(ev, local)
+            self.replay_run(ev, local)
             return
         try:
             for warning in self.policy.apply(ev, ev.ts, replay=True):
@@ -206,7 +205,7 @@ class BudgetBook:
         self.reputation[agent] = (day, score)
         return score
 
-    def _rated(self, subject: bytes) -> None:
+    def rated(self, subject: bytes) -> None:
         """A rating about subject arrived: its score and the limits computed from it are stale."""
         self.reputation.pop(subject, None)
         self._rules.forget_agent(subject)
@@ -271,7 +270,7 @@ class BudgetBook:
                 self.policy.apply(ev, now_ms, out)
             return out, None
         if ev.kind == "trt" and not dry_run:
-            self._rated(ev.body.subject)  # a late rating may change a score already computed
+            self.rated(ev.body.subject)  # a late rating may change a score already computed
         # a metered event (PROTOCOL.md §6) records work already done: it charges the agent it
         # names, settles the call it closes, and is never refused for budget (it may suspend)
         metered = is_metered(ev)
@@ -283,27 +282,16 @@ class BudgetBook:
                      out: Admitted) -> tuple[Admitted, LedgerError | None]:
         """admit for an event that spends (metering and run kinds): decide, then apply."""
         subject = charged_agent(ev)
-        if not metered and ev.kind != "trt" and ev.signer not in self.policy.registrations \
-                and self.policy.unregistered == "refuse":
-            raise Invalid("unknown_agent", "this agent has no agent.register record and the node refuses unregistered agents")
-        if metered:
-            self._check_price(ev)
-        chain = self.chain(subject)
-        if self.enforce and not metered:
-            self.policy.check_suspended(subject, now_ms)
+        self._check_spender(ev, subject, now_ms, metered)
         if metered and not dry_run and self.call_book.settle(ev.nonce):
             out.settled_calls.append(ev.nonce)
-        run = self._run_precheck(ev, now_ms)
-        after = step(run, ev.kind, getattr(ev.body, "cost", 0) or 0, getattr(ev.body, "tokens", 0) or 0) \
-            if run is not None and ev.kind != "run.reserve" else run
-        hold_delta = 0 if run is None else after.hold - (run.hold if run.run in self.runs.open else 0)  # type: ignore[union-attr]
+        run, after, hold_delta = self._run_move(ev, now_ms)
         consume = self.charges(ev)
         metrics = [m for m, v in consume.items() if v] + (["act.cost"] if hold_delta > 0 else [])
         # only the rules of the metrics the event moves: decide skips the others anyway
-        ask = Ask(self._rules.spending(conn, chain, ev.ts, metrics), consume, hold_delta, ev.ts, now_ms, metered,
-                  self.enforce, dry_run)
+        rules = self._rules.spending(conn, self.chain(subject), ev.ts, metrics)
         view = _View(self, conn, run, hold_delta)
-        decision = decide(ask, view)
+        decision = decide(Ask(rules, consume, hold_delta, ev.ts, now_ms, metered, self.enforce, dry_run), view)
         if not dry_run:
             self._apply_side_effects(decision, subject, now_ms, out)
         if decision.refusal is not None:
@@ -314,11 +302,31 @@ class BudgetBook:
                 out.run = {"run": run.run.hex(), "state": "estimate", "reserved": run.reserved, "expires": run.expires_ms}
             return out, None
         self._apply_spend(conn, decision, out)
-        if run is not None:
-            self._apply_run(ev, after, out)  # type: ignore[arg-type]
+        if after is not None:
+            self._apply_run(ev, after, out)
         out.budgets, alerts = receipt_parts(decision.checks, view, now_ms)
         out.alerts.extend(alerts)
         return out, None
+
+    def _check_spender(self, ev: Event, subject: bytes, now_ms: int, metered: bool) -> None:
+        """Refusals whatever the budgets: an unregistered agent (if refused), a mispriced LLM call, a suspension."""
+        if not metered and ev.kind != "trt" and ev.signer not in self.policy.registrations \
+                and self.policy.unregistered == "refuse":
+            raise Invalid("unknown_agent", "this agent has no agent.register record and the node refuses unregistered agents")
+        if metered:
+            self._check_price(ev)
+        if self.enforce and not metered:
+            self.policy.check_suspended(subject, now_ms)
+
+    def _run_move(self, ev: Event, now_ms: int) -> tuple[Run | None, Run | None, int]:
+        """(the run a run record touches, the run after it, the act.cost hold it adds): (None, None, 0) for others."""
+        run = self._run_precheck(ev, now_ms)
+        if run is None:
+            return None, None, 0
+        if ev.kind == "run.reserve":
+            return run, run, run.hold
+        after = step(run, ev.kind, getattr(ev.body, "cost", 0), getattr(ev.body, "tokens", 0))
+        return run, after, after.hold - run.hold
 
     def _apply_side_effects(self, decision: Decision, subject: bytes, now_ms: int, out: Admitted) -> None:
         """What a decision moves even when it refuses: buckets, debts penalised, suspensions."""
@@ -384,11 +392,11 @@ class BudgetBook:
         cost = body.cost if body.cost is not None else self.estimate(body.op, body.tokens, ev.ts)
         reg = self.policy.registrations.get(ev.signer)
         if reg is not None:
-            _check_run_limits(reg, body, cost, self.runs.of_agent(ev.signer), now_ms)
+            check_run_limits(reg, body, cost, self.runs.of_agent(ev.signer), now_ms)
         self.runs.check_room(now_ms)
         return Run(body.run, ev.signer, self.chain(ev.signer), cost, 0, 0, ev.ts + body.timeout)
 
-    def _replay_run(self, ev: Event, local: bool) -> None:
+    def replay_run(self, ev: Event, local: bool) -> None:
         """A run record admitted before (start-up) or by a peer (merged): its transition, no checks."""
         b = ev.body
         if ev.kind == "run.reserve":
@@ -399,77 +407,15 @@ class BudgetBook:
         if run is not None:
             self.runs.put(step(run, ev.kind, getattr(b, "cost", 0), getattr(b, "tokens", 0)))
 
-    # -- replicated and replayed events ---------------------------------------------------------
+    # -- replicated and replayed events (node/budgetmerge.py) -----------------------------------
 
     def observe(self, conn: Connection, ev: Event, now_ms: int, origin: bytes | None = None) -> dict[CounterKey, int]:
-        """Fold a replicated event (another origin's, verified, held nowhere yet) into the book.
-
-        Nothing is decided: the origin admitted it. Policy records count only
-        when their signer may sign them (a node's records: an admitted node);
-        usage is charged to the same counters admission uses. Returns the
-        counter deltas to write with the entry.
-        """
-        if ev.kind == "escrow.transfer":
-            return self.escrow.receive(self, conn, ev)  # strict mode: rights given to this node, merged
-        if not self.roles.may_sign(ev):
-            return {}
-        if ev.kind not in METERING and ev.kind not in RUN_KINDS:
-            self._fold(ev, local=False)
-            return {}
-        if ev.kind == "trt":
-            self._rated(ev.body.subject)
-        metered = is_metered(ev)
-        if metered and ev.signer != origin and ev.signer not in self.roles.meters:
-            logger.info("replicated %s %s names an agent but its signer is neither its origin nor a meter: not counted",
-                        ev.kind, ev.id_hex)
-            return {}
-        if ev.signer in self.roles.nodes and not metered:
-            return {}  # nodes' own trust records are not metered
-        if ev.kind in RUN_KINDS:
-            self._replay_run(ev, local=False)  # another node's reservation holds its rights, not ours
-        deltas: dict[CounterKey, int] = {}
-        for key, (_rule, spend) in self._charged(conn, ev).items():
-            # the origin admitted it: counted, saturating at the largest counter this node keeps
-            before = self.consumed(conn, key)
-            self.counters[key] = min(COUNTER_MAX, before + spend)
-            deltas[key] = self.counters[key] - before
-        return deltas
-
-    def _charged(self, conn: Connection, ev: Event) -> dict[CounterKey, tuple[Rule, int]]:
-        """The counters a metered event charges (each once): key -> (its rule, the spend)."""
-        from ledger.windows import window_bounds
-
-        consume = self.charges(ev)
-        out: dict[CounterKey, tuple[Rule, int]] = {}
-        for rule in self.rules(conn, self.chain(charged_agent(ev)), ev.ts):
-            spend = consume.get(rule.metric, 0)
-            if spend:
-                out.setdefault(rule.key + (window_bounds(rule.window, ev.ts)[0],), (rule, spend))
-        return out
+        """Fold a replicated event (another origin's, verified) into the book; the counter deltas to write."""
+        return budgetmerge.observe(self, conn, ev, now_ms, origin)
 
     def replay_own(self, conn: Connection, ev: Event) -> dict[CounterKey, int]:
-        """Fold an event of this node's own log (admitted once, now replayed) into the book, and
-        return the counter deltas its admission wrote: `ats verify-db` recomputes the counters so.
-
-        The same keys as `admit` (each rule's window holding ev.ts, the spend of its metric, the
-        strict `@own` counters) and `escrow.give`'s `@given`, without deciding anything.
-        """
-        if ev.kind == "escrow.transfer":
-            return {EscrowBook.counter(ev.body.key, escrow_rules.GIVEN): ev.body.amount}
-        if ev.kind not in METERING:
-            self._fold(ev, local=True)
-            if ev.kind not in RUN_KINDS:
-                return {}
-        if ev.kind == "trt":
-            self._rated(ev.body.subject)
-        if ev.signer == self.node_key and not is_metered(ev):
-            return {}  # the node's own trust records are not metered
-        deltas: dict[CounterKey, int] = {}
-        for key, (rule, spend) in self._charged(conn, ev).items():
-            deltas[key] = spend
-            if self.enforce and rule.limit is not None and self.escrow.is_strict(rule):
-                deltas[EscrowBook.counter(key, escrow_rules.OWN)] = spend
-        return deltas
+        """Fold an event of this node's own log, replayed; the counter deltas its admission wrote."""
+        return budgetmerge.replay_own(self, conn, ev)
 
     # -- reads ---------------------------------------------------------------------------------------
 
@@ -556,21 +502,6 @@ class BudgetBook:
         """Forget a call that charges nothing (refused or failed upstream before any work)."""
         self.call_book.settle(call_id)
         meter_store.delete_calls(conn, [call_id])
-
-
-def _check_run_limits(reg: Registration, body: Any, cost: int, open_runs: list[Run], now_ms: int) -> None:
-    """A reservation against the agent's registered run limits; raises Invalid or OverBudget."""
-    if reg.allowed_tools is not None and not set(body.tools or ()) <= set(reg.allowed_tools):
-        denied = sorted(set(body.tools or ()) - set(reg.allowed_tools))
-        raise Invalid("tool_not_allowed", f"tools not allowed for this agent: {', '.join(denied)}")
-    if reg.max_tokens_per_run is not None and body.tokens > reg.max_tokens_per_run:
-        raise Invalid("run_limit_exceeded", f"{body.tokens} tokens is over max_tokens_per_run {reg.max_tokens_per_run}")
-    if reg.max_cost_per_run is not None and cost > reg.max_cost_per_run:
-        raise Invalid("run_limit_exceeded", f"estimated cost {cost} is over max_cost_per_run {reg.max_cost_per_run}")
-    if reg.max_parallel_runs is not None and len(open_runs) >= reg.max_parallel_runs:
-        retry = min(r.expires_ms for r in open_runs) - now_ms if open_runs else 1000
-        raise OverBudget("too_many_runs", f"{len(open_runs)} runs open, max_parallel_runs is {reg.max_parallel_runs}",
-                         details={"retry_after_ms": max(1, retry)})
 
 
 class _View:
