@@ -91,31 +91,47 @@ class Check:
     flags: list[str]
 
 
-@dataclass
 class Decision:
-    refusal: LedgerError | None = None
-    checks: list[Check] = field(default_factory=list)
-    strict_spends: list[tuple[CounterKey, int]] = field(default_factory=list)
-    buckets: dict[tuple[str, str, str, str], Bucket] = field(default_factory=dict)
-    suspends: list[tuple[Rule, int]] = field(default_factory=list)  # (rule, until ms)
-    penalties: list[tuple[tuple[str, str, str, str], int]] = field(default_factory=list)  # (rule key, prev window)
+    """What decide found: the refusal (None: admitted), the rules checked and what moves either way."""
+
+    __slots__ = ("refusal", "checks", "strict_spends", "buckets", "suspends", "penalties")
+
+    def __init__(self) -> None:
+        self.refusal: LedgerError | None = None
+        self.checks: list[Check] = []
+        self.strict_spends: list[tuple[CounterKey, int]] = []  # (key, spend) of strict rules: @own counters
+        self.buckets: dict[tuple[str, str, str, str], Bucket] = {}  # throttle buckets to keep
+        self.suspends: list[tuple[Rule, int]] = []  # (rule, until ms)
+        self.penalties: list[tuple[tuple[str, str, str, str], int]] = []  # (rule key, prev window) debts
 
 
 def decide(ask: Ask, view: BookView) -> Decision:
     """Decide one event against its rules (see the module); raises Invalid amount_out_of_range."""
     out = Decision()
-    bounds: dict[str, tuple[int, int]] = {}
+    ts = ask.ts_ms
     for rule in ask.rules:
         spend = ask.consume.get(rule.metric, 0)
         amount = spend + ask.hold_delta if rule.metric == "act.cost" else spend
         if amount <= 0 and not spend:
             continue
-        window = bounds.get(rule.window)
-        if window is None:
-            window = bounds[rule.window] = window_bounds(rule.window, ask.ts_ms)
+        window = _WINDOWS.get(rule.window)
+        if window is None or not window[0] <= ts < window[1]:
+            window = _window(rule.window, ts)
         if not _rule(ask, view, rule, spend, amount, window, out):
             return out
     return out
+
+
+_WINDOWS: dict[str, tuple[int, int]] = {}  # the last bounds of each window name: events mostly share them
+_WINDOWS_MAX = 4096
+
+
+def _window(window: str, ts_ms: int) -> tuple[int, int]:
+    bounds = window_bounds(window, ts_ms)
+    if window not in _WINDOWS and len(_WINDOWS) >= _WINDOWS_MAX:
+        _WINDOWS.clear()
+    _WINDOWS[window] = bounds
+    return bounds
 
 
 def _rule(ask: Ask, view: BookView, rule: Rule, spend: int, amount: int, window: tuple[int, int], out: Decision) -> bool:

@@ -14,12 +14,13 @@ and policy change instead of once per event. Both caches are bounded
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from ledger import budget as rules_mod
 from ledger.budget import Overage, Rule
 from ledger.governance import Policy
-from ledger.multipliers import effective_limit
+from ledger.multipliers import effective_limit, reputation_multiplier, stake_multiplier
 from ledger.plans import QUOTA_METRICS
 from ledger.scoped import OwnerBudget
 from ledger.windows import DAY_MS
@@ -36,46 +37,45 @@ class RuleCache:
     def __init__(self, book: "BudgetBook") -> None:
         self._book = book
         self._scopes: dict[tuple[str, str], _Entry] = {}
-        # by agent: its whole chain's (scopes, version, from, until, rules, rule indices by metric)
-        self._chains: dict[bytes, tuple[list[tuple[str, str]], int, int, int, list[Rule], dict[str, list[int]]]] = {}
+        # by agent (hex): its whole chain's (scopes, version, from, until, rules, rules by the metrics an event moves)
+        self._chains: dict[str, tuple[list[tuple[str, str]], int, int, int, list[Rule], dict]] = {}
 
     def forget_agent(self, agent: bytes) -> None:
         self._scopes.pop(("agent", agent.hex()), None)
-        self._chains.pop(agent, None)
+        self._chains.pop(agent.hex(), None)
 
     def rules(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int) -> list[Rule]:
         """Every rule on the chain's scopes in force at at_ms, with multipliers and bursts applied."""
         return self._chain(conn, chain, at_ms)[0]
 
-    def spending(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int, metrics: list[str]) -> list[Rule]:
-        """The rules of `rules` on these metrics only, in the same (chain) order."""
-        rules, by_metric = self._chain(conn, chain, at_ms)
-        if len(metrics) == 1:
-            return [rules[i] for i in by_metric.get(metrics[0], ())]
-        return [rules[i] for i in sorted({i for m in metrics for i in by_metric.get(m, ())})]
+    def spending(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int, metrics: tuple[str, ...]) -> list[Rule]:
+        """The rules of `rules` on these metrics only, in the same (chain) order (memoized per metrics)."""
+        rules, memo = self._chain(conn, chain, at_ms)
+        found = memo.get(metrics)
+        if found is None:
+            found = memo[metrics] = [r for r in rules if r.metric in metrics]
+        return found
 
-    def _chain(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int) -> tuple[list[Rule], dict[str, list[int]]]:
+    def _chain(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int) -> tuple[list[Rule], dict]:
         version = self._book.policy.version
         head = chain[0] if chain else None
-        agent = bytes.fromhex(head[1]) if head is not None and head[0] == "agent" else None
+        agent = head[1] if head is not None and head[0] == "agent" else None
         if agent is not None:
             cached = self._chains.get(agent)
             if cached is not None:
-                scopes, v, lo, hi, rules, by_metric = cached
+                scopes, v, lo, hi, rules, memo = cached
                 if v == version and lo <= at_ms < hi and scopes == chain:
-                    return rules, by_metric
+                    return rules, memo
         out: list[Rule] = []
         lo, hi = 0, 2**63
         for scope, scope_id in chain:
             entry = self._scope(conn, scope, scope_id, at_ms, version)
             lo, hi = max(lo, entry[1]), min(hi, entry[2])
             out.extend(entry[3])
-        by_metric: dict[str, list[int]] = {}
-        for i, rule in enumerate(out):
-            by_metric.setdefault(rule.metric, []).append(i)
+        memo: dict[tuple[str, ...], list[Rule]] = {}  # bounded by the metric sets of the event kinds
         if agent is not None:
-            _put(self._chains, agent, (list(chain), version, lo, hi, out, by_metric))
-        return out, by_metric
+            _put(self._chains, agent, (list(chain), version, lo, hi, out, memo))
+        return out, memo
 
     def _scope(self, conn: Connection, scope: str, scope_id: str, at_ms: int, version: int) -> _Entry:
         cached = self._scopes.get((scope, scope_id))
@@ -110,7 +110,8 @@ class RuleCache:
         agent = bytes.fromhex(scope_id) if scope == "agent" else None
         stake = state.stakes.get(agent, 0) if agent else 0
         score = self._book.score(conn, agent, at_ms) if agent else 0
-        stake_tiers, reputation_tiers = policy.stake_table(), policy.reputation_table()
+        # f(stake) x g(score) once per scope (ledger.multipliers.effective_limit, exact in Fractions)
+        factor = stake_multiplier(stake, policy.stake_table()) * reputation_multiplier(score, policy.reputation_table())
         for kind, b in policy.budgets.items():
             if agent is None:
                 # ancestors count every metering kind's metric (visible in balance); their
@@ -118,7 +119,7 @@ class RuleCache:
                 o = Overage(b.soft_pct, b.hard_pct, b.throttle, False, b.reserve_pct)
                 out.append(Rule(scope, scope_id, b.metric, b.window, None, o, kind))
                 continue
-            base = effective_limit(b.limit, stake, score, stake_tiers=stake_tiers, reputation_tiers=reputation_tiers)
+            base = _scaled(b.limit, factor)
             o = Overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
             out.append(_burst(policy, Rule(scope, scope_id, b.metric, b.window, base, o, kind), at_ms))
         plan_name = state.plan_of(scope, scope_id)
@@ -128,7 +129,7 @@ class RuleCache:
         for quota, (metric, window) in QUOTA_METRICS.items():
             base = plan.limits[quota]
             if agent is not None:
-                base = effective_limit(base, stake, score, stake_tiers=stake_tiers, reputation_tiers=reputation_tiers)
+                base = _scaled(base, factor)
             out.append(_burst(policy, Rule(scope, scope_id, metric, window, base, rules_mod.PLAN_QUOTA_OVERAGE, quota), at_ms))
         return out
 
@@ -149,6 +150,16 @@ def _owned(policy: Policy, rules: list[Rule], owned: tuple[OwnerBudget, ...], at
         o = Overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
         out.append(_burst(policy, Rule(b.scope, b.scope_id, b.metric, b.window, b.limit, o, "budget.set"), at_ms))
     return out
+
+
+def _scaled(base: int | None, factor: Fraction) -> int | None:
+    """floor(base x factor), as effective_limit computes it (None stays None; a bad base raises there)."""
+    if base is None:
+        return None
+    if type(base) is not int or base < 0:
+        return effective_limit(base, 0, 0)  # raises Invalid("bad_parameter")
+    product = base * factor
+    return product.numerator // product.denominator
 
 
 def _burst(policy: Policy, rule: Rule, at_ms: int) -> Rule:
