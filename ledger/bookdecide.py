@@ -116,25 +116,26 @@ def decide(ask: Ask, view: BookView) -> Decision:
             continue
         window = _WINDOWS.get(rule.window)
         if window is None or not window[0] <= ts < window[1]:
-            window = _window(rule.window, ts)
+            window = _window(rule.window, ts)  # (start, end, the previous window's start)
         if not _rule(ask, view, rule, spend, amount, window, out):
             return out
     return out
 
 
-_WINDOWS: dict[str, tuple[int, int]] = {}  # the last bounds of each window name: events mostly share them
+_WINDOWS: dict[str, tuple[int, int, int]] = {}  # the last bounds of each window name: events mostly share them
 _WINDOWS_MAX = 4096
 
 
-def _window(window: str, ts_ms: int) -> tuple[int, int]:
-    bounds = window_bounds(window, ts_ms)
+def _window(window: str, ts_ms: int) -> tuple[int, int, int]:
+    start, end = window_bounds(window, ts_ms)
+    bounds = (start, end, window_bounds(window, start - 1)[0])
     if window not in _WINDOWS and len(_WINDOWS) >= _WINDOWS_MAX:
         _WINDOWS.clear()
     _WINDOWS[window] = bounds
     return bounds
 
 
-def _rule(ask: Ask, view: BookView, rule: Rule, spend: int, amount: int, window: tuple[int, int], out: Decision) -> bool:
+def _rule(ask: Ask, view: BookView, rule: Rule, spend: int, amount: int, window: tuple[int, int, int], out: Decision) -> bool:
     """One rule of decide; False when the event is refused (out.refusal set)."""
     key = rule.key + (window[0],)
     consumed = view.counters.get(key)
@@ -144,7 +145,9 @@ def _rule(ask: Ask, view: BookView, rule: Rule, spend: int, amount: int, window:
         # the sum this node keeps for the window would leave int64 (ledger.constants): refused
         raise Invalid("amount_out_of_range", f"{rule.scope} {rule.metric} per {rule.window} would pass"
                       f" {COUNTER_MAX}, the largest usage counter this node keeps")
-    holding = held(view, rule.scope_key, rule.metric)
+    holding = view.run_holds.get(rule.scope_key, 0) if rule.metric == "act.cost" else 0  # held(), inlined
+    if view.call_holds:
+        holding += view.call_holds.get(rule.scope_key + (rule.metric,), 0)
     flags: list[str] = []
     strict = rule.limit is not None and view.strict and view.is_strict(rule)
     if ask.enforce and strict:
@@ -156,7 +159,7 @@ def _rule(ask: Ask, view: BookView, rule: Rule, spend: int, amount: int, window:
         out.strict_spends.append((key, spend))
     if rule.limit is not None:
         # optimistic mode: the union's overspend of the previous window is a debt counted here
-        debt = 0 if strict else _debt(ask, view, rule, window[0], out)
+        debt = 0 if strict else _debt(ask, view, rule, window[2], out)
         verdict = evaluate(rule, consumed + debt, holding, max(0, amount), ask.now_ms, window[1], view.buckets.get(rule.key))
         if verdict.bucket is not None:
             out.buckets[rule.key] = verdict.bucket
@@ -173,12 +176,11 @@ def _rule(ask: Ask, view: BookView, rule: Rule, spend: int, amount: int, window:
     return True
 
 
-def _debt(ask: Ask, view: BookView, rule: Rule, start_ms: int, out: Decision) -> int:
-    """The overspend of rule's previous window over the union of origins (docs/strict.md §optimistic).
-
-    A function of the merged counters alone, so every node that holds the same events carries
-    the same debt; the first time this node sees an agent's debt it asks for one trust penalty."""
-    prev = window_bounds(rule.window, start_ms - 1)[0]
+def _debt(ask: Ask, view: BookView, rule: Rule, prev: int, out: Decision) -> int:
+    """The overspend of rule's previous window (starting at prev ms) over the union of origins
+    (docs/strict.md §optimistic). A function of the merged counters alone, so every node that holds
+    the same events carries the same debt; the first time this node sees an agent's debt it asks
+    for one trust penalty."""
     prev_key = rule.key + (prev,)
     used = view.counters.get(prev_key)
     if used is None:

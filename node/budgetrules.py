@@ -39,14 +39,33 @@ class RuleCache:
         self._scopes: dict[tuple[str, str], _Entry] = {}
         # by agent (hex): its whole chain's (scopes, version, from, until, rules, rules by the metrics an event moves)
         self._chains: dict[str, tuple[list[tuple[str, str]], int, int, int, list[Rule], dict]] = {}
+        # by agent charged (admission): (version, from, until, its chain's rules, rules by metric set)
+        self._agents: dict[bytes, tuple[int, int, int, list[Rule], dict]] = {}
 
     def forget_agent(self, agent: bytes) -> None:
         self._scopes.pop(("agent", agent.hex()), None)
         self._chains.pop(agent.hex(), None)
+        self._agents.pop(agent, None)
 
     def rules(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int) -> list[Rule]:
         """Every rule on the chain's scopes in force at at_ms, with multipliers and bursts applied."""
         return self._chain(conn, chain, at_ms)[0]
+
+    def agent_spending(self, conn: Connection, agent: bytes, at_ms: int, metrics: tuple[str, ...]) -> list[Rule]:
+        """The rules an event charging agent moves (its whole chain's, on these metrics), in chain order.
+
+        The admission hot path: one dict lookup and two comparisons while nothing changed."""
+        cached = self._agents.get(agent)
+        version = self._book.policy.version
+        if cached is None or cached[0] != version or not cached[1] <= at_ms < cached[2]:
+            rules, lo, hi = self._compute(conn, self._book.policy.chain(agent), at_ms, version)
+            cached = (version, lo, hi, rules, {})
+            _put(self._agents, agent, cached)
+        memo = cached[4]
+        found = memo.get(metrics)
+        if found is None:  # bounded by the metric sets of the event kinds
+            found = memo[metrics] = [r for r in cached[3] if r.metric in metrics]
+        return found
 
     def spending(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int, metrics: tuple[str, ...]) -> list[Rule]:
         """The rules of `rules` on these metrics only, in the same (chain) order (memoized per metrics)."""
@@ -66,16 +85,21 @@ class RuleCache:
                 scopes, v, lo, hi, rules, memo = cached
                 if v == version and lo <= at_ms < hi and scopes == chain:
                     return rules, memo
+        out, lo, hi = self._compute(conn, chain, at_ms, version)
+        memo: dict[tuple[str, ...], list[Rule]] = {}  # bounded by the metric sets of the event kinds
+        if agent is not None:
+            _put(self._chains, agent, (list(chain), version, lo, hi, out, memo))
+        return out, memo
+
+    def _compute(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int, version: int) -> tuple[list[Rule], int, int]:
+        """The chain's rules and the span [lo, hi) they hold for."""
         out: list[Rule] = []
         lo, hi = 0, 2**63
         for scope, scope_id in chain:
             entry = self._scope(conn, scope, scope_id, at_ms, version)
             lo, hi = max(lo, entry[1]), min(hi, entry[2])
             out.extend(entry[3])
-        memo: dict[tuple[str, ...], list[Rule]] = {}  # bounded by the metric sets of the event kinds
-        if agent is not None:
-            _put(self._chains, agent, (list(chain), version, lo, hi, out, memo))
-        return out, memo
+        return out, lo, hi
 
     def _scope(self, conn: Connection, scope: str, scope_id: str, at_ms: int, version: int) -> _Entry:
         cached = self._scopes.get((scope, scope_id))

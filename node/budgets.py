@@ -312,7 +312,7 @@ class BudgetBook:
         consume = self.charges(ev)
         metrics = tuple(consume) + (("act.cost",) if hold_delta > 0 else ())
         # only the rules of the metrics the event moves: decide skips the others anyway
-        rules = self._rules.spending(conn, self.chain(subject), ev.ts, metrics)
+        rules = self._rules.agent_spending(conn, subject, ev.ts, metrics)
         view = self._view
         view.conn, view.run, view.hold_delta, view.counters = conn, run, hold_delta, self.counters
         view.rules, view.ts_ms = rules, ev.ts
