@@ -24,7 +24,7 @@ node records and alerts (`receipt_parts`), and writes them in its transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Container, Mapping, Protocol
 
 from ledger import budget as rules_mod

@@ -30,7 +30,7 @@ Caches, each bounded (what happens at the bound):
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, MutableMapping
 
 from ledger import escrow as escrow_rules
 from ledger.book import (
@@ -56,6 +56,9 @@ from node.store import meter as meter_store
 from node.store.meter import OpenCall
 from node.store.sqlite import Connection
 
+if TYPE_CHECKING:
+    from node.config import Config
+
 __all__ = ["Admitted", "BudgetBook", "Registration", "Run", "call_amounts", "trust_penalty", "RUN_TIMEOUT_MS_MAX"]
 
 logger = logging.getLogger("ats.budgets")
@@ -66,17 +69,45 @@ SETTLED_MAX = 100_000
 
 
 class CounterCache(dict):
-    """Usage counters as SQLite holds them plus this batch's increments: the young generation (this
-    dict, read with dict.get on the hot path) and the old one; a key enters only through
-    `BudgetBook.consumed`, which rotates the generations when the young one is full."""
+    """Usage counters as SQLite holds them plus the increments of the batch being decided.
+
+    Two generations: this dict (the young one, read with dict.get on the hot path) and `old`.
+    A key is loaded through `BudgetBook.consumed`/`prefetch`, which rotate the generations when
+    the young one holds COUNTER_GENERATION_MAX keys: the old one is dropped, except the keys
+    written since the last commit (`dirty`: their increments are not in SQLite yet). A commit
+    is seen as a change of the connection's `total_changes` at the next event (`settle`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.old: dict[CounterKey, int] = {}
+        self.dirty: set[CounterKey] = set()
+        self.changes = -1  # the connection's total_changes when `dirty` started
+
+    def __setitem__(self, key: CounterKey, value: int) -> None:
+        dict.__setitem__(self, key, value)
+        self.dirty.add(key)
 
     def __iter__(self) -> Iterator[CounterKey]:
         yield from list(dict.keys(self))
         yield from list(self.old)
+
+    def settle(self, conn: Connection) -> None:
+        """Forget which keys are dirty once the writer committed (or rolled back and reloaded)."""
+        changes = conn.total_changes
+        if changes != self.changes:
+            self.dirty.clear()
+            self.changes = changes
+
+    def load(self, key: CounterKey, value: int) -> None:
+        """Cache a value read from SQLite, rotating the generations when the young one is full."""
+        if len(self) >= COUNTER_GENERATION_MAX:
+            young = dict(self)
+            # written since the last commit, so not in SQLite yet: kept, whichever generation holds them
+            kept = {k: young[k] if k in young else self.old[k] for k in self.dirty}
+            dict.clear(self)
+            dict.update(self, kept)
+            self.old = young
+        dict.__setitem__(self, key, value)
 
 
 class BudgetBook:
@@ -99,7 +130,8 @@ class BudgetBook:
         self.policy = PolicyState(governance, unregistered, default_plan, nodes=self.roles.nodes)
         self.runs = Runs()
         self.call_book = CallHolds()
-        self.counters: Any = CounterCache()  # `ats verify-db` puts a mapping that starts every counter at 0
+        # `ats verify-db` puts a mapping that starts every counter at 0 (node/verifydb.py)
+        self.counters: MutableMapping[CounterKey, int] = CounterCache()
         self.reputation: dict[bytes, tuple[int, int]] = {}  # agent -> (UTC day start, score ppm)
         self.settled: dict[tuple[tuple[str, str, str, str], int], None] = {}  # debts already penalised here
         self.run_holds, self.call_holds = self.runs.holds, self.call_book.holds  # what bookdecide.held reads
@@ -126,7 +158,7 @@ class BudgetBook:
     calls = property(lambda self: self.call_book.calls)
 
     @classmethod
-    def from_config(cls, config: Any, node_key: bytes) -> "BudgetBook":
+    def from_config(cls, config: "Config", node_key: bytes) -> "BudgetBook":
         """The book a node with this Config keeps (node/config.py's governance and budget settings)."""
         return cls(
             node_key=node_key,
@@ -217,29 +249,28 @@ class BudgetBook:
         value = counters.get(key)
         if value is not None:
             return value
-        old = getattr(counters, "old", None)
-        value = old.pop(key, None) if old else None
+        if type(counters) is not CounterCache:
+            value = budget_store.counter(conn, key)
+            counters[key] = value
+            return value
+        value = counters.old.pop(key, None)
         if value is None:
             value = budget_store.counter(conn, key)
-        return self._cache_counter(key, value)
-
-    def _cache_counter(self, key: CounterKey, value: int) -> int:
-        counters = self.counters
-        if getattr(counters, "old", None) is not None and len(counters) >= COUNTER_GENERATION_MAX:
-            fresh = CounterCache()
-            fresh.old = dict(counters)  # the young generation becomes the old one; the old one is dropped
-            self.counters = counters = fresh
-        counters[key] = value
+        counters.load(key, value)
         return value
+
+    def _settle(self, conn: Connection) -> None:
+        if type(self.counters) is CounterCache:
+            self.counters.settle(conn)
 
     def prefetch(self, conn: Connection, rules: list[Rule], ts_ms: int) -> None:
         """Load, in one query, the counters these rules read for an event at ts_ms (its window and the
         previous one) that the cache does not hold: a scope's first event of a window costs one
         SQLite read instead of one per counter."""
         counters = self.counters
-        old = getattr(counters, "old", None)
-        if old is None:
+        if type(counters) is not CounterCache:
             return  # `ats verify-db` counts from 0, nothing to read
+        old = counters.old
         missing = []
         for rule in rules:
             start = window_bounds(rule.window, ts_ms)[0]
@@ -248,7 +279,7 @@ class BudgetBook:
                     missing.append(key)
         if missing:
             for key, value in budget_store.counters(conn, list(dict.fromkeys(missing))).items():
-                self._cache_counter(key, value)
+                counters.load(key, value)
 
     def held(self, scope_key: ScopeKey, metric: str) -> int:
         """What open runs (act.cost) and open metered calls (their worst case) hold of a scope's metric."""
@@ -282,6 +313,7 @@ class BudgetBook:
         the answer of POST /v1/quota/check.
         """
         self.roles.authorize(ev)
+        self._settle(conn)
         out = Admitted()
         if ev.kind == "escrow.transfer":
             # this node gives rights away: holder-only and spare, debited in this transaction
@@ -436,6 +468,7 @@ class BudgetBook:
 
     def observe(self, conn: Connection, ev: Event, now_ms: int, origin: bytes | None = None) -> dict[CounterKey, int]:
         """Fold a replicated event (another origin's, verified) into the book; the counter deltas to write."""
+        self._settle(conn)
         return budgetmerge.observe(self, conn, ev, now_ms, origin)
 
     def replay_own(self, conn: Connection, ev: Event) -> dict[CounterKey, int]:
