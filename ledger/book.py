@@ -231,6 +231,8 @@ class Runs:
 
     def expire(self, agent: bytes, now_ms: int) -> None:
         """Close the agent's runs whose reservation expired by now_ms (their holds are released)."""
+        if agent not in self.by_agent:
+            return
         for run in [r for r in self.of_agent(agent) if r.expires_ms <= now_ms]:
             self.put(replace(run, open=False))
 

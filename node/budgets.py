@@ -313,7 +313,9 @@ class BudgetBook:
         the answer of POST /v1/quota/check.
         """
         self.roles.authorize(ev)
-        self._settle(conn)
+        counters = self.counters
+        if type(counters) is CounterCache and conn.total_changes != counters.changes:
+            counters.settle(conn)  # the writer committed since: nothing is dirty any more
         out = Admitted()
         if ev.kind == "escrow.transfer":
             # this node gives rights away: holder-only and spare, debited in this transaction
@@ -340,7 +342,10 @@ class BudgetBook:
         self._check_spender(ev, subject, now_ms, metered)
         if metered and not dry_run and self.call_book.settle(ev.nonce):
             out.settled_calls.append(ev.nonce)
-        run, after, hold_delta = self._run_move(ev, now_ms)
+        if ev.kind in RUN_KINDS or ev.signer in self.runs.by_agent:
+            run, after, hold_delta = self._run_move(ev, now_ms)
+        else:  # no run record and no open run to expire: the common case, without the calls
+            run, after, hold_delta = None, None, 0
         consume = self.charges(ev)
         metrics = tuple(consume) + (("act.cost",) if hold_delta > 0 else ())
         # only the rules of the metrics the event moves: decide skips the others anyway
@@ -349,7 +354,7 @@ class BudgetBook:
         view.conn, view.run, view.hold_delta, view.counters = conn, run, hold_delta, self.counters
         view.rules, view.ts_ms = rules, ev.ts
         decision = decide(Ask(rules, consume, hold_delta, ev.ts, now_ms, metered, self.enforce, dry_run), view)
-        if not dry_run:
+        if not dry_run and (decision.buckets or decision.penalties or decision.suspends):
             self._apply_side_effects(decision, subject, now_ms, out)
         if decision.refusal is not None:
             return out, decision.refusal
@@ -433,9 +438,9 @@ class BudgetBook:
 
     def _run_precheck(self, ev: Event, now_ms: int) -> Run | None:
         """Validate a run record against the agent's run limits; the run it touches, if any."""
+        self.runs.expire(ev.signer, now_ms)  # any event of an agent releases its expired runs' holds
         if ev.kind not in RUN_KINDS:
             return None
-        self.runs.expire(ev.signer, now_ms)
         if ev.kind != "run.reserve":
             run = self.runs.open.get(ev.body.run)
             if run is None or run.agent != ev.signer:
