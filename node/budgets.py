@@ -274,9 +274,10 @@ class BudgetBook:
         missing = []
         for rule in rules:
             start = window_bounds(rule.window, ts_ms)[0]
-            for key in (rule.key + (start,), rule.key + (window_bounds(rule.window, start - 1)[0],)):
-                if counters.get(key) is None and key not in old:
-                    missing.append(key)
+            keys = [rule.key + (start,)]
+            if rule.limit is not None:  # a limited rule also reads its previous window (the debt)
+                keys.append(rule.key + (window_bounds(rule.window, start - 1)[0],))
+            missing.extend(k for k in keys if counters.get(k) is None and k not in old)
         if missing:
             for key, value in budget_store.counters(conn, list(dict.fromkeys(missing))).items():
                 counters.load(key, value)
