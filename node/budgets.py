@@ -30,7 +30,7 @@ Caches, each bounded (what happens at the bound):
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, MutableMapping
 
 from ledger import escrow as escrow_rules
 from ledger.book import (
@@ -41,14 +41,15 @@ from ledger.bookdecide import Ask, Decision, decide, dry_run_parts, held, receip
 from ledger.bookpolicy import PolicyState
 from ledger.budget import Rule, charges
 from ledger.errors import Conflict, Invalid, LedgerError
-from ledger.events import Event, charged_agent, is_metered, unsigned_event
+from ledger.events import Event, charged_agent, is_metered
 from ledger.governance import Governance
 from ledger.policy import RUN_KINDS
 from ledger.pricing import estimate_milli, llm_cost_milli
 from ledger.reputation import Rating, performance_trust, score_ppm
 from ledger.windows import DAY_MS, window_bounds
-from node import budgetmerge, budgetviews
+from node import budgetcalls, budgetmerge, budgetviews
 from node.budgetmerge import METERING
+from node.budgetcounters import COUNTER_GENERATION_MAX, CounterCache, DecideView
 from node.budgetrules import RuleCache
 from node.escrow import EscrowBook
 from node.store import budgets as budget_store
@@ -63,51 +64,8 @@ __all__ = ["Admitted", "BudgetBook", "Registration", "Run", "call_amounts", "tru
 
 logger = logging.getLogger("ats.budgets")
 
-COUNTER_GENERATION_MAX = 200_000
 REPUTATION_MAX = 100_000
 SETTLED_MAX = 100_000
-
-
-class CounterCache(dict):
-    """Usage counters as SQLite holds them plus the increments of the batch being decided.
-
-    Two generations: this dict (the young one, read with dict.get on the hot path) and `old`.
-    A key is loaded through `BudgetBook.consumed`/`prefetch`, which rotate the generations when
-    the young one holds COUNTER_GENERATION_MAX keys: the old one is dropped, except the keys
-    written since the last commit (`dirty`: their increments are not in SQLite yet). A commit
-    is seen as a change of the connection's `total_changes` at the next event (`settle`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.old: dict[CounterKey, int] = {}
-        self.dirty: set[CounterKey] = set()
-        self.changes = -1  # the connection's total_changes when `dirty` started
-
-    def __setitem__(self, key: CounterKey, value: int) -> None:
-        dict.__setitem__(self, key, value)
-        self.dirty.add(key)
-
-    def __iter__(self) -> Iterator[CounterKey]:
-        yield from list(dict.keys(self))
-        yield from list(self.old)
-
-    def settle(self, conn: Connection) -> None:
-        """Forget which keys are dirty once the writer committed (or rolled back and reloaded)."""
-        changes = conn.total_changes
-        if changes != self.changes:
-            self.dirty.clear()
-            self.changes = changes
-
-    def load(self, key: CounterKey, value: int) -> None:
-        """Cache a value read from SQLite, rotating the generations when the young one is full."""
-        if len(self) >= COUNTER_GENERATION_MAX:
-            young = dict(self)
-            # written since the last commit, so not in SQLite yet: kept, whichever generation holds them
-            kept = {k: young[k] if k in young else self.old[k] for k in self.dirty}
-            dict.clear(self)
-            dict.update(self, kept)
-            self.old = young
-        dict.__setitem__(self, key, value)
 
 
 class BudgetBook:
@@ -136,7 +94,7 @@ class BudgetBook:
         self.settled: dict[tuple[tuple[str, str, str, str], int], None] = {}  # debts already penalised here
         self.run_holds, self.call_holds = self.runs.holds, self.call_book.holds  # what bookdecide.held reads
         self._rules = RuleCache(self)
-        self._view = _View(self)  # what decide reads (ledger.bookdecide.BookView), moved to each event
+        self._view = DecideView(self)  # what decide reads (ledger.bookdecide.BookView), moved to each event
 
     # names the rest of the node reads (queries, reports, dashboard, meter, escrow)
     authorities = property(lambda self: self.roles.authorities)
@@ -256,7 +214,7 @@ class BudgetBook:
         value = counters.old.pop(key, None)
         if value is None:
             value = budget_store.counter(conn, key)
-        counters.load(key, value)
+        counters.load(key, value, COUNTER_GENERATION_MAX)
         return value
 
     def _settle(self, conn: Connection) -> None:
@@ -280,7 +238,7 @@ class BudgetBook:
             missing.extend(k for k in keys if counters.get(k) is None and k not in old)
         if missing:
             for key, value in budget_store.counters(conn, list(dict.fromkeys(missing))).items():
-                counters.load(key, value)
+                counters.load(key, value, COUNTER_GENERATION_MAX)
 
     def held(self, scope_key: ScopeKey, metric: str) -> int:
         """What open runs (act.cost) and open metered calls (their worst case) hold of a scope's metric."""
@@ -535,28 +493,9 @@ class BudgetBook:
 
     def reserve_call(self, conn: Connection, call: OpenCall, now_ms: int,
                      persist: bool = True) -> tuple[Admitted, LedgerError | None]:
-        """Hold a call's worst case against every budget of its agent and scopes, or say why not.
-
-        The decision is the admission of an event charging that worst case, with every other
-        open call's hold counted (so concurrent calls are never admitted beyond budget + reserve);
-        admitted, the hold is persisted (meter_calls) before the call goes out, here or (persist
-        False) by the caller, which then owns releasing the hold if it cannot. Writer thread only.
-        """
-        body: dict[str, Any] = {"op": "llm.call" if call.kind == "llm" else "agent.run", "cost": call.cost}
-        if call.kind == "llm":
-            body["units"] = call.tokens
-        else:
-            limit = self.max_cost_per_run(call.agent)
-            if limit is not None and call.cost > limit:
-                raise Invalid("run_limit_exceeded", f"estimated cost {call.cost} is over max_cost_per_run {limit}")
-        probe = unsigned_event("act", call.agent, now_ms, body)
-        out, refusal = self.admit(conn, probe, now_ms, dry_run=True)
-        if refusal is not None:
-            return out, refusal
-        if persist:
-            meter_store.insert_calls(conn, [call])
-        self.call_book.hold(call, self.chain(call.agent))
-        return out, None
+        """Hold a call's worst case against every budget of its agent and scopes, or say why not
+        (node/budgetcalls.py). Writer thread only."""
+        return budgetcalls.reserve_call(self, conn, call, now_ms, persist)
 
     def drop_holds(self, calls: list[OpenCall]) -> None:
         """Forget holds whose reservations could not be persisted (the batch rolled back)."""
@@ -566,36 +505,3 @@ class BudgetBook:
         """Forget a call that charges nothing (refused or failed upstream before any work)."""
         self.call_book.settle(call_id)
         meter_store.delete_calls(conn, [call_id])
-
-
-class _View:
-    """The book as ledger.bookdecide reads it (BookView): counters loaded from SQLite on first use."""
-
-    __slots__ = ("book", "conn", "run", "hold_delta", "counters", "run_holds", "call_holds", "buckets", "settled",
-                 "strict", "rules", "ts_ms")
-
-    def __init__(self, book: BudgetBook, conn: Connection | None = None, run: Run | None = None, hold_delta: int = 0):
-        self.book, self.conn, self.run, self.hold_delta = book, conn, run, hold_delta
-        self.counters = book.counters
-        self.run_holds = book.runs.holds
-        self.call_holds = book.call_book.holds
-        self.buckets = book.policy.buckets
-        self.settled = book.settled
-        self.strict = bool(book.escrow.members_now)
-        self.rules: list[Rule] | None = None  # the event's rules, until its counters are prefetched
-        self.ts_ms = 0
-
-    def counter(self, key: CounterKey) -> int:
-        if self.rules:  # the event's first miss: every counter its rules read, in one query
-            self.book.prefetch(self.conn, self.rules, self.ts_ms)
-            self.rules = None
-        value = self.book.consumed(self.conn, key)
-        self.counters = self.book.counters  # a load may have rotated the generations
-        return value
-
-    def is_strict(self, rule: Rule) -> bool:
-        return self.book.escrow.is_strict(rule)
-
-    def strict_refusal(self, key: CounterKey, spend: int) -> LedgerError | None:
-        local = self.book.local_held(key, self.run, self.hold_delta)
-        return self.book.escrow.decide(self.book, self.conn, key, local, spend)[0]
