@@ -258,6 +258,14 @@ class Governance:
         i = bisect_right(self._fold_ms or [], at_ms)
         return self._fold_policies[i - 1] if i else self.base
 
+    def policy_span(self, at_ms: int) -> tuple[int, int]:
+        """[from, until) ms around at_ms in which policy_at answers the same policy (until a record changes it)."""
+        if self._fold_ms is None:
+            self._refold()
+        fold = self._fold_ms or []
+        i = bisect_right(fold, at_ms)
+        return (fold[i - 1] if i else 0, fold[i] if i < len(fold) else INT_MAX)
+
     def rejected(self) -> list[Rejection]:
         """The adoptions the fold skipped, in (effective_ms, proposal id) order, with why."""
         if self._fold_ms is None:

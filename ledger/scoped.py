@@ -305,6 +305,12 @@ class OwnerBudgets:
         self._cache[(scope, scope_id)] = (self.version, lo, hi, result)
         return result
 
+    def in_force_span(self, scope: str, scope_id: str, at_ms: int) -> tuple[int, int]:
+        """[from, until) ms around at_ms in which in_force answers the same budgets (until a record changes them)."""
+        self.in_force(scope, scope_id, at_ms)
+        cached = self._cache.get((scope, scope_id))
+        return (cached[1], cached[2]) if cached is not None and self._by_scope.get((scope, scope_id)) else (0, 2**63)
+
     def listing(self, scope: str | None, scope_id: str | None, at_ms: int) -> list[dict[str, Any]]:
         """Every key's budget in force at at_ms and its scheduled changes, for `ats budget list/get`."""
         out = []

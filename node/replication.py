@@ -422,6 +422,17 @@ class Replicator:
     def _store(self, conn: Connection, origin_id: int, checked: Any, note: str | None) -> Frontier:
         """Writer thread: the verified range, its budget effects and (at the end) the origin's note."""
         now = self._clock.now_ms()
+        try:
+            return self._store_page(conn, origin_id, checked, note, now)
+        except Exception:
+            # the page rolled back after the book counted it: rebuild the book from the log, or stop
+            why = self._book.rollback(conn, now)
+            if why is not None:
+                self._own.read_only_reason = self._own.read_only_reason or why
+                logger.critical("%s", why)
+            raise
+
+    def _store_page(self, conn: Connection, origin_id: int, checked: Any, note: str | None, now: int) -> Frontier:
         envelopes = list(checked.envelopes)
         merged = merge(envelopes, log_store.find_entries(conn, [e.event.id for e in envelopes]))
         deltas: dict = {}

@@ -35,6 +35,26 @@ def counter(conn: sqlite3.Connection, key: tuple[str, str, str, str, int]) -> in
     return row[0] if row else 0
 
 
+COUNTERS_PER_QUERY = 100  # keys per SELECT of `counters` (SQLite binds at most 32,766 variables)
+
+
+def counters(conn: sqlite3.Connection, keys: list[tuple[str, str, str, str, int]]) -> dict[tuple[str, str, str, str, int], int]:
+    """The counters of these keys, 0 for those SQLite does not hold: one indexed query per 100 keys."""
+    out = dict.fromkeys(keys, 0)
+    for i in range(0, len(keys), COUNTERS_PER_QUERY):
+        part = keys[i : i + COUNTERS_PER_QUERY]
+        # CROSS JOIN keeps the keys outer, so each is one primary-key search (a row-value IN scans the table)
+        rows = conn.execute(
+            "WITH k(a, b, c, d, e) AS (VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * len(part)) + ")"
+            " SELECT u.scope, u.scope_id, u.metric, u.window, u.start_ms, u.amount FROM k CROSS JOIN usage_counters u"
+            " ON u.scope = k.a AND u.scope_id = k.b AND u.metric = k.c AND u.window = k.d AND u.start_ms = k.e",
+            [v for key in part for v in key],
+        ).fetchall()
+        for scope, scope_id, metric, window, start, amount in rows:
+            out[(scope, scope_id, metric, window, start)] = amount
+    return out
+
+
 def add_counters(conn: sqlite3.Connection, deltas: dict[tuple[str, str, str, str, int], int]) -> None:
     """Add deltas to counters (inside the caller's transaction), saturating at ±COUNTER_MAX.
 
