@@ -25,10 +25,8 @@ from typing import Any, Iterable, Protocol
 
 from ledger.errors import Forbidden, Invalid, OverBudget
 from ledger.events import Event, is_metered
-from ledger.policy import AUTHORITY_KINDS, NODE_KINDS, ORACLE_KINDS
-from ledger.readgrants import GRANT_KINDS
 from ledger.reputation import anomaly_penalty_milli
-from ledger.scoped import OWNER_KINDS
+from ledger.kinds import AUTHORITY_KINDS, ESCROW_KINDS, GRANT_KINDS, NODE_KINDS, ORACLE_KINDS, OWNER_KINDS, RUN_CLOSES, RUN_SPENDS
 
 CounterKey = tuple[str, str, str, str, int]  # (scope, scope_id, metric, window, window start ms)
 ScopeKey = tuple[str, str]  # (scope, scope_id)
@@ -143,7 +141,7 @@ class Roles:
         kind = ev.kind
         if is_metered(ev) and ev.signer not in self.meters:
             raise Forbidden("not_meter", "only this node or a configured meter may sign an event naming the agent charged")
-        if kind in NODE_KINDS or kind == "escrow.transfer":
+        if kind in NODE_KINDS or kind in ESCROW_KINDS:
             if ev.signer != self.node_key:
                 what = "written by the node that gives" if kind == "escrow.transfer" else "written by nodes"
                 raise Forbidden("not_authority", f"{kind} records are {what}, not submitted")
@@ -169,9 +167,9 @@ class Roles:
 
 def step(run: Run, kind: str, cost: int = 0, tokens: int = 0) -> Run:
     """The run after one of its records: charge and post add the spend, post and void close it."""
-    if kind in ("run.charge", "run.post"):
+    if kind in RUN_SPENDS:
         run = replace(run, spent=run.spent + cost, tokens=run.tokens + tokens)
-    if kind in ("run.post", "run.void"):
+    if kind in RUN_CLOSES:
         run = replace(run, open=False)
     return run
 

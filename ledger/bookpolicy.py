@@ -22,8 +22,10 @@ from ledger.errors import Conflict, OverBudget
 from ledger.events import Event
 from ledger.governance import Governance, Proposal, Vote
 from ledger.plans import plan_named
-from ledger.readgrants import GRANT_KINDS, Grants
-from ledger.scoped import OWNER_KINDS, OwnerBudgets, from_record
+from ledger import policy
+from ledger.kinds import GRANT_KINDS, OWNER_KINDS
+from ledger.readgrants import Grants
+from ledger.scoped import OwnerBudgets, from_record
 
 MANUAL_SUSPENSION_RETRY_MS = 3_600_000
 BUCKETS_MAX = 100_000  # throttle buckets kept; past it the oldest is dropped (that scope starts a full bucket)
@@ -214,16 +216,16 @@ def _by_alert(type_: str, agent: bytes, now_ms: int, reason: str, by: bytes) -> 
 
 
 _Handler = Callable[[PolicyState, Event, int, "Admitted | None", bool], "list[str] | None"]
-_HANDLERS: dict[str, _Handler] = {
-    "agent.register": PolicyState._register,
-    "plan.assign": PolicyState._plan,
-    "stake.set": PolicyState._stake,
-    "node.admit": PolicyState._admit_node,
+_HANDLERS: dict[str, _Handler] = {  # keyed by each body's KIND: the kind names live in ledger.kinds
+    policy.AgentRegisterBody.KIND: PolicyState._register,
+    policy.PlanAssignBody.KIND: PolicyState._plan,
+    policy.StakeSetBody.KIND: PolicyState._stake,
+    policy.NodeAdmitBody.KIND: PolicyState._admit_node,
     **{kind: PolicyState._grant for kind in GRANT_KINDS},
     **{kind: PolicyState._owner for kind in OWNER_KINDS},
-    "agent.suspend": PolicyState._suspend,
-    "agent.suspended": PolicyState._suspended,
-    "agent.lift": PolicyState._lift,
-    "gov.propose": PolicyState._propose,
-    "gov.vote": PolicyState._vote,
+    policy.AgentSuspendBody.KIND: PolicyState._suspend,
+    policy.AgentSuspendedBody.KIND: PolicyState._suspended,
+    policy.AgentLiftBody.KIND: PolicyState._lift,
+    policy.GovProposeBody.KIND: PolicyState._propose,
+    policy.GovVoteBody.KIND: PolicyState._vote,
 }

@@ -235,10 +235,7 @@ OWNER_KINDS = REGISTRY.role("owner")
 ESCROW_KINDS = REGISTRY.role("escrow")
 POLICY_KINDS = AUTHORITY_KINDS | ORACLE_KINDS | NODE_KINDS
 
-# The role sets that ledger.policy, ledger.scoped and ledger.readgrants still export for
-# node/budgets.py (owned by issue 14 helpers; removed at merge, when it imports them from here)
-# must say what the registry says.
-for _name, _theirs in (("AUTHORITY_KINDS", policy.AUTHORITY_KINDS), ("ORACLE_KINDS", policy.ORACLE_KINDS),
-                       ("NODE_KINDS", policy.NODE_KINDS), ("RUN_KINDS", policy.RUN_KINDS),
-                       ("GRANT_KINDS", readgrants.GRANT_KINDS), ("OWNER_KINDS", scoped.OWNER_KINDS)):
-    check(_theirs == globals()[_name], f"{_name} differs from the kind registry")
+# Run records: which add to the run's spend, and which close it (ledger.book.step).
+RUN_SPENDS = frozenset({"run.charge", "run.post"})
+RUN_CLOSES = frozenset({"run.post", "run.void"})
+check(RUN_SPENDS | RUN_CLOSES <= RUN_KINDS, "run records are run kinds")

@@ -241,12 +241,3 @@ class RunVoidBody(PolicyBody):
     KIND: ClassVar[str] = "run.void"
     run: bytes = spec(_bytes16)
 
-
-# Kept for node/budgets.py (owned by issue 14 helpers; removed at merge): ledger.kinds has these,
-# derived from the registry, and checks at import that this copy says the same.
-AUTHORITY_KINDS = frozenset(
-    {"agent.register", "plan.assign", "agent.suspend", "agent.lift", "gov.propose", "gov.vote", "node.admit"}
-)
-ORACLE_KINDS = frozenset({"stake.set"})
-NODE_KINDS = frozenset({"agent.suspended", "governance.policy.updated"})
-RUN_KINDS = frozenset({"run.reserve", "run.charge", "run.post", "run.void"})

@@ -82,11 +82,6 @@ class ReadRevokeBody(_GrantBody):
     reason: str = spec(_label)
 
 
-# Kept for node/budgets.py (owned by issue 14 helpers; removed at merge): ledger.kinds has these,
-# derived from the registry, and checks at import that this copy says the same.
-GRANT_KINDS = frozenset({"read.grant", "read.revoke"})
-
-
 @dataclass(frozen=True)
 class Grant:
     scope: str

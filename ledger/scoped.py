@@ -174,11 +174,6 @@ class BudgetRmBody(_OwnerBody):
     effective: int | None = spec(_time_ms, required=False)
 
 
-# Kept for node/budgets.py (owned by issue 14 helpers; removed at merge): ledger.kinds has these,
-# derived from the registry, and checks at import that this copy says the same.
-OWNER_KINDS = frozenset({"budget.set", "budget.rm"})
-
-
 # -- the fold -----------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from ledger.book import CounterKey
 from ledger.budget import Rule
 from ledger.constants import COUNTER_MAX
 from ledger.events import Event, charged_agent, is_metered
-from ledger.policy import RUN_KINDS
+from ledger.kinds import METERING_KINDS, RUN_KINDS
 from ledger.windows import window_bounds
 from node.escrow import EscrowBook
 from node.store.sqlite import Connection
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ats.budgets")
 
-METERING = ("act", "dat", "cpt", "trt")
+METERING = METERING_KINDS
 
 
 def observe(book: "BudgetBook", conn: Connection, ev: Event, now_ms: int, origin: bytes | None = None) -> dict[CounterKey, int]:

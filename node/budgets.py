@@ -43,7 +43,7 @@ from ledger.budget import Rule, charges
 from ledger.errors import Conflict, Invalid, LedgerError
 from ledger.events import Event, charged_agent, is_metered
 from ledger.governance import Governance
-from ledger.policy import RUN_KINDS
+from ledger.kinds import RUN_KINDS
 from ledger.pricing import estimate_milli, llm_cost_milli
 from ledger.reputation import Rating, performance_trust, score_ppm
 from ledger.windows import DAY_MS, window_bounds

@@ -4,7 +4,9 @@ what an answer means is the engine's question (consensus/replication.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any, Callable, Protocol
 
 import aiohttp
@@ -14,7 +16,10 @@ from consensus.peermsg import entries as msg_entries
 from consensus.peermsg import proof as msg_proof
 from consensus.replication import PeerState, pages
 from consensus.verify import PeerProtocolError
+from node import replstore
 from node.aio import read_bounded
+
+logger = logging.getLogger("ats.replication")
 
 POST_ANSWER_BYTES_MAX = 64 * 1024
 
@@ -88,3 +93,18 @@ class PeerClient:
         raw = msg_entries.decode(body or b"", end - start, items_max=self._entries_max + msg_entries.ITEMS_SLACK)
         end = start + len(raw)
         return raw, (await self.proof(peer, origin, end, size) if end < size else None)
+
+
+async def send_anchor(session: "aiohttp.ClientSession | None", sink: str, text: str) -> None:
+    """An anchored checkpoint (a note and its cosignatures) to the anchor sink: POSTed to an
+    http(s) URL, or appended to a file. A failure is logged, never raised."""
+    try:
+        if sink.startswith(("http://", "https://")):
+            assert session is not None
+            async with session.post(sink, data=text.encode(), headers={"Content-Type": "text/plain"}) as resp:
+                await resp.read()
+        else:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, replstore.append_text, sink, text + "\n")
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        logger.warning("anchor sink %s failed: %s", sink, e)

@@ -47,7 +47,7 @@ import aiohttp
 from consensus.messages import FRONTIER_BYTES_MAX, PEERS_EXCHANGED_MAX
 from consensus.peermsg import frontier as msg_frontier
 from consensus.replication import (
-    CONCURRENT_PEERS, Held, OriginPlan, PeerState, ReplicationEngine, anchor_due, merge,
+    CONCURRENT_PEERS, Held, OriginPlan, PeerState, ReplicationEngine, anchor_due,
 )
 from consensus.replication import OwnLog as EngineOwnLog
 from consensus.replication import cluster_digest  # noqa: F401  (node.queries, tests/sim/harness.py)
@@ -63,9 +63,8 @@ from node.clock import SystemClock
 from node.ingest import OwnLog
 from node import replstore
 from node.peerclient import HttpTransport, Transport  # noqa: F401  (Transport: tests/sim/simnet.py)
-from node.peerclient import PeerClient
+from node.peerclient import PeerClient, send_anchor
 from node.replstore import digest_state  # noqa: F401  (node.queries, tests/sim/harness.py)
-from node.store import budgets as budget_store
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
 from node.store import peers as peer_store
@@ -433,23 +432,12 @@ class Replicator:
             raise
 
     def _store_page(self, conn: Connection, origin_id: int, checked: Any, note: str | None, now: int) -> Frontier:
-        envelopes = list(checked.envelopes)
-        merged = merge(envelopes, log_store.find_entries(conn, [e.event.id for e in envelopes]))
-        deltas: dict = {}
-        for env in merged.count:
-            # a metered event counts only if its origin or a configured meter signed it (PROTOCOL.md §6)
-            for key, amount in self._book.observe(conn, env.event, now, origin=checked.origin).items():
-                deltas[key] = deltas.get(key, 0) + amount
-        frontier = merkle_store.load_frontier(conn, origin_id, checked.start)
-        new_frontier, _ = log_store.append_batch(
-            conn, origin_id, frontier, envelopes, now, (lambda size, root: note) if note else None,
-            also=lambda c: budget_store.add_counters(c, deltas),
-        )
-        if merged.unknown:  # stored and relayed, counted nowhere (docs/replication.md "Unknown kinds")
-            self.unknown_kinds += len(merged.unknown)
+        new_frontier, unknown = replstore.store_page(conn, self._book, origin_id, checked, note, now)
+        if unknown:  # stored and relayed, counted nowhere (docs/replication.md "Unknown kinds")
+            self.unknown_kinds += len(unknown)
             logger.warning("stored %d event(s) of kinds this release does not know (%s) from origin %s: relayed,"
-                           " counted nowhere; upgrade this node", len(merged.unknown),
-                           ", ".join(sorted({e.event.kind for e in merged.unknown})), checked.origin.hex()[:16])
+                           " counted nowhere; upgrade this node", len(unknown),
+                           ", ".join(sorted({e.event.kind for e in unknown})), checked.origin.hex()[:16])
         return new_frontier
 
     async def _cosign(self, peer: PeerState, cp: Checkpoint) -> None:
@@ -479,19 +467,8 @@ class Replicator:
         size, note, lines = found
         self._anchored_size = size
         text = note + "".join(line + "\n" for line in lines)
-        if not self._anchor_sink:
-            return
-        try:
-            if self._anchor_sink.startswith(("http://", "https://")):
-                assert self._session is not None
-                async with self._session.post(self._anchor_sink, data=text.encode(),
-                                              headers={"Content-Type": "text/plain"}) as resp:
-                    await resp.read()
-            else:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, replstore.append_text, self._anchor_sink, text + "\n")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            logger.warning("anchor sink %s failed: %s", self._anchor_sink, e)
+        if self._anchor_sink:
+            await send_anchor(self._session, self._anchor_sink, text)
 
     # -- serving peers ---------------------------------------------------------------------------
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from consensus.messages import FORKS_EXCHANGED_MAX, FRONTIER_ORIGINS_MAX
-from consensus.replication import Held, cluster_digest
+from consensus.replication import Held, cluster_digest, merge
 from consensus.verify import PeerProtocolError, fork_evidence
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import NotFound
+from ledger.events import Envelope
+from ledger.merkle import Frontier
+from node.store import budgets as budget_store
 from node.store import logs as log_store
 from node.store import merkle as merkle_store
 from node.store import peers as peer_store
@@ -97,3 +100,23 @@ def append_text(path: str, text: str) -> None:
     with open(path, "a") as f:
         f.write(text)
         f.flush()
+
+
+def store_page(conn: Connection, book: Any, origin_id: int, checked: Any, note: str | None,
+               now: int) -> tuple[Frontier, list[Envelope]]:
+    """Writer thread: a verified page appended (with the origin's note at its end), and the budget
+    effects of the events held nowhere yet (`merge`: each event id once); returns the new frontier
+    and the envelopes of kinds this release does not know (stored, counted nowhere)."""
+    envelopes = list(checked.envelopes)
+    merged = merge(envelopes, log_store.find_entries(conn, [e.event.id for e in envelopes]))
+    deltas: dict = {}
+    for env in merged.count:
+        # a metered event counts only if its origin or a configured meter signed it (PROTOCOL.md §6)
+        for key, amount in book.observe(conn, env.event, now, origin=checked.origin).items():
+            deltas[key] = deltas.get(key, 0) + amount
+    frontier = merkle_store.load_frontier(conn, origin_id, checked.start)
+    new_frontier, _ = log_store.append_batch(
+        conn, origin_id, frontier, envelopes, now, (lambda size, root: note) if note else None,
+        also=lambda c: budget_store.add_counters(c, deltas),
+    )
+    return new_frontier, list(merged.unknown)

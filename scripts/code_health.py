@@ -45,7 +45,7 @@ def main() -> int:
             print(f"  complexity over {args.complexity}: {where} {cc}")
     cycles = arch._cycles(arch._import_graph())
     print(f"import cycles: {len(cycles)}" + "".join(f"\n  {' <-> '.join(c)}" for c in cycles))
-    lists = arch.kind_lists(skip=(), aliases={})
+    lists = arch.kind_lists()
     print(f"lists of kind names outside ledger/kinds.py: {len(lists)}" + "".join(f"\n  {f}" for f in lists))
     return 0
 

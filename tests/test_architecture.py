@@ -103,18 +103,8 @@ def test_every_package_and_module_imports_alone_in_a_fresh_interpreter() -> None
 # -- issue 14: one kind registry, no import cycles, small modules and functions --------------
 
 PRODUCT = ("ledger", "consensus", "node")
-# owned by issue 14 helpers; removed at merge
-OWNED_ELSEWHERE = ("node/budgets.py", "node/replication.py", "node/ingest.py", "node/escrow.py")
-# owned by issue 14 helpers; removed at merge: the lists of kinds these two still hold (see the report)
-KIND_LISTS_ELSEWHERE = ("node/budgets.py", "node/store/budgets.py")
 LINES_MAX = 520
 COMPLEXITY_MAX = 20  # radon's cyclomatic complexity
-# Role sets node/budgets.py still imports from these modules (owned by issue 14 helpers; removed at
-# merge, when node/budgets.py imports them from ledger.kinds). ledger/kinds.py checks at import that
-# each equals the registry's, so a kind forgotten in one of them fails loudly.
-KIND_SET_ALIASES = {"ledger/policy.py": {"AUTHORITY_KINDS", "ORACLE_KINDS", "NODE_KINDS", "RUN_KINDS"},
-                    "ledger/readgrants.py": {"GRANT_KINDS"}, "ledger/scoped.py": {"OWNER_KINDS"}}
-
 
 def _module_name(path: Path) -> str:
     return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
@@ -124,28 +114,23 @@ def _product_modules() -> dict[str, Path]:
     return {_module_name(p): p for pkg in PRODUCT for p in _modules(pkg)}
 
 
-def kind_lists(skip: tuple[str, ...] = KIND_LISTS_ELSEWHERE, aliases: dict[str, set[str]] | None = None) -> list[str]:
-    """Every collection literal naming two or more registered kinds outside ledger/kinds.py."""
+def kinds_listed(source: str, rel: str) -> list[str]:
+    """The collection literals in source that name two or more registered kinds."""
     from ledger.kinds import KINDS
 
-    aliases = KIND_SET_ALIASES if aliases is None else aliases
     found = []
-    for path in _product_modules().values():
-        rel = _rel(path)
-        if rel == "ledger/kinds.py" or rel in skip:
-            continue
-        tree = ast.parse(path.read_text(encoding="utf-8"), rel)
-        allowed = {id(sub) for n in ast.walk(tree) if isinstance(n, ast.Assign)
-                   and {getattr(t, "id", "") for t in n.targets} <= aliases.get(rel, set())
-                   for sub in ast.walk(n.value)}
-        for n in ast.walk(tree):
-            if id(n) in allowed:
-                continue
-            items = n.keys if isinstance(n, ast.Dict) else n.elts if isinstance(n, (ast.Tuple, ast.List, ast.Set)) else []
-            named = [e.value for e in items if isinstance(e, ast.Constant) and e.value in KINDS]
-            if len(named) >= 2:
-                found.append(f"{rel}:{n.lineno} lists kinds {named}")
+    for n in ast.walk(ast.parse(source, rel)):
+        items = n.keys if isinstance(n, ast.Dict) else n.elts if isinstance(n, (ast.Tuple, ast.List, ast.Set)) else []
+        named = [e.value for e in items if isinstance(e, ast.Constant) and e.value in KINDS]
+        if len(named) >= 2:
+            found.append(f"{rel}:{n.lineno} lists kinds {named}")
     return found
+
+
+def kind_lists() -> list[str]:
+    """Every collection literal naming two or more registered kinds outside ledger/kinds.py."""
+    return [f for path in _product_modules().values() if _rel(path) != "ledger/kinds.py"
+            for f in kinds_listed(path.read_text(encoding="utf-8"), _rel(path))]
 
 
 def test_no_list_of_kind_names_outside_the_kind_registry() -> None:
@@ -153,7 +138,8 @@ def test_no_list_of_kind_names_outside_the_kind_registry() -> None:
     registered kinds anywhere else is a list someone must remember to extend, and forgetting one
     silently stops metering it (issue 14)."""
     assert kind_lists() == []
-    assert any(f.startswith("node/budgets.py:") for f in kind_lists(skip=(), aliases={}))  # the check sees them
+    assert kinds_listed('METERING = ("act", "dat", "cpt")\nstep = {"run.post": 1, "run.void": 2}', "x.py") == [
+        "x.py:1 lists kinds ['act', 'dat', 'cpt']", "x.py:2 lists kinds ['run.post', 'run.void']"]  # it sees them
 
 
 def _import_graph() -> dict[str, set[str]]:
@@ -240,7 +226,7 @@ def test_no_import_cycles_among_product_modules() -> None:
 def test_no_product_module_is_over_520_lines() -> None:
     long = {rel: n for rel, n in ((_rel(p), len(p.read_text(encoding="utf-8").splitlines()))
                                   for p in _product_modules().values()) if n > LINES_MAX}
-    assert {rel: n for rel, n in long.items() if rel not in OWNED_ELSEWHERE} == {}
+    assert long == {}
 
 
 def test_no_function_is_over_complexity_20() -> None:
@@ -255,6 +241,6 @@ def test_no_function_is_over_complexity_20() -> None:
         visitor = ComplexityVisitor.from_code(path.read_text(encoding="utf-8"))
         functions = visitor.functions + [m for c in visitor.classes for m in c.methods]
         for f in blocks(functions):
-            if f.complexity > COMPLEXITY_MAX and rel not in OWNED_ELSEWHERE:
+            if f.complexity > COMPLEXITY_MAX:
                 found[f"{rel}:{f.lineno} {f.fullname}"] = f.complexity
     assert found == {}

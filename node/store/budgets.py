@@ -9,13 +9,12 @@ from typing import Any, Iterable
 from ledger.constants import COUNTER_MAX
 from ledger.events import Event, UnknownBody, parse_envelope
 
-_METERING = ("act", "dat", "cpt", "trt")
-
 
 def policy_events(conn: sqlite3.Connection, runs_since_ms: int) -> Iterable[Event]:
     """Policy records (all) and run records (since runs_since_ms), in log order (origin, index)."""
     rows = conn.execute(
-        # INDEXED BY: the partial index both filters and orders; a full scan at 1M entries is seconds
+        # INDEXED BY: the partial index both filters and orders; a full scan at 1M entries is seconds.
+        # Its kinds are the usage kinds as they were when schema 2 created the index (node/store/schema.py).
         "SELECT envelope, kind, ts FROM entries INDEXED BY entries_policy WHERE kind NOT IN ('act', 'dat', 'cpt', 'trt')"
         " ORDER BY origin, idx"
     ).fetchall()

@@ -11,8 +11,11 @@ import json
 import sqlite3
 from typing import Any, Iterable, Iterator
 
+from ledger.kinds import KIND_GROUPS
+
 SIGNERS_PER_QUERY = 500  # bound on an IN list (SQLite's default variable limit is 32766)
-_METERING = "('act', 'dat', 'cpt', 'trt', 'run.reserve', 'run.charge', 'run.post')"
+# the kinds reports fold: those with a usage group (ledger.kinds), as an SQL list of literals
+_METERING = "(" + ", ".join(f"'{kind}'" for kind in KIND_GROUPS) + ")"
 
 
 def signers(conn: sqlite3.Connection) -> list[bytes]:

@@ -118,12 +118,3 @@ def test_every_kind_is_documented_in_its_section_of_the_protocol(kind: Kind) -> 
 def test_a_kind_the_docs_do_not_name_is_caught() -> None:
     text = PROTOCOL_MD.read_text(encoding="utf-8")
     assert "`test.gpu`" not in text  # so the check above would fail for GPU once registered
-
-
-def test_the_lists_left_in_files_other_helpers_own_say_what_the_registry_says() -> None:
-    """owned by issue 14 helpers; removed at merge, when node/budgets.py and node/store/budgets.py
-    take these from ledger.kinds (tests/test_architecture.py KIND_LISTS_ELSEWHERE)."""
-    from node import budgets as book
-    from node.store import budgets as store
-
-    assert book.METERING == store._METERING == kinds.METERING_KINDS
