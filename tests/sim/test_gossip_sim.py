@@ -69,11 +69,11 @@ def test_the_checker_catches_a_node_that_counts_an_event_twice(tmp_path, monkeyp
     """The invariants are not vacuous: break the merge (count events already held) and a seed fails."""
     import types
 
-    from node import replication
+    from node import replstore
 
-    forgetful = types.SimpleNamespace(**vars(replication.log_store))
+    forgetful = types.SimpleNamespace(**vars(replstore.log_store))
     forgetful.find_entries = lambda conn, ids: {}  # "held nowhere yet", always
-    monkeypatch.setattr(replication, "log_store", forgetful)
+    monkeypatch.setattr(replstore, "log_store", forgetful)  # where replication stores a page
     with pytest.raises(InvariantFailed, match="counts .* act.cost"):
         for seed in range(20):
             run(seed, str(tmp_path / str(seed)))
