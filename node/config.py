@@ -43,7 +43,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sqlite_synchronous", "full", "mode", "SQLite synchronous pragma: full (durable on power loss) or normal (durable on process crash)"),
     Setting("startup_check_entries", 250, "entries", "at start, the newest this many entries of the node's own log and as many random others are rechecked against its signed checkpoint (docs/integrity.md; 0: off)"),
     Setting("verify_threads", 0, "threads", "threads verifying signatures (0: one per core)"),
-    Setting("singles_inline_max", 4, "requests", "single CBOR events handled at once up to which each is parsed and verified in the node's own process (~60 µs, no round trip); past it they go to the worker processes (0: always to the workers when they run)"),
+    Setting("singles_inline_max", 1024, "requests", "single CBOR events handled at once up to which each is parsed and verified in the node's own process (~60 µs, no round trip); past it they go to the worker processes (0: always to the workers when they run)"),
     Setting("verify_processes", -1, "processes", "worker processes parsing and verifying submitted envelopes (CBOR: single events and batches) and fetched pages (-1: one per core but one, at least 1; 0: none, all in the node's own process)"),
     Setting("reader_threads", 4, "threads", "SQLite read connections"),
     Setting("entries_page_max", 1000, "entries", "most entries returned by one GET /v1/log/entries"),
@@ -163,7 +163,7 @@ class Config:
     sqlite_synchronous: str = "full"
     startup_check_entries: int = 250
     verify_threads: int = 0
-    singles_inline_max: int = 4
+    singles_inline_max: int = 1024
     verify_processes: int = -1
     reader_threads: int = 4
     entries_page_max: int = 1000

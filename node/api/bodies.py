@@ -105,12 +105,9 @@ async def single(request: web.Request) -> Envelope:
 async def single_checked(request: web.Request, workers: Any = None, busy: bool = False) -> tuple[Envelope, bool]:
     """The one envelope of a POST /v1/events and whether its signature was checked too: a CBOR
     envelope goes to the worker processes (node/workers.py) when they run and the node is busy
-    with single events (more than `singles_inline_max` at once): below that, a few clients sending
-    one event at a time, the loop's ~60 µs of parse and verify beats a worker's round trip and a
-    wait behind another client's batch part in the worker (scripts/bench_fairness.py: 897 against
-    727 events/s for one client alone, and 0.70 against 0.56-0.63 of that beside a bulk client);
-    above it, an open-loop flood of single events (scripts/bench_ingest.py), the loop's CPU is
-    what runs out and the workers take it. Raises LedgerError."""
+    with single events (more than `singles_inline_max` at once, docs/api.md): on 2 cores the
+    loop's ~60 µs of parse and verify beat a worker's round trip, and a wait behind another
+    client's batch part in the worker, at every load measured. Raises LedgerError."""
     ct = _content_type(request)
     body = await _body(request)
     if ct == "application/cbor":
