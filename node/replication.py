@@ -174,6 +174,9 @@ class Replicator:
         self._wake.set()
 
     async def _notify_all(self) -> None:
+        targets = self.engine.notify_targets()
+        if not targets:  # no peer to tell: no digest to compute (a read after every commit)
+            return
         digest = await self.digest()
 
         async def one(peer: PeerState) -> None:
@@ -182,7 +185,7 @@ class Replicator:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 pass  # the peer's own anti-entropy round is the backstop
 
-        await asyncio.gather(*(one(p) for p in self.engine.notify_targets()))
+        await asyncio.gather(*(one(p) for p in targets))
 
     def add_peer(self, url: str, source: str) -> None:
         parts = urlsplit(url.rstrip("/"))
