@@ -120,9 +120,9 @@ class Committer:
         # one client's events in one commit (node.fairqueue); 0: as many as a commit holds
         self._share_events = min(share_events or events_max, events_max)
         self._queue: FairQueue[_Pending] = FairQueue()
-        # a request is queued in chunks this small so that the pacer can fit bulk events into gaps
-        self._chunk = max(1, self._share_events // 4)
         self._pacer = Pacer(pace_gap_ms / 1000) if pace_gap_ms > 0 else None
+        # a request is queued in chunks of a share, or smaller ones the pacer can fit into gaps
+        self._chunk = max(1, self._share_events // 4) if self._pacer is not None else self._share_events
         self._task: asyncio.Task | None = None
         self.write_error: LedgerError | None = None  # the last commit's storage error, until one succeeds
 
@@ -181,7 +181,7 @@ class Committer:
                 outcomes[i] = outcome
 
     async def _commit_all(self, envelopes: list[Envelope], client: str) -> list[Outcome]:
-        """Queue envelopes in chunks of share_events under client; wait for every chunk's commit."""
+        """Queue envelopes in chunks (`_chunk`) under client; wait for every chunk's commit."""
         step = self._chunk
         if len(envelopes) <= step:  # one chunk (every single event): its future, without a gather
             return await self._enqueue(envelopes, client)
@@ -219,7 +219,7 @@ class Committer:
         """One commit, as the pacer plans it (node/fairqueue.py): light clients' events alone, or a
         bulk share that fits before a light client is expected back, or a short wait for it."""
         queue, share, pacer = self._queue, self._share_events, self._pacer
-        light = queue.light_clients(share)
+        light = queue.light_clients(share) if pacer is not None else []
         plan = pacer.plan(loop.time(), bool(light), share) if pacer is not None and queue.heavy(share) else None
         if plan is None:  # nobody has more than a share queued: round-robin, as many as a commit holds
             batch = queue.take(self._events_max, share)
@@ -322,7 +322,7 @@ class Committer:
         new_ids: dict[bytes, dict[str, Any]] = {}
         batch = Admitted()
         none = Admitted()  # without a book: every event is admitted with no budgets
-        size, origin_hex = own.size, own.public_key.hex()
+        size = own.size
         for env in envelopes:
             ev = env.event
             stored = held.get(ev.id)
@@ -346,10 +346,7 @@ class Committer:
             if self._anomalies is not None:
                 self._anomalies.observe(ev, now_ms, batch)
             # the receipt, built once: answered now, and its budgets stored for a duplicate's answer
-            r = {"id": ev.id.hex(), "status": "accepted", "origin": origin_hex, "index": size + len(new),
-                 "budgets": admitted.budgets or []}
-            if admitted.run:
-                r["run"] = admitted.run
+            r = receipt(ev.id, "accepted", own.public_key, size + len(new), admitted.budgets, admitted.run or None)
             new_ids[ev.id] = r
             new.append(env)
             extras.append(receipts.pack(admitted.budgets, admitted.run) if admitted.budgets or admitted.run else None)
