@@ -26,13 +26,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from scripts.bench_ingest import proc_cpu_s as cpu_s  # noqa: E402
 from tests.integration.nodeproc import NodeProcess  # noqa: E402
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def reconnecting(host: str, port: int, clients: int, seconds: float) -> int:
