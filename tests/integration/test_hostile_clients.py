@@ -227,6 +227,22 @@ def test_health_reports_a_nearly_full_disk_before_a_write_fails(small_disk):
         node.kill()
 
 
+def start_bulk_client(node: NodeProcess) -> tuple[list[threading.Thread], list]:
+    """A bulk client from 127.0.0.1: 3 batches of 1000 events posted at once (a thread each), returned
+    once the node has committed its first 64 events; the replies are appended as they come."""
+    bulk = TestAgent()
+    batches = [b"\x99\x03\xe8" + b"".join(bulk.envelope() for _ in range(1000)) for _ in range(3)]
+    replies: list = []
+    threads = [threading.Thread(target=lambda b=b: replies.append(
+        request(node.url, "POST", "/v1/events/batch", b, "application/cbor"))) for b in batches]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + WAIT_S
+    while get(node.url, "/healthz").json()["size"] < 64 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return threads, replies
+
+
 def test_a_single_event_is_committed_ahead_of_another_clients_queued_batches(tmp_path):
     """The fair queue: with a client's 3 × 1000 events queued, another client's single event is
     committed within the next commits (at most commit_share_events of the big client each), not
@@ -235,16 +251,8 @@ def test_a_single_event_is_committed_ahead_of_another_clients_queued_batches(tmp
            "ATS_HEAVY_REQUESTS_PER_CLIENT_MAX": "3"}  # the commit queue alone decides the order
     node = NodeProcess(str(tmp_path / "node"), env=env).start()
     try:
-        bulk, honest = TestAgent(), TestAgent()
-        batches = [b"\x99\x03\xe8" + b"".join(bulk.envelope() for _ in range(1000)) for _ in range(3)]
-        replies = []
-        threads = [threading.Thread(target=lambda b=b: replies.append(
-            request(node.url, "POST", "/v1/events/batch", b, "application/cbor"))) for b in batches]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + WAIT_S
-        while get(node.url, "/healthz").json()["size"] < 64 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        honest = TestAgent()
+        threads, replies = start_bulk_client(node)
         size_before = get(node.url, "/healthz").json()["size"]
         conn = http.client.HTTPConnection(node.host, node.port, timeout=WAIT_S, source_address=("127.0.0.2", 0))
         conn.request("POST", "/v1/events", body=honest.envelope(), headers={"Content-Type": "application/cbor"})
@@ -269,17 +277,9 @@ def test_a_light_clients_events_are_committed_alone_while_bulk_fills_the_gaps(tm
     env = {"ATS_DEFAULT_PLAN": "platformium", "ATS_BATCH_EVENTS_MAX": "1000", "ATS_BODY_BYTES_MAX": str(1 << 20), "ATS_HEAVY_REQUESTS_PER_CLIENT_MAX": "3"}
     node = NodeProcess(str(tmp_path / "node"), env=env).start()
     try:
-        bulk, honest = TestAgent(), TestAgent()
-        batches = [b"\x99\x03\xe8" + b"".join(bulk.envelope() for _ in range(1000)) for _ in range(3)]
+        honest = TestAgent()
         singles = [honest.envelope() for _ in range(20)]
-        replies = []
-        threads = [threading.Thread(target=lambda b=b: replies.append(
-            request(node.url, "POST", "/v1/events/batch", b, "application/cbor"))) for b in batches]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + WAIT_S
-        while get(node.url, "/healthz").json()["size"] < 64 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        threads, replies = start_bulk_client(node)
         conn = http.client.HTTPConnection(node.host, node.port, timeout=WAIT_S, source_address=("127.0.0.2", 0))
         indices = []
         for body in singles:  # closed loop: the next event when the last one is answered
