@@ -11,3 +11,21 @@ before parsing and lists its error codes (`ERRORS`); a decode error is a `PeerPr
 The request signature every peer request carries is consensus/messages.py. Golden vectors:
 tests/vectors/peer-messages.json (tests/vectors/test_peer_message_vectors.py).
 """
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from consensus.verify import PeerProtocolError
+
+
+def load_json(body: bytes, bytes_max: int, what: str) -> Any:
+    """An untrusted JSON answer, its size bounded before parsing; raises PeerProtocolError
+    `oversized` or `bad_encoding`."""
+    if len(body) > bytes_max:
+        raise PeerProtocolError("oversized", f"{what} over {bytes_max} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise PeerProtocolError("bad_encoding", f"{what} does not decode") from None

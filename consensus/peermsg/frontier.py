@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consensus.messages import FORKS_EXCHANGED_MAX, FRONTIER_BYTES_MAX, FRONTIER_ORIGINS_MAX, PEERS_EXCHANGED_MAX
+from consensus.peermsg import load_json
 from consensus.verify import PeerProtocolError
 
 PEER_URL_CHARS_MAX = 300
@@ -44,13 +45,7 @@ def encode(f: Frontier) -> bytes:
 
 def decode(body: bytes) -> Frontier:
     """The frontier in untrusted bytes; raises PeerProtocolError (ERRORS)."""
-    if len(body) > FRONTIER_BYTES_MAX:
-        raise PeerProtocolError("oversized", f"frontier answer over {FRONTIER_BYTES_MAX} bytes")
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise PeerProtocolError("bad_encoding", "frontier answer does not decode") from None
-    return from_doc(doc)
+    return from_doc(load_json(body, FRONTIER_BYTES_MAX, "frontier answer"))
 
 
 def from_doc(doc: Any) -> Frontier:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
+from consensus.peermsg import load_json
 from consensus.verify import PeerProtocolError
 
 PROOF_BYTES_MAX = 64 * 1024
@@ -24,13 +25,7 @@ def encode(proof: Sequence[bytes]) -> bytes:
 
 def decode(body: bytes) -> list[bytes]:
     """The proof's hashes (at most PROOF_HASHES_MAX kept); raises PeerProtocolError (ERRORS)."""
-    if len(body) > PROOF_BYTES_MAX:
-        raise PeerProtocolError("oversized", f"proof answer over {PROOF_BYTES_MAX} bytes")
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise PeerProtocolError("bad_encoding", "proof answer does not decode") from None
-    return from_doc(doc)
+    return from_doc(load_json(body, PROOF_BYTES_MAX, "proof answer"))
 
 
 def from_doc(doc: object) -> list[bytes]:
