@@ -206,12 +206,16 @@ def test_jetstream_resumes_after_the_stream_last_message_when_a_resend_would_fal
 def test_a_fleet_collector_exports_every_origin_and_an_event_in_two_logs_once(make_node, pg_url, nats_url):
     open_ = {"ATS_OPEN_MEMBERSHIP": "true", "ATS_REPLICATION_INTERVAL_MS": "200", "ATS_BUDGETS": "false"}
     a = make_node("a", host="127.0.0.2", env=open_).start()
-    collector = make_node("c", host="127.0.0.3", env={**open_, "ATS_PEERS": a.url, "ATS_EXPORT_ORIGINS": "all",
+    # no peer yet: a's push would otherwise bring the shared events to the collector before the agent's copy
+    collector = make_node("c", host="127.0.0.3", env={**open_, "ATS_EXPORT_ORIGINS": "all",
                                                        "ATS_EXPORT_POSTGRES": pg_url, "ATS_EXPORT_NATS": nats_url}).start()
     agent = TestAgent()
     both = acts(agent, 5, cost=9000)  # the agent sent these to both nodes: two logs hold them
     assert submit(a.url, acts(agent, 30) + both) == 35
     assert submit(collector.url, both + acts(agent, 10)) == 15
+    collector.stop()
+    collector.env["ATS_PEERS"] = a.url  # now the collector replicates a's log
+    collector.start()
     a_log = own_entries(a.data_dir, a.origin)
     wait_for("a's log replicated to the collector",
              lambda: len([e for e in ledger_entries(collector.data_dir) if e[0].hex() == a.origin]) >= len(a_log))
