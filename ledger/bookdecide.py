@@ -180,7 +180,8 @@ def _debt(ask: Ask, view: BookView, rule: Rule, prev: int, out: Decision) -> int
     """The overspend of rule's previous window (starting at prev ms) over the union of origins
     (docs/strict.md §optimistic). A function of the merged counters alone, so every node that holds
     the same events carries the same debt; the first time this node sees an agent's debt it asks
-    for one trust penalty."""
+    for one trust penalty (not when budgets are only recorded: a node that does not enforce
+    does not punish either)."""
     prev_key = rule.key + (prev,)
     used = view.counters.get(prev_key)
     if used is None:
@@ -189,7 +190,7 @@ def _debt(ask: Ask, view: BookView, rule: Rule, prev: int, out: Decision) -> int
         return 0
     _soft, hard, reserve = rules_mod.thresholds(rule)
     debt = escrow_rules.overspend(used, hard + reserve)
-    if debt and rule.scope == "agent" and not ask.dry_run and (rule.key, prev) not in view.settled \
+    if debt and rule.scope == "agent" and ask.enforce and not ask.dry_run and (rule.key, prev) not in view.settled \
             and (rule.key, prev) not in out.penalties:
         out.penalties.append((rule.key, prev))
     return debt

@@ -233,6 +233,9 @@ def test_a_debt_is_not_penalised_on_a_dry_run_or_for_a_scope_other_than_an_agent
     r, team = rule(1000), rule(1000, scope="team", scope_id="t")
     view = View(counters={key(r, PREV): 1500, key(team, PREV): 1500})
     assert decide(ask([r], {"act.cost": 1}, dry_run=True), view).penalties == []
+    # budgets only recorded (budgets = false): the node neither refuses nor punishes
+    d = decide(ask([r], {"act.cost": 600}, enforce=False), view)
+    assert d.refusal is None and d.penalties == []
     d = decide(ask([team], {"act.cost": 1}), view)
     assert d.penalties == [] and d.checks[0].consumed == 1
 
