@@ -89,7 +89,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     workers = WorkerPool(config.verify_processes if config.verify_processes >= 0 else max(1, (os.cpu_count() or 1) - 1))
     app[WORKERS_KEY] = workers
     starting = asyncio.create_task(workers.start())  # meanwhile batches are checked in this process
-    db = Database(config.db_path, synchronous=config.sqlite_synchronous, reader_threads=config.reader_threads)
+    db = Database(config.db_path, synchronous=config.sqlite_synchronous, reader_threads=config.reader_threads,
+                  checkpoint_ms=config.wal_checkpoint_ms)
     await db.open()
     await db.write(own.open, clock.now_ms())
     book = BudgetBook.from_config(config, own.public_key)

@@ -46,6 +46,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("singles_inline_max", 1024, "requests", "single CBOR events handled at once up to which each is parsed and verified in the node's own process (~60 µs, no round trip); past it they go to the worker processes (0: always to the workers when they run)"),
     Setting("verify_processes", -1, "processes", "worker processes parsing and verifying submitted envelopes (CBOR: single events and batches) and fetched pages (-1: one per core but one, at least 1; 0: none, all in the node's own process)"),
     Setting("reader_threads", 4, "threads", "SQLite read connections"),
+    Setting("wal_checkpoint_ms", 100, "ms", "copy the SQLite WAL into the database file on a thread of its own at most this often while commits come in (0: SQLite's automatic checkpoint, inside the writer's commits)"),
     Setting("entries_page_max", 1000, "entries", "most entries returned by one GET /v1/log/entries"),
     Setting("usage_events_max", 1000, "events", "most events listed by one GET /v1/agents/{agent}/usage"),
     Setting("shutdown_timeout_ms", 10_000, "ms", "grace period for in-flight requests on shutdown"),
@@ -166,6 +167,7 @@ class Config:
     singles_inline_max: int = 1024
     verify_processes: int = -1
     reader_threads: int = 4
+    wal_checkpoint_ms: int = 100
     entries_page_max: int = 1000
     usage_events_max: int = 1000
     shutdown_timeout_ms: int = 10_000

@@ -51,7 +51,7 @@ def _hex_keys(config: Config, name: str) -> list[str]:
 def _basic_problems(config: Config) -> list[str]:
     problems = _at_least_1(config, ("body_bytes_max", "batch_events_max", "checkpoint_events_max", "reader_threads",
                                     "entries_page_max", "usage_events_max"))
-    problems += _not_negative(config, ("skew_ms", "checkpoint_ms_max", "verify_threads", "shutdown_timeout_ms",
+    problems += _not_negative(config, ("skew_ms", "checkpoint_ms_max", "wal_checkpoint_ms", "verify_threads", "shutdown_timeout_ms",
                                        "startup_check_entries"))
     if config.verify_processes < -1:
         problems.append("verify_processes must be -1 (one per core), 0 (none) or more")
