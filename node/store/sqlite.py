@@ -133,6 +133,7 @@ class Checkpointer:
                 return
             if self._conn is None:
                 self._conn = connect(self._path, synchronous=self._synchronous)
+                self._conn.execute("PRAGMA cache_size=-256")  # KiB: a checkpoint copies frames, it reads no b-tree
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             self.checkpoints += 1
         except sqlite3.Error as e:  # the next commit tries again; the writer's bound still holds
