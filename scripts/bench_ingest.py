@@ -38,9 +38,11 @@ In one run, printing each figure as it goes and a summary table at the end:
      with this node as its static peer fetches its whole log over loopback: its steady rate (from its
      own entries.accepted_ms after the first page) as a ratio of the ceiling, and the CPU all its
      processes used per replicated event; then the memory of this node (RSS and PSS, all processes);
-  f. with --big N: the node is filled to N events (batches as in c), its memory (all processes) is
-     read (target <= 150 MB), it is restarted and the time from exec to its ready line is printed
-     (target <= 1 s).
+  f. with --big N: the node is filled to N events (batches as in c, signed by the same --agents
+     agents), its memory (all processes) is read (target <= 150 MB), it is restarted and the time
+     from exec to its ready line is printed (target <= 1 s). Memory grows with the agents active
+     since the start (their budget rules, counters and detectors: ~6.7 kB each, bounded by the
+     caches' limits), not with events: pass a larger --agents to see it.
 CPU and memory figures count the node's worker processes (node/workers.py) with it; "writer time
 per event" is ats_commit_seconds / events committed in phase c (target <= 30 us).
 --py-spy DIR records the node with py-spy during c and d (raw collapsed stacks, all threads).
@@ -139,9 +141,10 @@ def sign_range(args: tuple[int, int, int, int, bytes, str]) -> list[bytes]:
 
 
 def presign(total: int, agents: int, ts: int, *, kinds: str = "act", chunk: int = 2000,
-            processes: int | None = None) -> list[bytes]:
-    """`total` envelopes signed in a fork pool (one process per core)."""
-    tag = os.urandom(8)
+            processes: int | None = None, tag: bytes | None = None) -> list[bytes]:
+    """`total` envelopes signed in a fork pool (one process per core) by `agents` agents: the same
+    agents in every call with the same tag, new ones without a tag."""
+    tag = tag or os.urandom(8)
     jobs = [(s, min(chunk, total - s), agents, ts, tag, kinds) for s in range(0, total, chunk)]
     out: list[bytes] = []
     with mp.get_context("fork").Pool(processes or os.cpu_count() or 1) as pool:
@@ -472,7 +475,7 @@ def budgets_off_phase(base: str, env: dict[str, str], bodies: list[bytes], sizes
     return {"nob_rate": rate, "nob_writer_us": writer_us, "budget_cost": cost}
 
 
-def big_phase(node: NodeProcess, args: Any, ts: int) -> dict[str, Any]:
+def big_phase(node: NodeProcess, args: Any, ts: int, tag: bytes) -> dict[str, Any]:
     """Fill the node to --big events (batches as in c, signed in chunks), then its memory (all
     processes), a restart and the time from start to serving."""
     pid = node.proc.pid  # type: ignore[union-attr]
@@ -480,15 +483,16 @@ def big_phase(node: NodeProcess, args: Any, ts: int) -> dict[str, Any]:
     t = time.monotonic()
     while size < args.big:
         n = min(100_000, args.big - size)
-        envs = presign(n, args.agents, ts)
+        envs = presign(n, args.agents, ts, tag=tag)  # the agents of c and d: --agents in all
         bodies = [cbor_array(envs[i : i + args.batch]) for i in range(0, n, args.batch)]
         res = asyncio.run(batch_phase(node.url, bodies, [len(cbor2.loads(b)) for b in bodies], args.conns))
         if res["http_errors"] or res["accepted"] != n:
             raise RuntimeError(f"filling to --big: {res['http_errors'][:2]} {res['statuses']}")
         size = db_size(node.data_dir)
-        print(f"    filled to {size:,} events ({time.monotonic() - t:.0f} s)", flush=True)
+        print(f"    filled to {size:,} events ({time.monotonic() - t:.0f} s); RSS {tree_mem_mb(pid)[0]:.0f} MiB over all"
+              f" processes", flush=True)
     rss, pss, count = tree_mem_mb(pid)
-    print(f"\n[f] at {size:,} events, after ingest: RSS {rss:.0f} MiB summed over {count} processes, PSS {pss:.0f} MiB")
+    print(f"\n[f] at {size:,} events from {args.agents:,} agents, after ingest: RSS {rss:.0f} MiB summed over {count} processes, PSS {pss:.0f} MiB")
     node.stop()
     t0 = time.monotonic()
     node.start()
@@ -746,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     total = args.events + single_n + 100
     t = time.monotonic()
     ts = int(time.time() * 1000)
-    envelopes = presign(total, args.agents, ts)
+    tag = os.urandom(8)  # one set of --agents agents for the whole run (b, and the fill of f)
+    envelopes = presign(total, args.agents, ts, tag=tag)
     sign_s = time.monotonic() - t
     sizes = [len(cbor2.loads(e)["event"]) for e in envelopes[:1000]]
     print(f"\n[b] pre-signed {total} envelopes from {args.agents} agents in {sign_s:.1f} s "
@@ -902,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # f. at --big events: memory of all the node's processes, and start-up to serving.
         if args.big:
-            summary.update(big_phase(node, args, ts))
+            summary.update(big_phase(node, args, ts, tag))
     finally:
         node.kill()
         if args.keep:
