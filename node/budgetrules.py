@@ -140,11 +140,11 @@ class RuleCache:
             if agent is None:
                 # ancestors count every metering kind's metric (visible in balance); their
                 # limits come from the plan they are assigned, below
-                o = Overage(b.soft_pct, b.hard_pct, b.throttle, False, b.reserve_pct)
+                o = _overage(b.soft_pct, b.hard_pct, b.throttle, False, b.reserve_pct)
                 out.append(Rule(scope, scope_id, b.metric, b.window, None, o, kind))
                 continue
             base = _scaled(b.limit, factor)
-            o = Overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
+            o = _overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
             out.append(_burst(policy, Rule(scope, scope_id, b.metric, b.window, base, o, kind), at_ms))
         plan_name = state.plan_of(scope, scope_id)
         if plan_name is None:
@@ -171,7 +171,7 @@ def _owned(policy: Policy, rules: list[Rule], owned: tuple[OwnerBudget, ...], at
         for r in rules if (r.metric, r.window) not in keys
     ]
     for b in owned:
-        o = Overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
+        o = _overage(b.soft_pct, b.hard_pct, b.throttle, b.suspend, b.reserve_pct)
         out.append(_burst(policy, Rule(b.scope, b.scope_id, b.metric, b.window, b.limit, o, "budget.set"), at_ms))
     return out
 
@@ -191,6 +191,20 @@ def _burst(policy: Policy, rule: Rule, at_ms: int) -> Rule:
     if factor == 100 or rule.limit is None:
         return rule
     return Rule(rule.scope, rule.scope_id, rule.metric, rule.window, rule.limit * factor // 100, rule.overage, rule.source)
+
+
+_OVERAGES: dict[tuple[int, int, bool, bool, int], Overage] = {}
+
+
+def _overage(soft_pct: int, hard_pct: int, throttle: bool, suspend: bool, reserve_pct: int) -> Overage:
+    """One Overage for all the rules with these thresholds (an agent's rules are rebuilt daily)."""
+    key = (soft_pct, hard_pct, throttle, suspend, reserve_pct)
+    found = _OVERAGES.get(key)
+    if found is None:
+        if len(_OVERAGES) >= 4096:
+            _OVERAGES.clear()
+        found = _OVERAGES[key] = Overage(*key)
+    return found
 
 
 def _put(cache: dict, key: object, value: object) -> None:

@@ -28,17 +28,18 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
 from ledger.errors import NotReady
+from node.clock import SystemClock
 from node.store import schema
 
 T = TypeVar("T")
 
 logger = logging.getLogger("ats.store")
+_CLOCK = SystemClock()
 
 # The default of the setting wal_checkpoint_ms: a PASSIVE checkpoint at most this often while
 # writes come in (SQLite's own default, 1,000 pages, is reached every ~0.1 s at a few thousand events/s).
@@ -123,7 +124,7 @@ class Checkpointer:
         """After a commit (on the event loop): start a checkpoint if none runs and the last is old enough."""
         if self._running or self._closed:
             return
-        delay = self._last + self._interval_s - time.monotonic()
+        delay = self._last + self._interval_s - _CLOCK.monotonic_s()
         self._running = True
         self._pool.submit(self._run, max(0.0, delay))
 
@@ -140,7 +141,7 @@ class Checkpointer:
             self.failures += 1
             logger.warning("WAL checkpoint failed: %s: %s", type(e).__name__, e)
         finally:
-            self._last = time.monotonic()
+            self._last = _CLOCK.monotonic_s()
             self._running = False
 
     def close(self) -> None:
