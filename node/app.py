@@ -311,6 +311,8 @@ async def _serve(config: Config, on_ready: Callable[[str], None] | None) -> None
     )
     if discovery is not None:
         await discovery.start()
+    loop_type = type(asyncio.get_running_loop())
+    logger.info("event loop: %s.%s", loop_type.__module__, loop_type.__qualname__)
     print(line, flush=True)
     if on_ready:
         on_ready(url)

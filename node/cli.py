@@ -135,8 +135,16 @@ def cmd_node(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return fail(str(e), EXIT_USAGE)
     diagnostics.setup(config.log_level, config.log_repeats_max, config.log_period_ms)
+    loop_factory = None
+    if config.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            return fail("event_loop is 'uvloop' but uvloop is not installed: pip install 'ats-ledger[uvloop]'", EXIT_USAGE)
+        loop_factory = uvloop.new_event_loop
     try:
-        asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(config))
     except (KeyFileError, TlsError) as e:
         return fail(str(e), EXIT_USAGE)
     return EXIT_OK

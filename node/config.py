@@ -40,6 +40,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_events_max", 256, "events", "most envelopes in one POST /v1/events/batch (a batch is parsed on the event loop: a bigger one delays every other request for longer)"),
     Setting("checkpoint_events_max", 1024, "events", "most events appended in one batch (one transaction, one checkpoint)"),
     Setting("checkpoint_ms_max", 0, "ms", "longest a batch waits for more events before it commits (0: commit as soon as the writer is free)"),
+    Setting("event_loop", "asyncio", "mode", "the event loop: 'asyncio' (the standard library's) or 'uvloop' (libuv's; pip install 'ats-ledger[uvloop]')"),
     Setting("sqlite_synchronous", "full", "mode", "SQLite synchronous pragma: full (durable on power loss) or normal (durable on process crash)"),
     Setting("startup_check_entries", 250, "entries", "at start, the newest this many entries of the node's own log and as many random others are rechecked against its signed checkpoint (docs/integrity.md; 0: off)"),
     Setting("verify_threads", 0, "threads", "threads verifying signatures (0: one per core)"),
@@ -161,6 +162,7 @@ class Config:
     batch_events_max: int = 256
     checkpoint_events_max: int = 1024
     checkpoint_ms_max: int = 0
+    event_loop: str = "asyncio"
     sqlite_synchronous: str = "full"
     startup_check_entries: int = 250
     verify_threads: int = 0

@@ -58,6 +58,7 @@ def _basic_problems(config: Config) -> list[str]:
     if not 0 <= config.listen_port <= 65535:
         problems.append("listen_port must be 0..65535")
     problems += _one_of(config, "sqlite_synchronous", ("full", "normal"))
+    problems += _one_of(config, "event_loop", ("asyncio", "uvloop"))
     problems += _one_of(config, "log_level", ("debug", "info", "warning", "error"))
     if not config.data_dir:
         problems.append("data_dir must not be empty")
