@@ -45,7 +45,8 @@ In one run, printing each figure as it goes and a summary table at the end:
      caches' limits), not with events: pass a larger --agents to see it.
 CPU and memory figures count the node's worker processes (node/workers.py) with it; "writer time
 per event" is ats_commit_seconds / events committed in phase c (target <= 30 us).
---py-spy DIR records the node with py-spy during c and d (raw collapsed stacks, all threads).
+--py-spy DIR records the node with py-spy during c and d, and the catching-up node during e (raw
+collapsed stacks, all threads).
 The data dir is a temp folder under /tmp, removed at the end unless --keep. Only 127.0.0.1 is
 contacted. Every node process started is killed on exit, Ctrl-C or error. Exit code 1 if any
 event was not accepted.
@@ -409,7 +410,8 @@ def db_size(data_dir: str) -> int:
         conn.close()
 
 
-def catch_up(base: str, peer_url: str, size: int, ceiling: float, env: dict[str, str]) -> dict[str, Any]:
+def catch_up(base: str, peer_url: str, size: int, ceiling: float, env: dict[str, str],
+             spy_dir: str | None = None) -> dict[str, Any]:
     """A fresh node fetching `size` entries from peer_url: its steady rate (from its own
     entries.accepted_ms, after the first page) and the CPU all its processes used per event."""
     import sqlite3
@@ -422,6 +424,7 @@ def catch_up(base: str, peer_url: str, size: int, ceiling: float, env: dict[str,
     fresh.start()
     ready_s = time.monotonic() - t0
     pid = fresh.proc.pid  # type: ignore[union-attr]
+    spy = PySpy(spy_dir, pid, "catch-up") if spy_dir else None
     try:
         cpu0 = tree_cpu_s(pid)
         deadline = time.monotonic() + 300
@@ -437,6 +440,8 @@ def catch_up(base: str, peer_url: str, size: int, ceiling: float, env: dict[str,
         times = [r[0] for r in conn.execute("SELECT accepted_ms FROM entries ORDER BY accepted_ms")]
         conn.close()
     finally:
+        if spy is not None:
+            spy.stop()
         fresh.kill()
     first = sorted(set(times))
     # steady rate: after the first stored page, until the last
@@ -897,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # e. catch-up: a fresh node with this one as its static peer fetches every entry.
         size = db_size(node.data_dir)
-        summary.update(catch_up(base, node.url, size, ceiling, env))
+        summary.update(catch_up(base, node.url, size, ceiling, env, args.py_spy))
         mem = tree_mem_mb(pid)
         print(f"\n    node memory at {size:,} events: RSS {mem[0]:.0f} MiB summed over {mem[2]} processes, PSS {mem[1]:.0f} MiB")
 
