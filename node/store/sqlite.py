@@ -106,8 +106,10 @@ def _wrapped(fn: Callable[..., T], conn: sqlite3.Connection | None, args: tuple)
 
 
 class Checkpointer:
-    """PASSIVE WAL checkpoints on a thread and connection of their own, at most every
-    CHECKPOINT_INTERVAL_S while commits come in (see the module)."""
+    """PASSIVE WAL checkpoints on a thread and connection of their own, at most every `interval_s`
+    (the setting wal_checkpoint_ms) while commits come in (see the module). A checkpoint covers
+    every commit before it starts; frames committed while one runs wait for the next commit's
+    checkpoint (or the close, which copies everything)."""
 
     def __init__(self, path: str, synchronous: str, interval_s: float = CHECKPOINT_INTERVAL_S):
         self._path, self._synchronous, self._interval_s = path, synchronous, interval_s
@@ -182,6 +184,7 @@ class Database:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
+
         def open_writer() -> sqlite3.Connection:
             conn = open_database(self.path, self._synchronous)
             if self._checkpointer is not None:
