@@ -102,10 +102,21 @@ def test_a_team_budget_limits_its_agents_together_and_a_change_keeps_what_was_sp
     assert submit(onode, b, "act", act(1)).code == "budget_exceeded"
 
 
+def later_today_ms(ahead_ms: int = 3_600_000, margin_ms: int = 120_000) -> int:
+    """An instant up to ahead_ms from now but still in this UTC day, so that a day's counter read at
+    it is today's; in the day's last margin_ms, the next day is waited for (at most ~2 min)."""
+    day = 86_400_000
+    now = now_ms()
+    if day - now % day < margin_ms:
+        time.sleep((day - now % day) / 1000 + 1)
+        now = now_ms()
+    return min(now + ahead_ms, now - now % day + day - 1)
+
+
 def test_an_agent_budget_overrides_the_plan_default_and_starts_when_it_says(onode):
     agent = TestAgent()
     register(onode, agent)
-    later = now_ms() + 3_600_000
+    later = later_today_ms()  # in the last hour of a UTC day, an hour ahead is tomorrow: 0 runs counted yet
     body = {"scope": "agent", "id": agent.public_key.hex(), "metric": "runs", "window": "day", "limit": 2,
             "effective": later}
     assert submit(onode, AUTH[0], "budget.set", body).status == 201
