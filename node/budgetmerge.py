@@ -63,11 +63,27 @@ def charged(book: "BudgetBook", conn: Connection, ev: Event) -> dict[CounterKey,
     """The counters a metered event charges (each once): key -> (its rule, the spend)."""
     consume = book.charges(ev)
     out: dict[CounterKey, tuple[Rule, int]] = {}
-    for rule in book.rules(conn, book.chain(charged_agent(ev)), ev.ts):
-        spend = consume.get(rule.metric, 0)
+    if not consume:
+        return out
+    # the same cached rule lists admission uses (per agent and metric set), in chain order
+    for rule in book.spending_rules(conn, charged_agent(ev), ev.ts, tuple(consume)):
+        spend = consume[rule.metric]
         if spend:
-            out.setdefault(rule.key + (window_bounds(rule.window, ev.ts)[0],), (rule, spend))
+            out.setdefault(rule.key + (_window_start(rule.window, ev.ts),), (rule, spend))
     return out
+
+
+_STARTS: dict[str, tuple[int, int]] = {}  # the last bounds of each window name: events mostly share them
+
+
+def _window_start(window: str, ts_ms: int) -> int:
+    bounds = _STARTS.get(window)
+    if bounds is None or not bounds[0] <= ts_ms < bounds[1]:
+        if window not in _STARTS and len(_STARTS) >= 4096:
+            _STARTS.clear()
+        start, end = window_bounds(window, ts_ms)[:2]
+        bounds = _STARTS[window] = (start, end)
+    return bounds[0]
 
 def replay_own(book: "BudgetBook", conn: Connection, ev: Event) -> dict[CounterKey, int]:
     """Fold an event of this node's own log (admitted once, now replayed) into the book, and

@@ -174,6 +174,10 @@ class BudgetBook:
         """The scopes an event by signer charges: agent, then its user, team and platform."""
         return self.policy.chain(signer)
 
+    def spending_rules(self, conn: Connection, agent: bytes, at_ms: int, metrics: tuple[str, ...]) -> list[Rule]:
+        """The rules an event charging agent on these metrics moves, in chain order (cached, as admission's)."""
+        return self._rules.agent_spending(conn, agent, at_ms, metrics)
+
     def rules(self, conn: Connection, chain: Chain, at_ms: int) -> list[Rule]:
         """Every rule on the chain's scopes in force at at_ms, with multipliers and bursts applied."""
         return self._rules.rules(conn, chain, at_ms)
