@@ -64,8 +64,8 @@ class Rule:
 
     Slotted (no per-instance dict), with the thresholds shared between equal rules and the
     scope's key made on use: a node keeps every active agent's rules in memory
-    (node/budgetrules.py), about nine per agent (7.3 kB per agent with dicts, 4.9 kB now with the Overages shared too, by
-    tracemalloc).
+    (node/budgetrules.py), about nine per agent: 7.3 kB per agent with dicts, 4.9 kB now with
+    the Overages shared too (scripts/bench_agent_memory.py).
     """
 
     scope: str
