@@ -27,5 +27,5 @@ def load_json(body: bytes, bytes_max: int, what: str) -> Any:
         raise PeerProtocolError("oversized", f"{what} over {bytes_max} bytes")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting past the parser's limit too
         raise PeerProtocolError("bad_encoding", f"{what} does not decode") from None

@@ -37,5 +37,5 @@ def decode(body: bytes) -> tuple[int, NoteSignature]:
         if type(size) is not int or size < 0 or not isinstance(line, str):
             raise TypeError
         return size, NoteSignature.parse_line(line.rstrip("\n"))
-    except (ValueError, KeyError, TypeError, LedgerError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, LedgerError, UnicodeDecodeError, RecursionError):
         raise CosignError("malformed_note", 'a cosignature is {"size": N, "line": "— name base64"}') from None

@@ -25,6 +25,6 @@ def decode(body: bytes) -> str | None:
         raise ValueError("oversized")
     try:
         digest = json.loads(body).get("digest") if body else None
-    except (ValueError, UnicodeDecodeError, AttributeError):
+    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
         return None
     return digest if isinstance(digest, str) and len(digest) <= DIGEST_CHARS_MAX else None

@@ -9,13 +9,13 @@ machine and only the agent that reserved a task may settle it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from ledger.errors import Invalid, Malformed, NotFound
 from ledger.pricing import format_t
+from node.api.bodies import json_doc
 from node.appkeys import CLOCK_KEY, CONFIG_KEY, METER_KEY
 from node.gateway.auth import bearer_agent
 
@@ -35,10 +35,7 @@ async def _doc(request: web.Request) -> dict[str, Any]:
     raw = await request.read()  # in memory already (node.httpserver.request_bounds)
     if len(raw) > TASK_BODY_BYTES_MAX:
         raise Malformed("bad_request", f"a task body is at most {TASK_BODY_BYTES_MAX} bytes")
-    try:
-        doc = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise Malformed("malformed_json", "body is not valid JSON") from None
+    doc = json_doc(raw or b"{}", request.charset)  # malformed_json, nesting too deep included
     if type(doc) is not dict:
         raise Malformed("malformed_json", "body must be a JSON object")
     return doc

@@ -157,9 +157,10 @@ def test_only_the_agent_that_reserved_a_task_settles_it(node, tmp_path):
 
     from ledger.credentials import mint
 
-    def post(path: str, seed: bytes, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def post(path: str, seed: bytes, body: dict[str, Any] | bytes) -> tuple[int, dict[str, Any]]:
         token = mint(seed, now_s=int(time.time()), ttl_s=600)
-        req = urllib.request.Request(node.url + path, data=json.dumps(body).encode(), method="POST",
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(node.url + path, data=data, method="POST",
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -175,6 +176,10 @@ def test_only_the_agent_that_reserved_a_task_settles_it(node, tmp_path):
     status, settled = post(f"/v1/tasks/{task['task']}", owner.seed, {"cpu_ms": 1500, "written": 2048})
     assert status == 200 and settled["cost"] == 2 * 1000 + 2
     assert post(f"/v1/tasks/{task['task']}", owner.seed, {})[0] == 404  # settled once
+    # bad bodies: JSON nested past the parser's recursion (within the 4 KiB bound), and not JSON
+    for bad in (b"[" * 2000 + b"]" * 2000, b"{not json"):
+        status, doc = post("/v1/tasks", owner.seed, bad)
+        assert (status, doc["error"]["code"]) == (400, "malformed_json")
 
 
 def test_sdk_runs_a_metered_task_for_a_scheduler(node, tmp_path):

@@ -70,3 +70,17 @@ def test_sizes_are_bounded_before_parsing():
     with pytest.raises(PeerProtocolError) as info:
         proof.decode(b" " * (proof.PROOF_BYTES_MAX + 1))
     assert info.value.code == "oversized"
+
+
+DEEP = b"[" * 2000 + b"]" * 2000  # nested past json's recursion limit, within every message's size bound
+
+
+def test_json_nested_past_the_parsers_recursion_gets_the_messages_code():
+    for module in (frontier, proof):
+        with pytest.raises(PeerProtocolError) as e:
+            module.decode(DEEP)
+        assert e.value.code == "bad_encoding"
+    with pytest.raises(cosign.CosignError) as e:
+        cosign.decode(DEEP)
+    assert e.value.code == "malformed_note"
+    assert notify.decode(DEEP) is None  # a notification that does not parse carries no digest
