@@ -126,6 +126,15 @@ _WINDOWS: dict[str, tuple[int, int, int]] = {}  # the last bounds of each window
 _WINDOWS_MAX = 4096
 
 
+def window_at(window: str, ts_ms: int) -> tuple[int, int, int]:
+    """(start, end, the previous window's start) of the window named `window` holding ts_ms, from
+    the cache decide keeps (decide inlines this lookup)."""
+    bounds = _WINDOWS.get(window)
+    if bounds is None or not bounds[0] <= ts_ms < bounds[1]:
+        bounds = _window(window, ts_ms)
+    return bounds
+
+
 def _window(window: str, ts_ms: int) -> tuple[int, int, int]:
     start, end = window_bounds(window, ts_ms)
     bounds = (start, end, window_bounds(window, start - 1)[0])

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 from ledger import escrow as escrow_rules
 from ledger.book import CounterKey
+from ledger.bookdecide import window_at
 from ledger.budget import Rule
 from ledger.constants import COUNTER_MAX
 from ledger.events import Event, charged_agent, is_metered
 from ledger.kinds import METERING_KINDS, RUN_KINDS
-from ledger.windows import window_bounds
 from node.escrow import EscrowBook
 from node.store.sqlite import Connection
 
@@ -69,21 +69,8 @@ def charged(book: "BudgetBook", conn: Connection, ev: Event) -> dict[CounterKey,
     for rule in book.spending_rules(conn, charged_agent(ev), ev.ts, tuple(consume)):
         spend = consume[rule.metric]
         if spend:
-            out.setdefault(rule.key + (_window_start(rule.window, ev.ts),), (rule, spend))
+            out.setdefault(rule.key + (window_at(rule.window, ev.ts)[0],), (rule, spend))
     return out
-
-
-_STARTS: dict[str, tuple[int, int]] = {}  # the last bounds of each window name: events mostly share them
-
-
-def _window_start(window: str, ts_ms: int) -> int:
-    bounds = _STARTS.get(window)
-    if bounds is None or not bounds[0] <= ts_ms < bounds[1]:
-        if window not in _STARTS and len(_STARTS) >= 4096:
-            _STARTS.clear()
-        start, end = window_bounds(window, ts_ms)[:2]
-        bounds = _STARTS[window] = (start, end)
-    return bounds[0]
 
 def replay_own(book: "BudgetBook", conn: Connection, ev: Event) -> dict[CounterKey, int]:
     """Fold an event of this node's own log (admitted once, now replayed) into the book, and
