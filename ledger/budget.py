@@ -23,6 +23,8 @@ is passed in and returned, never read from a clock.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 
 from ledger import kinds as _kinds
@@ -88,19 +90,10 @@ class Rule:
         return (self.scope, self.scope_id)
 
 
-_AMOUNTS: dict[tuple[int, Overage], tuple[int, int, int]] = {}
-_AMOUNTS_MAX = 4096  # distinct (limit, overage) pairs kept; agents on one plan share a handful
-
-
+@functools.lru_cache(maxsize=4096)  # distinct (limit, overage) pairs; agents on one plan share a handful
 def _amounts(limit: int, o: Overage) -> tuple[int, int, int]:
     """(soft, hard, reserve) of a limit: one tuple for every rule with the same limit and overage."""
-    key = (limit, o)
-    found = _AMOUNTS.get(key)
-    if found is None:
-        if len(_AMOUNTS) >= _AMOUNTS_MAX:
-            _AMOUNTS.clear()
-        found = _AMOUNTS[key] = (limit * o.soft_pct // 100, limit * o.hard_pct // 100, limit * o.reserve_pct // 100)
-    return found
+    return (limit * o.soft_pct // 100, limit * o.hard_pct // 100, limit * o.reserve_pct // 100)
 
 
 def thresholds(rule: Rule) -> tuple[int, int, int]:

@@ -14,6 +14,8 @@ and policy change instead of once per event. Both caches are bounded
 
 from __future__ import annotations
 
+import functools
+
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
@@ -193,18 +195,10 @@ def _burst(policy: Policy, rule: Rule, at_ms: int) -> Rule:
     return Rule(rule.scope, rule.scope_id, rule.metric, rule.window, rule.limit * factor // 100, rule.overage, rule.source)
 
 
-_OVERAGES: dict[tuple[int, int, bool, bool, int], Overage] = {}
-
-
+@functools.lru_cache(maxsize=4096)
 def _overage(soft_pct: int, hard_pct: int, throttle: bool, suspend: bool, reserve_pct: int) -> Overage:
     """One Overage for all the rules with these thresholds (an agent's rules are rebuilt daily)."""
-    key = (soft_pct, hard_pct, throttle, suspend, reserve_pct)
-    found = _OVERAGES.get(key)
-    if found is None:
-        if len(_OVERAGES) >= 4096:
-            _OVERAGES.clear()
-        found = _OVERAGES[key] = Overage(*key)
-    return found
+    return Overage(soft_pct, hard_pct, throttle, suspend, reserve_pct)
 
 
 def _put(cache: dict, key: object, value: object) -> None:
