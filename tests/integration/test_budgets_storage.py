@@ -2,24 +2,18 @@
 
 import os
 import sqlite3
-import time
 
 from tests.agentkit import TestAgent
 from tests.integration.http import get, post_cbor
 from tests.integration.nodeproc import NodeProcess
+from tests.integration.waiting import wait_until
 
 OPEN = {"ATS_OPEN_MEMBERSHIP": "true", "ATS_REPLICATION_INTERVAL_MS": "200"}
 WAIT_S = 40
 
 
-def _wait(what, predicate, timeout_s=WAIT_S):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+def _wait(what, predicate):
+    return wait_until(what, predicate, WAIT_S)
 
 
 def _consumed(node, agent_hex):

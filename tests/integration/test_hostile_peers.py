@@ -20,6 +20,7 @@ from ledger.signing import public_key_from_seed
 from tests.agentkit import TestAgent
 from tests.integration.http import get, request
 from tests.integration.nodeproc import NodeProcess
+from tests.integration.waiting import wait_until
 
 WAIT_S = 20
 
@@ -120,13 +121,7 @@ def peer_view(node, url):
 
 
 def wait_for(fn, what):
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(what, fn, WAIT_S, interval_s=0.1)
 
 
 def held_sizes(node):

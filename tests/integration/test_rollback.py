@@ -8,25 +8,19 @@ which anyone can check, and stops merging a's log.
 """
 
 import shutil
-import time
 
 from consensus.verify import check_fork_evidence
 from tests.agentkit import TestAgent
 from tests.integration.http import get, post_cbor
 from tests.integration.nodeproc import NodeProcess
+from tests.integration.waiting import wait_until
 
 ENV = {"ATS_OPEN_MEMBERSHIP": "true", "ATS_REPLICATION_INTERVAL_MS": "200", "ATS_BUDGETS": "false"}
 WAIT_S = 30
 
 
 def _wait(what, fn):
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(what, fn, WAIT_S)
 
 
 def _held(b, a):
