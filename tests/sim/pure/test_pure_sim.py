@@ -57,13 +57,7 @@ def test_a_seed_replays_in_another_process_with_another_hash_seed():
 
 
 def test_partition_2_3_then_heal_converges_with_the_events_of_both_sides():
-    sc = Scenario.from_seed(5)
-    sc.crashes, sc.partitions, sc.options.loss = 0, 0, 0.0
-    sim = Simulation(sc)
-    sim.net.partition([[0, 1], [2, 3, 4]])
-    sim.net_start = sim.net.now_ms
-    for node in sim.nodes:
-        sim.wake(node, 0)
+    sim = _scripted(5, loss=0.0, batches=True, partition=[[0, 1], [2, 3, 4]])
     sim.net.inject(sim.net.now_ms + 10, "msg", 0, 0, ("submit", [1, 2]))
     sim.net.inject(sim.net.now_ms + 10, "msg", 3, 3, ("submit", [3, 4, 5]))
     _play(sim, 1_500)
@@ -74,13 +68,8 @@ def test_partition_2_3_then_heal_converges_with_the_events_of_both_sides():
 
 
 def test_witnesses_cosign_and_each_node_anchors_its_own_checkpoints():
-    sc = Scenario.from_seed(4)
-    sc.crashes = sc.partitions = sc.batches = 0
-    sim = Simulation(sc)
-    sim.net_start = sim.net.now_ms
-    for node in sim.nodes:
-        sim.wake(node, 0)
-    for host in range(sc.nodes):
+    sim = _scripted(4)
+    for host in range(sim.sc.nodes):
         sim.net.inject(sim.net.now_ms + 1 + host, "msg", host, host, ("submit", [50 + host]))
     _play(sim, 5)
     sim.converge()
@@ -89,13 +78,7 @@ def test_witnesses_cosign_and_each_node_anchors_its_own_checkpoints():
 
 
 def test_an_event_retried_at_two_nodes_is_counted_once_everywhere():
-    sc = Scenario.from_seed(3)
-    sc.crashes = sc.partitions = 0
-    sc.batches = 0
-    sim = Simulation(sc)
-    sim.net_start = sim.net.now_ms
-    for node in sim.nodes:
-        sim.wake(node, 0)
+    sim = _scripted(3)
     sim.net.inject(sim.net.now_ms + 1, "msg", 0, 0, ("submit", [10, 11]))
     sim.net.inject(sim.net.now_ms + 1, "msg", 4, 4, ("submit", [10, 11]))
     _play(sim, 5)
@@ -107,12 +90,7 @@ def test_an_event_retried_at_two_nodes_is_counted_once_everywhere():
 
 def test_unknown_kinds_are_stored_relayed_and_counted_nowhere():
     unknown = [i for i, e in enumerate(pure_sim.event_pool()) if e.event.kind == "x.future"][:2]
-    sc = Scenario.from_seed(9)
-    sc.crashes = sc.partitions = sc.batches = 0
-    sim = Simulation(sc)
-    sim.net_start = sim.net.now_ms
-    for node in sim.nodes:
-        sim.wake(node, 0)
+    sim = _scripted(9)
     sim.net.inject(sim.net.now_ms + 1, "msg", 2, 2, ("submit", unknown + [0]))
     _play(sim, 5)
     sim.converge()
@@ -129,13 +107,7 @@ def test_an_origin_restored_from_an_old_backup_is_flagged_forked_by_every_node()
     from consensus.verify import check_fork_evidence
     from tests.sim.pure.store import MemLog
 
-    sc = Scenario.from_seed(21)
-    sc.crashes = sc.partitions = sc.batches = 0
-    sc.options.loss = 0.0
-    sim = Simulation(sc)
-    sim.net_start = sim.net.now_ms
-    for node in sim.nodes:
-        sim.wake(node, 0)
+    sim = _scripted(21, loss=0.0)
     sim.net.inject(sim.net.now_ms + 1, "msg", 0, 0, ("submit", [30, 31, 32, 33]))
     _play(sim, 5)
     sim.converge()
@@ -201,6 +173,25 @@ def test_the_checker_catches_pages_served_out_of_order(monkeypatch):
     with pytest.raises(InvariantFailed, match="penalised an honest peer"):
         for seed in range(50):
             run(seed)
+
+
+def _scripted(seed: int, *, loss: float | None = None, batches: bool = False,
+              partition: list[list[int]] | None = None) -> Simulation:
+    """The seed's simulation with no random crashes or partitions (nor random batches, unless
+    `batches`), `partition` cut, every node started: the test injects its own events."""
+    sc = Scenario.from_seed(seed)
+    sc.crashes = sc.partitions = 0
+    if not batches:
+        sc.batches = 0
+    if loss is not None:
+        sc.options.loss = loss
+    sim = Simulation(sc)
+    if partition:
+        sim.net.partition(partition)
+    sim.net_start = sim.net.now_ms
+    for node in sim.nodes:
+        sim.wake(node, 0)
+    return sim
 
 
 def _play(sim: Simulation, ms: int) -> None:
