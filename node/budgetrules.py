@@ -39,8 +39,8 @@ class RuleCache:
     def __init__(self, book: "BudgetBook") -> None:
         self._book = book
         self._scopes: dict[tuple[str, str], _Entry] = {}
-        # by agent (hex): its whole chain's (scopes, version, from, until, rules, rules by the metrics an event moves)
-        self._chains: dict[str, tuple[list[tuple[str, str]], int, int, int, list[Rule], dict]] = {}
+        # by agent (hex): its whole chain's (scopes, version, from, until, rules)
+        self._chains: dict[str, tuple[list[tuple[str, str]], int, int, int, list[Rule]]] = {}
         # by agent charged (admission): (version, from, until, its chain's rules, rules by metric set)
         self._agents: dict[bytes, tuple[int, int, int, list[Rule], dict]] = {}
 
@@ -51,7 +51,7 @@ class RuleCache:
 
     def rules(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int) -> list[Rule]:
         """Every rule on the chain's scopes in force at at_ms, with multipliers and bursts applied."""
-        return self._chain(conn, chain, at_ms)[0]
+        return self._chain(conn, chain, at_ms)
 
     def agent_spending(self, conn: Connection, agent: bytes, at_ms: int, metrics: tuple[str, ...]) -> list[Rule]:
         """The rules an event charging agent moves (its whole chain's, on these metrics), in chain order.
@@ -69,29 +69,20 @@ class RuleCache:
             found = memo[metrics] = [r for r in cached[3] if r.metric in metrics]
         return found
 
-    def spending(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int, metrics: tuple[str, ...]) -> list[Rule]:
-        """The rules of `rules` on these metrics only, in the same (chain) order (memoized per metrics)."""
-        rules, memo = self._chain(conn, chain, at_ms)
-        found = memo.get(metrics)
-        if found is None:
-            found = memo[metrics] = [r for r in rules if r.metric in metrics]
-        return found
-
-    def _chain(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int) -> tuple[list[Rule], dict]:
+    def _chain(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int) -> list[Rule]:
         version = self._book.policy.version
         head = chain[0] if chain else None
         agent = head[1] if head is not None and head[0] == "agent" else None
         if agent is not None:
             cached = self._chains.get(agent)
             if cached is not None:
-                scopes, v, lo, hi, rules, memo = cached
+                scopes, v, lo, hi, rules = cached
                 if v == version and lo <= at_ms < hi and scopes == chain:
-                    return rules, memo
+                    return rules
         out, lo, hi = self._compute(conn, chain, at_ms, version)
-        memo: dict[tuple[str, ...], list[Rule]] = {}  # bounded by the metric sets of the event kinds
         if agent is not None:
-            _put(self._chains, agent, (list(chain), version, lo, hi, out, memo))
-        return out, memo
+            _put(self._chains, agent, (list(chain), version, lo, hi, out))
+        return out
 
     def _compute(self, conn: Connection, chain: list[tuple[str, str]], at_ms: int, version: int) -> tuple[list[Rule], int, int]:
         """The chain's rules and the span [lo, hi) they hold for."""
