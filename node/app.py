@@ -128,6 +128,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         book=book, on_alerts=alerts.enqueue, on_commit=on_commit, anomalies=anomalies,
         rights_wait_ms=config.strict_wait_ms if config.strict_budgets else 0, rights_retry_ms=config.strict_retry_ms,
         share_events=config.commit_share_events, pace_gap_ms=config.commit_pace_gap_ms,
+        bulk_min_pct=config.commit_bulk_min_pct,
     )
     committer.start()
     trimming = asyncio.create_task(memory.trim_periodically(), name="ats-malloc-trim")

@@ -135,6 +135,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("heavy_requests_per_client_max", 2, "requests", "requests with a body over 16 KiB processed at once for one client (remote address); its others wait their turn"),
     Setting("commit_share_events", 8, "events", "most events of one client (remote address) in one commit: clients' requests are committed round-robin, so one client's big batches cannot starve another's single events"),
     Setting("commit_pace_gap_ms", 3, "ms", "while a client sending one event at a time is expected back within this long, another client's bulk events are committed only in portions that end before it is back, so it finds the writer free (node/fairqueue.py); 0: no pacing"),
+    Setting("commit_bulk_min_pct", 10, "%", "while a client sending one event at a time is expected back (commit_pace_gap_ms), the least share of the writer's time bulk clients still get, in full commit_share_events commits; the rest of their events fill the gaps (node/fairqueue.py); 1-100"),
     Setting("disk_free_bytes_min", 16 * 1024 * 1024, "bytes", "below this much free space in data_dir, /healthz reports writes as failing (disk_full)"),
     Setting("log_repeats_max", 5, "records", "most diagnostics records of one kind (logger, level, message, exception) per log_period_ms; the next period's first says how many were dropped (0: no limit)"),
     Setting("log_period_ms", 10_000, "ms", "the period of log_repeats_max"),
@@ -249,6 +250,7 @@ class Config:
     heavy_requests_per_client_max: int = 2
     commit_share_events: int = 8
     commit_pace_gap_ms: int = 3
+    commit_bulk_min_pct: int = 10
     disk_free_bytes_min: int = 16 * 1024 * 1024
     log_repeats_max: int = 5
     log_period_ms: int = 10_000

@@ -105,6 +105,8 @@ def _limit_problems(config: Config) -> list[str]:
     problems += _at_least_1(config, ("replication_interval_ms", "replication_entries_max", "peer_count_max",
                                      "peer_nonces_max"))
     problems += _not_negative(config, ("witness_quorum",))
+    if not 1 <= config.commit_bulk_min_pct <= 100:
+        problems.append("commit_bulk_min_pct must be between 1 and 100")
     return problems + _at_least_1(config, ("alert_retry_max",))
 
 

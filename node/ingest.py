@@ -110,7 +110,7 @@ class Committer:
                  on_alerts: Callable[[list[dict[str, Any]]], None] | None = None,
                  on_commit: Callable[[], None] | None = None, nonce: Callable[[int], bytes] = os.urandom,
                  anomalies: Any = None, rights_wait_ms: int = 0, rights_retry_ms: int = 100,
-                 share_events: int = 0, pace_gap_ms: int = 0):
+                 share_events: int = 0, pace_gap_ms: int = 0, bulk_min_pct: int = 10):
         self._rights_wait_ms, self._rights_retry_ms = rights_wait_ms, max(1, rights_retry_ms)
         self._anomalies = anomalies  # node.anomaly.AnomalyWatch: fed each admitted event, on this thread
         self._db, self._own, self._clock, self._metrics = db, own, clock, metrics
@@ -120,7 +120,7 @@ class Committer:
         # one client's events in one commit (node.fairqueue); 0: as many as a commit holds
         self._share_events = min(share_events or events_max, events_max)
         self._queue: FairQueue[_Pending] = FairQueue()
-        self._pacer = Pacer(pace_gap_ms / 1000) if pace_gap_ms > 0 else None
+        self._pacer = Pacer(pace_gap_ms / 1000, bulk_min_pct / 100) if pace_gap_ms > 0 else None
         # a request is queued in chunks of a share, or smaller ones the pacer can fit into gaps
         self._chunk = max(1, self._share_events // 4) if self._pacer is not None else self._share_events
         self._task: asyncio.Task | None = None

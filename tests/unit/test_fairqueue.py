@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from node.fairqueue import CLIENTS_MAX, FairQueue, Pacer
+from node.fairqueue import Plan, CLIENTS_MAX, FairQueue, Pacer
 
 
 class Item(list):
@@ -97,13 +97,57 @@ def test_bulk_is_fitted_into_the_gap_before_a_light_client_is_back():
     assert p.plan(t + 0.0013, light=True, share=8).action == "light"
 
 
-def test_bulk_is_never_starved():
-    p = Pacer(defer_max=3)
+def test_bulk_is_never_starved_it_earns_a_full_share_at_its_floor():
+    p = Pacer(bulk_min=0.1)
     t = learn_gap(p, "honest", 0.0001)  # back so fast that nothing fits
     p.served(["honest"], t)
-    actions = [p.plan(t, light=False, share=8).action for _ in range(4)]
-    assert actions == ["wait", "wait", "wait", "bulk"]
-    assert p.deferred == 0
+    full = p.cost(8)
+    first = p.plan(t, light=False, share=8)
+    assert first.action == "wait" and first.until_s == pytest.approx(t + 0.0001 + p.gap_max_s)
+    later = t + full / 0.1  # by then 10 % of the time elapsed pays for one full share
+    p.served(["honest"], later - 0.0002)  # the honest client keeps coming back
+    assert p.plan(later - 0.0001, light=False, share=8).action == "wait"
+    assert p.plan(later, light=False, share=8) == Plan("bulk", 8)
+    assert p.plan(later, light=False, share=8).action == "wait"  # paid: the next share is earned anew
+
+
+def test_the_floors_wait_ends_when_its_share_is_earned():
+    p = Pacer(gap_max_s=0.003, bulk_min=0.5)
+    t = learn_gap(p, "honest", 0.0008)
+    p.served(["honest"], t)
+    p.plan(t - 1.0, light=True, share=8)  # long ago: a full share's cost earned since (and no more)
+    assert p.plan(t, light=False, share=8) == Plan("bulk", 8)
+    plan = p.plan(t, light=False, share=8)  # paid; 0.8 ms of room: a portion fits
+    assert plan.action == "bulk" and 1 <= plan.events < 8
+    late = p.plan(t + 0.0007, light=False, share=8)  # 0.1 ms of room: nothing fits
+    assert late.action == "wait" and late.until_s == pytest.approx(t + 0.0007 + (p.cost(8) - p.credit_s) / 0.5)
+
+
+@pytest.mark.parametrize("floor", [0.05, 0.1, 0.3])
+def test_while_a_light_client_keeps_coming_bulk_gets_its_floor_of_the_writer_and_not_much_more(floor):
+    p = Pacer(bulk_min=floor)
+    for _ in range(30):
+        p.committed(1, 0.0004)
+        p.committed(8, 0.0012)
+    t = learn_gap(p, "honest", 0.0001)
+    p.served(["honest"], t)
+    start, bulk_s, light_commits = t, 0.0, 0
+    while t < start + 2.0:  # two simulated seconds: the light client commits, is back 0.1 ms later
+        plan = p.plan(t, light=False, share=8)
+        if plan.action == "bulk":
+            assert plan.events == 8
+            bulk_s += p.cost(8)
+            t += p.cost(8)
+        else:
+            assert plan.action == "wait"
+            t += 0.0001
+            assert p.plan(t, light=True, share=8).action == "light"
+            t += 0.0004
+            p.served(["honest"], t)
+            light_commits += 1
+    # the floor, less what is earned past one share between two plans (the credit holds one share)
+    assert 0.9 * floor * 2.0 <= bulk_s <= floor * 2.0 + p.cost(8)
+    assert light_commits > 0
 
 
 def test_a_light_client_that_does_not_come_back_stops_being_awaited():
@@ -157,3 +201,13 @@ def test_a_commit_cost_that_varies_makes_the_bulk_share_smaller():
         t = learn_gap(p, "honest", 0.002)
         p.served(["honest"], t)
     assert jumpy.plan(t, False, 64).events < steady.plan(t, False, 64).events
+
+
+@pytest.mark.parametrize("pct, ok", [(0, False), (1, True), (10, True), (100, True), (101, False), (-5, False)])
+def test_the_bulk_floor_setting_is_a_percentage(pct, ok):
+    from node.config import Config
+    from node.configcheck import validate
+
+    problems = validate(Config(commit_bulk_min_pct=pct))
+    assert (problems == []) is ok
+    assert ok or problems == ["commit_bulk_min_pct must be between 1 and 100"]
