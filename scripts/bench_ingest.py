@@ -21,7 +21,7 @@ In one run, printing each figure as it goes and a summary table at the end:
   c. batch ingest: a node (NodeProcess, default settings: sqlite_synchronous=full), one warm-up
      batch, then --conns concurrent submitters POSTing CBOR arrays of --batch envelopes to
      /v1/events/batch; events/s counted from "accepted" receipts only (all must be accepted), the
-     ratio to the ceiling (target >= 0.75), CPU of node / client / other processes, and the node's
+     ratio to the ceiling (target >= 0.50; goal 0.75), CPU of node / client / other processes, and the node's
      /metrics histograms for the phase (ats_commit_batch_events: mean events per commit);
   d. single events, open loop: first the HTTP floor (sequential GET /healthz), then POST
      /v1/events at --rate requests/s for --seconds on a Poisson (or fixed-interval) schedule fixed
@@ -43,6 +43,9 @@ In one run, printing each figure as it goes and a summary table at the end:
      from exec to its ready line is printed (target <= 1 s). Memory grows with the agents active
      since the start (their budget rules, counters and detectors: ~6.7 kB each, bounded by the
      caches' limits), not with events: pass a larger --agents to see it.
+The summary also prints the arithmetic behind the ratio targets: at 0.50 of the ceiling an event may
+cost the machine at most cores / (0.50 x ceiling) of CPU, signature check included, against what batch
+ingest and catch-up were measured to use per event (all processes of the node).
 CPU and memory figures count the node's worker processes (node/workers.py) with it; "writer time
 per event" is ats_commit_seconds / events committed in phase c (target <= 30 us).
 --py-spy DIR records the node with py-spy during c and d, and the catching-up node during e (raw
@@ -84,7 +87,7 @@ from ledger.events import make_envelope_bytes, parse_envelope  # noqa: E402
 from node.sdk.agent import cbor_array  # noqa: E402
 from tests.integration.nodeproc import NodeProcess  # noqa: E402
 
-RATIO_TARGET = 0.75
+RATIO_TARGET = 0.50  # issue 15's target on this machine (its goal beyond: 0.75)
 P99_TARGET_MS = 2.0
 SKEW_MS = 3_600_000
 CBOR = {"Content-Type": "application/cbor"}
@@ -826,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    outcomes {res['statuses']}" + (f"; HTTP errors {res['http_errors'][:3]}" if res["http_errors"] else ""))
         print(f"    {'all accepted' if all_ok else 'NOT ALL ACCEPTED'}")
         print(f"    per-batch round trip p50 {res['latency_p50'] * 1000:.1f} ms, p99 {res['latency_p99'] * 1000:.1f} ms")
+        summary["batch_cpu_us"] = node_cpu / max(1, res["accepted"]) * 1e6
         print(f"    CPU: node, all processes {node_cpu:.2f} s ({node_cpu / res['elapsed']:.2f} cores, "
               f"{node_cpu / max(1, res['accepted']) * 1e6:.0f} us/event; main process "
               f"{main_cpu / max(1, res['accepted']) * 1e6:.0f} us/event), "
@@ -943,6 +947,18 @@ def main(argv: list[str] | None = None) -> int:
          f">= {RATIO_TARGET}: {'PASS' if summary.get('catch_rate', 0) / summary['ceiling'] >= RATIO_TARGET else 'MISS'}"),
         ("  CPU per replicated event (receiver)", f"{summary.get('catch_cpu_us', float('nan')):.0f} us", ""),
     ]
+    # The arithmetic behind the ratio targets: at RATIO_TARGET of the ceiling, every event may cost the
+    # machine's cores at most cores / (RATIO_TARGET x ceiling) of CPU, signature check included.
+    cores = os.cpu_count() or 1
+    budget_us = cores / (RATIO_TARGET * summary["ceiling"]) * 1e6
+    rows.append((f"CPU an event may cost at {RATIO_TARGET:.2f} of the ceiling", f"{budget_us:.0f} us",
+                 f"{cores} cores / ({RATIO_TARGET:.2f} x ceiling); the signature check alone is "
+                 f"{cores / summary['ceiling'] * 1e6:.0f} us of it"))
+    for label, key in (("  batch ingest uses (node, all processes)", "batch_cpu_us"),
+                       ("  catch-up uses (receiver, all processes)", "catch_cpu_us")):
+        if key in summary:
+            used = summary[key]
+            rows.append((label, f"{used:.0f} us", "within" if used <= budget_us else f"{used / budget_us:.1f}x over"))
     for d in summary.get("single", []):
         rows += [
             (f"single submit at {d['rate']:g}/s: p50 / p99", f"{d['p50']:.2f} / {d['p99']:.2f} ms",
