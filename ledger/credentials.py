@@ -65,7 +65,7 @@ def mint(seed: bytes, *, now_s: int, ttl_s: int, jti: str | None = None, audienc
 def _json_object(part: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(_unb64url(part))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # 4,096 characters hold 2,000 nested arrays
         raise BadSignature("invalid_token", f"token {what} is not JSON") from None
     if type(value) is not dict:
         raise BadSignature("invalid_token", f"token {what} is not a JSON object")

@@ -8,6 +8,7 @@ charged once, by a node-signed metered event naming the agent, and nothing else 
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import sys
 import subprocess
@@ -175,7 +176,7 @@ def test_concurrent_calls_against_a_nearly_spent_budget_never_pass_it(node, upst
 @pytest.mark.parametrize("case, code", [
     ("none", "token_required"), ("garbage", "invalid_token"), ("expired", "token_expired"),
     ("audience", "token_audience"), ("lifetime", "token_lifetime"), ("signature", "token_signature"),
-    ("future", "token_not_yet_valid"),
+    ("future", "token_not_yet_valid"), ("nested", "invalid_token"),
 ])
 def test_bad_credentials_get_401_with_their_code_and_reach_nothing(node, upstream, case, code):
     seed, now = os.urandom(32), int(time.time())
@@ -186,6 +187,8 @@ def test_bad_credentials_get_401_with_their_code_and_reach_nothing(node, upstrea
         "lifetime": mint(seed, now_s=now, ttl_s=400 * 86_400),
         "signature": mint(seed, now_s=now, ttl_s=3600)[:-4] + "AAAA",
         "future": mint(seed, now_s=now + 7200, ttl_s=3600),
+        # a header nested past the JSON parser's recursion limit (it was a 500)
+        "nested": base64.urlsafe_b64encode(b"[" * 2500).rstrip(b"=").decode() + ".e30.AA",
     }[case]
     before = upstream.total()
     status, doc, _ = _raw_post(node, "/llm/v1/chat/completions", b'{"model": "test-model", "messages": []}', token)

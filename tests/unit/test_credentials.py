@@ -74,6 +74,10 @@ def test_token_signed_by_another_key_than_sub_is_refused():
     "", "abc", "a.b", "a.b.c.d", "!!.??.##", "x" * 5000,
     base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode() + ".e30.",
     base64.urlsafe_b64encode(b"[1]").rstrip(b"=").decode() + ".e30.AA",
+    # nested past the JSON parser's recursion limit, within the token's 4,096 characters
+    pytest.param(base64.urlsafe_b64encode(b"[" * 2500).rstrip(b"=").decode() + ".e30.AA", id="deep-header"),
+    pytest.param("eyJhbGciOiJFZERTQSJ9." + base64.urlsafe_b64encode(b"[" * 2500).rstrip(b"=").decode() + ".AA",
+                 id="deep-claims"),
 ])
 def test_malformed_tokens_are_refused_as_invalid(token):
     assert _code(token) == "invalid_token"
