@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from ledger.events import parse_envelope
 from tests.agentkit import TestAgent
 from tests.integration.http import get, post_cbor, request
 from tests.integration.nodeproc import NodeProcess
@@ -200,12 +201,19 @@ def test_health_says_writes_fail_on_a_full_disk_and_recovers(small_disk):
         assert health.status == 200 and health.json()["writes"]["ok"] is True
         filler = os.path.join(small_disk, "filler")
         fill(filler)
-        # the WAL may still hold free pages for a few commits; once it needs new space, every write fails
-        statuses = [post_cbor(node.url, "/v1/events", agent.envelope()).status for _ in range(24)]
-        assert 503 in statuses and set(statuses) <= {201, 503}, statuses
-        assert set(statuses[statuses.index(503):]) == {503}, statuses
+        # The WAL may still hold free pages for a few commits, and a checkpoint that restarts it can
+        # free some again, so a write may still succeed between failures; once neither can give
+        # space, every write fails. Each answer is true either way (checked below, after recovery).
+        sent: list[tuple[bytes, int]] = []
+        for _ in range(60):
+            envelope = agent.envelope()
+            sent.append((envelope, post_cbor(node.url, "/v1/events", envelope).status))
+            if [status for _, status in sent[-4:]] == [503] * 4:
+                break
+        statuses = [status for _, status in sent]
+        assert statuses[-4:] == [503] * 4 and set(statuses) <= {201, 503}, statuses
         failures = [line for line in log_lines(node) if "commit failed" in line]
-        assert 1 <= len(failures) <= 2, failures  # log_repeats_max: 8 failed commits, at most 2 lines
+        assert 1 <= len(failures) <= 2, failures  # log_repeats_max: many failed commits, at most 2 lines
         health = get(node.url, "/healthz")
         doc = health.json()
         assert health.status == 503 and doc["status"] == "disk_full" and doc["error"]["code"] == "disk_full"
@@ -214,6 +222,10 @@ def test_health_says_writes_fail_on_a_full_disk_and_recovers(small_disk):
         os.remove(filler)
         assert post_cbor(node.url, "/v1/events", agent.envelope()).status == 201
         assert get(node.url, "/healthz").json()["status"] == "ok"
+        # nothing half-written: each event answered 201 is in the log, each answered 503 is not
+        for envelope, status in sent:
+            held = get(node.url, f"/v1/events/{parse_envelope(envelope).event.id_hex}").status
+            assert held == (200 if status == 201 else 404), (status, held)
     finally:
         node.kill()
 
@@ -273,12 +285,12 @@ def test_a_light_clients_events_are_committed_alone_while_bulk_fills_the_gaps(tm
     """The pacer (node/fairqueue.py): while a bulk client has thousands of events queued, a client
     sending one event at a time finds the writer free: each of its events is committed alone (its
     checkpoint, read back from the SQLite file, covers that one entry), and the bulk client's events
-    are committed in between, so neither waits for the other to finish."""
+    are committed in between (at least its floor), so neither waits for the other to finish."""
     env = {"ATS_DEFAULT_PLAN": "platformium", "ATS_BATCH_EVENTS_MAX": "1000", "ATS_BODY_BYTES_MAX": str(1 << 20), "ATS_HEAVY_REQUESTS_PER_CLIENT_MAX": "3"}
     node = NodeProcess(str(tmp_path / "node"), env=env).start()
     try:
         honest = TestAgent()
-        singles = [honest.envelope() for _ in range(20)]
+        singles = [honest.envelope() for _ in range(60)]
         threads, replies = start_bulk_client(node)
         conn = http.client.HTTPConnection(node.host, node.port, timeout=WAIT_S, source_address=("127.0.0.2", 0))
         indices = []
@@ -288,7 +300,7 @@ def test_a_light_clients_events_are_committed_alone_while_bulk_fills_the_gaps(tm
             assert reply.status == 201
             indices.append(json.loads(reply.read())["index"])
         conn.close()
-        bulk_left = 3000 + 20 + 2 - get(node.url, "/healthz").json()["size"]
+        bulk_left = 3000 + 60 + 2 - get(node.url, "/healthz").json()["size"]
         for t in threads:
             t.join(60)
         assert [r.status for r in replies] == [200, 200, 200]
@@ -300,8 +312,11 @@ def test_a_light_clients_events_are_committed_alone_while_bulk_fills_the_gaps(tm
         db.close()
         committed = set(sizes)
         alone = sum(1 for i in indices if i in committed and i + 1 in committed)  # checkpoints at i and i + 1
-        assert alone >= 15, (alone, indices)
-        assert indices[-1] - indices[0] > 2 * len(indices), "no bulk events were committed between them"
+        assert alone >= 45, (alone, indices)
+        # bulk clients keep their floor (commit_bulk_min_pct of the writer): at least two full shares
+        # of 8 were committed while the light client came and went, besides portions in its gaps
+        between = indices[-1] - indices[0] + 1 - len(indices)
+        assert between >= 2 * 8, ("too few bulk events were committed between them", between, indices)
     finally:
         node.kill()
 
