@@ -139,6 +139,10 @@ class Gateway:
             raise Malformed("invalid_request", "the request body must be a JSON object")
         if type(doc.get("model")) is not str or not doc["model"]:
             raise Malformed("invalid_request", "model must be a non-empty string")
+        if type(doc.get("stream", False)) is not bool:
+            # the gateway meters a stream and an answer differently: a value an upstream might read
+            # either way (1, "yes", NaN) is refused before anything is reserved or sent
+            raise Malformed("invalid_request", "stream must be true or false")
         return raw, doc
 
     def _bounds(self, model: str) -> tuple[int, int]:

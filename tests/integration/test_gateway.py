@@ -201,6 +201,9 @@ def test_bad_credentials_get_401_with_their_code_and_reach_nothing(node, upstrea
     (b"{not json", 400, "invalid_request"),
     (b'{"messages": []}', 400, "invalid_request"),
     (b'{"model": "test-model", "messages": [], "max_tokens": -1}', 400, "invalid_request"),
+    (b'{"model": "test-model", "messages": [], "stream": 1}', 400, "invalid_request"),
+    (b'{"model": "test-model", "messages": [], "stream": NaN}', 400, "invalid_request"),
+    (b'{"model": "test-model", "messages": [], "stream": "yes"}', 400, "invalid_request"),
     (b'{"model": "no-such-model", "messages": []}', 404, "unknown_model"),
     (b'{"model": "test-model", "messages": [{"role": "user", "content": "' + b"x" * 70_000 + b'"}]}', 413, "prompt_too_large"),
 ])
