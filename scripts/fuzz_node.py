@@ -12,6 +12,11 @@ it at the end. For --duration seconds it sends, round-robin:
   - correctly signed events whose amounts sit at the range edges;
   - every GET path of the served OpenAPI with odd query values (Unicode digits, 2^63 and past,
     signs, empty, long) for its parameters;
+  - the JSON endpoints beyond events (the LLM gateway's OpenAI and Anthropic dialects, the task
+    meter, the peer messages: tests/fuzzkit.py JSON_POST_BASES), each a valid body with one field
+    replaced by a hostile value, or a hostile whole body, with a valid agent token, or a valid body
+    with one part of the token replaced (its own node runs the gateway in front of the tests' fake
+    upstream, tests/integration/fake_openai.py);
 and every --health-every requests checks GET /healthz. With --schemathesis S it also runs the
 schemathesis CLI for S seconds over the served OpenAPI. It prints the count of requests, the
 statuses seen, the error codes seen, and every 5xx, answer without a code, hang (no answer within
@@ -21,6 +26,7 @@ statuses seen, the error codes seen, and every 5xx, answer without a code, hang 
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import gzip
 import json
@@ -42,7 +48,9 @@ from hypothesis import strategies as st  # noqa: E402
 
 from ledger import encoding  # noqa: E402
 from tests.agentkit import TestAgent  # noqa: E402
-from tests.fuzzkit import hostile_item, json_body, signed_envelope  # noqa: E402
+from ledger.credentials import mint  # noqa: E402
+from tests.fuzzkit import JSON_POST_BASES, JSON_POST_EXTRA, hostile_item, json_body, json_value, signed_envelope  # noqa: E402
+from tests.integration.fake_openai import FakeOpenAI  # noqa: E402
 from tests.integration.http import request  # noqa: E402
 from tests.integration.nodeproc import NodeProcess  # noqa: E402
 
@@ -95,6 +103,7 @@ def fuzz(url: str, duration_s: float, seed: int, health_every: int, timeout_s: f
     deadline = time.monotonic() + duration_s
     agent = TestAgent()
     rng = random.Random(seed)
+    gateway_seed = rng.randbytes(32)
     paths = get_paths(url)
 
     def post(path: str, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
@@ -115,9 +124,30 @@ def fuzz(url: str, duration_s: float, seed: int, health_every: int, timeout_s: f
         target = path + ("?" + "&".join(quote(kv, safe="=") for kv in query.split("&")) if query else "")
         tally.record(f"GET {target[:200]}", lambda: request(url, "GET", target, timeout_s=timeout_s))
 
+    def json_post(data: Any) -> None:
+        path = data.draw(st.sampled_from(sorted(JSON_POST_BASES)))
+        token = mint(gateway_seed, now_s=int(time.time()), ttl_s=3600)  # not the events' agent: it gets suspended
+        doc = JSON_POST_BASES[path]
+        shape = data.draw(st.integers(0, 2))
+        if shape == 0:  # one hostile field
+            field = data.draw(st.sampled_from(sorted(set(doc) | set(JSON_POST_EXTRA))))
+            body = json.dumps({**doc, field: data.draw(json_value)}).encode()
+        elif shape == 1:
+            body = data.draw(json_body())
+        else:  # a hostile part of the token
+            parts = token.split(".")
+            raw = data.draw(st.one_of(json_value.map(lambda v: json.dumps(v).encode()), st.binary(max_size=64),
+                                      st.integers(100, 3000).map(lambda n: b"[" * n)))
+            parts[data.draw(st.integers(0, 2))] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+            token, body = ".".join(parts), json.dumps(doc).encode()
+        post(path, body, "application/json", {"Authorization": f"Bearer {token}"})
+
     def one(data: Any) -> None:
         path = data.draw(st.sampled_from(POSTS))
-        which = data.draw(st.integers(0, 4))
+        which = data.draw(st.integers(0, 6))
+        if which >= 5:
+            json_post(data)
+            return
         if which == 0:
             item = data.draw(hostile_item())
             post(path, encoding._head(4, 1) + item if path.endswith("batch") else item, "application/cbor")
@@ -160,11 +190,16 @@ def main() -> int:
     print(f"fuzz_node: seed {seed}, {args.duration:.0f} s", flush=True)
     tmp = None
     node = None
+    upstream = None
     try:
         url = args.url
         if url is None:
             tmp = tempfile.mkdtemp(prefix="ats-fuzz-")
-            node = NodeProcess(os.path.join(tmp, "node")).start()
+            upstream = FakeOpenAI(slow_ms=1).__enter__()
+            env = {"ATS_LLM_GATEWAY": "true", "ATS_LLM_UPSTREAM": upstream.url, "ATS_LLM_UPSTREAM_KEY": "sk-node",
+                   "ATS_LLM_ANTHROPIC_UPSTREAM": upstream.url, "ATS_LLM_ANTHROPIC_UPSTREAM_KEY": "sk-anthropic-node",
+                   "ATS_LLM_MODELS": "test-model,test-embed,claude-test", "ATS_LLM_TIMEOUT_MS": "5000"}
+            node = NodeProcess(os.path.join(tmp, "node"), env=env).start()
             url = node.url
         started = time.monotonic()
         tally = fuzz(url, args.duration, seed, args.health_every, args.timeout)
@@ -198,6 +233,8 @@ def main() -> int:
             if node.proc and node.proc.poll() is not None:
                 print("the node exited during the run:\n" + node.stderr())
             node.kill()
+        if upstream is not None:
+            upstream.__exit__(None, None, None)
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -143,3 +143,20 @@ def signed_envelope(draw: Any, public_key: bytes, seed: bytes) -> bytes:
     ts = int(time.time() * 1000) if draw(st.booleans()) else draw(cbor_ints.filter(lambda v: v >= 0))
     raw = encoding.encode({"v": 1, "kind": kind, "signer": public_key, "ts": ts, "nonce": os.urandom(16), "body": body})
     return make_envelope_bytes(raw, sign(raw, seed))
+
+
+# The JSON endpoints beyond events, each with a valid body to mutate one field of (tests/integration/
+# test_fuzz_gateway.py, scripts/fuzz_node.py): the LLM gateway's two dialects, the task meter, peers.
+JSON_POST_BASES: dict[str, dict[str, Any]] = {
+    "/llm/v1/chat/completions": {"model": "test-model", "messages": [{"role": "user", "content": "hi"}],
+                                 "max_tokens": 5, "stream": False},
+    "/llm/v1/embeddings": {"model": "test-embed", "input": "hi"},
+    "/llm/v1/messages": {"model": "claude-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+    "/v1/tasks": {"estimate": "1T", "timeout_ms": 1000, "host": "h"},
+    "/v1/tasks/00112233445566778899aabbccddeeff": {"cpu_ms": 1, "mem_mb": 1, "jobs": 1, "read": 1, "written": 1,
+                                                  "dur_ms": 1},
+    "/v1/peer/cosign": {"origin": "00" * 32, "size": 1, "note": "x", "cosignature": "y"},
+    "/v1/peer/notify": {"digest": "00" * 32},
+    "/v1/peer/escrow/ask": {"metric": "events", "amount": 1, "scope": "agent", "id": "00" * 32},
+}
+JSON_POST_EXTRA = ("n", "temperature", "tools", "system", "dimensions", "stream")  # fields some dialects read
