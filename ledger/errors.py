@@ -125,6 +125,7 @@ CODES: dict[str, str] = {
     "origin_not_found": "NotFound",
     "not_found": "NotFound",
     "method_not_allowed": "Malformed",  # rendered with status 405
+    "expectation_failed": "Malformed",  # rendered with status 417: an Expect: header other than 100-continue
     # 409
     "stale_timestamp": "Conflict",
     "future_timestamp": "Conflict",

@@ -20,7 +20,8 @@ from aiohttp import web
 from node import datadir
 from node.api import dashboard, events, info, log, peer, tasks
 from node.api.errors import error_middleware
-from node.httpserver import HeavyGate, NodeSite, connections_bound, held_bound, raise_open_files_limit, request_bounds
+from node.httpserver import (HeavyGate, NodeSite, connections_bound, expect_handler, held_bound, raise_open_files_limit,
+                             request_bounds)
 from node.api import budgets as budgets_api
 from node.readauth import read_auth_middleware
 from node.alerts import AlertSender
@@ -177,39 +178,39 @@ def _scopes(book: BudgetBook, signer: bytes) -> dict[str, str]:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/events", events.submit)
-    app.router.add_post("/v1/events/batch", events.submit_batch)
-    app.router.add_get("/v1/events/{id}", events.get_event)
-    app.router.add_post("/v1/quota/check", events.quota_check)
-    app.router.add_get("/v1/agents/{agent}/balance", info.balance)
-    app.router.add_get("/v1/agents/{agent}/usage", info.usage)
-    app.router.add_get("/v1/log/checkpoint", log.checkpoint)
-    app.router.add_get("/v1/log/proof/inclusion", log.inclusion)
-    app.router.add_get("/v1/log/proof/consistency", log.consistency)
-    app.router.add_get("/v1/log/entries", log.entries)
-    app.router.add_get("/v1/node", info.node_info)
-    app.router.add_get("/v1/openapi.json", info.openapi)
-    app.router.add_get("/healthz", info.healthz)
-    app.router.add_get("/metrics", info.metrics)
-    app.router.add_get("/v1/log/checkpoint/anchored", peer.anchored)
-    app.router.add_get("/v1/peer/frontier", peer.frontier)
-    app.router.add_post("/v1/peer/cosign", peer.cosign)
-    app.router.add_post("/v1/peer/notify", peer.notify)
-    app.router.add_get("/v1/peers", peer.peers)
-    app.router.add_get("/v1/cluster/digest", peer.digest)
-    app.router.add_get("/v1/forks", peer.forks)
-    app.router.add_post("/v1/peer/escrow/ask", escrow_api.ask)
-    app.router.add_get("/v1/escrow", escrow_api.rights)
-    app.router.add_get("/v1/reports/{scope}/{id}", report_api.report)
-    app.router.add_get("/v1/budgets", budgets_api.listing)
-    app.router.add_get("/v1/names/{name}", budgets_api.name)
-    app.router.add_get("/", dashboard.index)
-    app.router.add_get("/static/{name}", dashboard.static)
-    app.router.add_get("/v1/dashboard/agents", dashboard.agents)
-    app.router.add_get("/v1/dashboard/budgets", dashboard.budgets)
-    app.router.add_get("/v1/dashboard/exports", dashboard.exports)
-    app.router.add_post("/v1/tasks", tasks.reserve)
-    app.router.add_post("/v1/tasks/{task}", tasks.settle)
+    app.router.add_post("/v1/events", events.submit, expect_handler=expect_handler)
+    app.router.add_post("/v1/events/batch", events.submit_batch, expect_handler=expect_handler)
+    app.router.add_get("/v1/events/{id}", events.get_event, expect_handler=expect_handler)
+    app.router.add_post("/v1/quota/check", events.quota_check, expect_handler=expect_handler)
+    app.router.add_get("/v1/agents/{agent}/balance", info.balance, expect_handler=expect_handler)
+    app.router.add_get("/v1/agents/{agent}/usage", info.usage, expect_handler=expect_handler)
+    app.router.add_get("/v1/log/checkpoint", log.checkpoint, expect_handler=expect_handler)
+    app.router.add_get("/v1/log/proof/inclusion", log.inclusion, expect_handler=expect_handler)
+    app.router.add_get("/v1/log/proof/consistency", log.consistency, expect_handler=expect_handler)
+    app.router.add_get("/v1/log/entries", log.entries, expect_handler=expect_handler)
+    app.router.add_get("/v1/node", info.node_info, expect_handler=expect_handler)
+    app.router.add_get("/v1/openapi.json", info.openapi, expect_handler=expect_handler)
+    app.router.add_get("/healthz", info.healthz, expect_handler=expect_handler)
+    app.router.add_get("/metrics", info.metrics, expect_handler=expect_handler)
+    app.router.add_get("/v1/log/checkpoint/anchored", peer.anchored, expect_handler=expect_handler)
+    app.router.add_get("/v1/peer/frontier", peer.frontier, expect_handler=expect_handler)
+    app.router.add_post("/v1/peer/cosign", peer.cosign, expect_handler=expect_handler)
+    app.router.add_post("/v1/peer/notify", peer.notify, expect_handler=expect_handler)
+    app.router.add_get("/v1/peers", peer.peers, expect_handler=expect_handler)
+    app.router.add_get("/v1/cluster/digest", peer.digest, expect_handler=expect_handler)
+    app.router.add_get("/v1/forks", peer.forks, expect_handler=expect_handler)
+    app.router.add_post("/v1/peer/escrow/ask", escrow_api.ask, expect_handler=expect_handler)
+    app.router.add_get("/v1/escrow", escrow_api.rights, expect_handler=expect_handler)
+    app.router.add_get("/v1/reports/{scope}/{id}", report_api.report, expect_handler=expect_handler)
+    app.router.add_get("/v1/budgets", budgets_api.listing, expect_handler=expect_handler)
+    app.router.add_get("/v1/names/{name}", budgets_api.name, expect_handler=expect_handler)
+    app.router.add_get("/", dashboard.index, expect_handler=expect_handler)
+    app.router.add_get("/static/{name}", dashboard.static, expect_handler=expect_handler)
+    app.router.add_get("/v1/dashboard/agents", dashboard.agents, expect_handler=expect_handler)
+    app.router.add_get("/v1/dashboard/budgets", dashboard.budgets, expect_handler=expect_handler)
+    app.router.add_get("/v1/dashboard/exports", dashboard.exports, expect_handler=expect_handler)
+    app.router.add_post("/v1/tasks", tasks.reserve, expect_handler=expect_handler)
+    app.router.add_post("/v1/tasks/{task}", tasks.settle, expect_handler=expect_handler)
 
 
 def add_gateway_routes(app: web.Application, gateway: Gateway) -> None:
@@ -224,10 +225,10 @@ def add_gateway_routes(app: web.Application, gateway: Gateway) -> None:
     async def messages(request: web.Request) -> web.StreamResponse:
         return await gateway.handle(request, "messages", ANTHROPIC)
 
-    app.router.add_post("/llm/v1/chat/completions", chat)
-    app.router.add_post("/llm/v1/embeddings", embeddings)
-    app.router.add_get("/llm/v1/models", gateway.models)
-    app.router.add_post("/llm/v1/messages", messages)
+    app.router.add_post("/llm/v1/chat/completions", chat, expect_handler=expect_handler)
+    app.router.add_post("/llm/v1/embeddings", embeddings, expect_handler=expect_handler)
+    app.router.add_get("/llm/v1/models", gateway.models, expect_handler=expect_handler)
+    app.router.add_post("/llm/v1/messages", messages, expect_handler=expect_handler)
 
 
 def plain_http_warning(config: Config) -> str | None:

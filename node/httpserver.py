@@ -345,3 +345,21 @@ def request_bounds(timeout_ms: int, gate: HeavyGate):
         return await read_and_handle(request, handler)
 
     return middleware
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """Every route's `Expect:` handler (aiohttp runs it before any middleware). `100-continue` is
+    answered `100 Continue` only for a body the endpoint would read (a longer one is refused 413 by
+    `request_bounds` with nothing read); any other expectation is a JSON `417 expectation_failed`,
+    not aiohttp's text/plain one."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        return web.json_response({"error": {"code": "expectation_failed",
+                                            "message": f"unknown Expect: {expect[:64]!r} (only 100-continue)"}},
+                                 status=417)
+    limit = LIGHT_BODY_BYTES_MAX if request.path in ONE_ENVELOPE_PATHS else request.client_max_size
+    length = request.content_length
+    if request.version == (1, 1) and (length is None or length <= limit):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own handler: the body of the answer starts after it
+    return None

@@ -30,7 +30,7 @@ API_MD = ROOT / "docs" / "api.md"
 PROTOCOL_MD = ROOT / "docs" / "protocol.md"
 OPENAPI_JSON = ROOT / "node" / "openapi.json"
 # Statuses that the one error renderer (node/api/errors.py) gives instead of the class's hint.
-RENDERED_STATUS = {"method_not_allowed": 405, "not_found": 404}
+RENDERED_STATUS = {"method_not_allowed": 405, "not_found": 404, "expectation_failed": 417}
 
 
 def _read(path: Path) -> str:

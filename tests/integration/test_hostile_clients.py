@@ -106,6 +106,27 @@ def test_malformed_http_gets_a_json_400_with_a_code_and_no_traceback(quick, raw,
     assert "Traceback" not in "\n".join(log_lines(quick))
 
 
+def test_an_expect_header_gets_a_json_answer_and_100_continue_only_for_a_body_that_would_be_read(quick):
+    s = connect(quick)  # an expectation the node does not know: JSON 417, not aiohttp's text/plain one
+    s.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 1\r\n"
+              b"Connection: close\r\n\r\n\xa0")
+    status, body, _ = read_reply(s)
+    assert (status, body["error"]["code"]) == (417, "expectation_failed")
+    s = connect(quick)  # 100-continue for a body over the endpoint's limit: 413 at once, no invitation to send
+    s.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100000000\r\n"
+              b"Content-Type: application/cbor\r\nConnection: close\r\n\r\n")
+    status, body, _ = read_reply(s)
+    assert (status, body["error"]["code"]) == (413, "body_too_large")
+    s = connect(quick)  # 100-continue for a body it reads: 100 Continue, then the answer to the body
+    envelope = TestAgent().envelope()
+    s.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/cbor\r\n"
+              b"Content-Length: " + str(len(envelope)).encode() + b"\r\nConnection: close\r\n\r\n")
+    assert s.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    s.sendall(envelope)
+    status, body, _ = read_reply(s)
+    assert status == 201 and body["status"] == "accepted"
+
+
 def test_a_client_that_disconnects_mid_body_is_not_logged_as_an_error(quick):
     for _ in range(20):
         s = connect(quick)
