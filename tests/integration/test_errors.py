@@ -66,6 +66,7 @@ WALKED_ELSEWHERE = {
     "malformed_http": "test_hostile_clients.test_malformed_http_gets_a_json_400_with_a_code_and_no_traceback",
     "header_too_large": "test_hostile_clients.test_malformed_http_gets_a_json_400_with_a_code_and_no_traceback",
     "body_timeout": "test_hostile_clients.test_a_slow_body_is_answered_408_body_timeout_and_closed",
+    "expectation_failed": "test_hostile_clients.test_an_expect_header_gets_a_json_answer_and_100_continue_only_for_a_body_that_would_be_read",
     "too_many_connections": "test_hostile_clients.test_connections_over_the_bounds_get_503_and_a_flood_does_not_flood_the_log",
     "disk_full": "test_hostile_clients.test_health_says_writes_fail_on_a_full_disk_and_recovers",
     "no_rights": "test_strict.test_rights_flow_to_the_one_busy_node_and_99_percent_is_used_before_the_first_429",
