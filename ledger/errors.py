@@ -206,7 +206,8 @@ CODES: dict[str, str] = {
     "malformed_http": "Malformed",  # the HTTP parser refused the request (request line, headers, chunking)
     "header_too_large": "Malformed",  # a request line or header over http_header_bytes_max, or too many headers
     "body_timeout": "TimedOut",  # the body did not arrive within http_body_timeout_ms
-    "too_many_connections": "NotReady",  # over connections_max or connections_per_client_max
+    "too_many_connections": "NotReady",  # over connections_max
+    "too_many_client_connections": "OverBudget",  # over connections_per_client_max from one address (429)
     "disk_full": "NotReady",  # /healthz: data_dir has less than disk_free_bytes_min free, or a commit found it full
     "write_failing": "NotReady",  # /healthz: the last commit failed (storage error) and none succeeded since
     # owner budgets per scope (ledger/scoped.py)

@@ -125,7 +125,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("llm_drains_max", 32, "streams", "most abandoned streams read at once; beyond, an abandoned stream is cut and charged at reservation"),
     # Hostile clients (issue 10): connections, slow requests, fairness between clients, health, logs.
     Setting("connections_max", 1024, "connections", "open HTTP connections; one more is answered 503 too_many_connections and closed (always at least 256 below the open-files limit, which the node raises to its hard limit at start)"),
-    Setting("connections_per_client_max", 64, "connections", "open HTTP connections from one remote address; one more is answered 503 too_many_connections"),
+    Setting("connections_per_client_max", 64, "connections", "open HTTP connections from one remote address; one more is answered 429 too_many_client_connections"),
     Setting("http_head_timeout_ms", 10_000, "ms", "a connection must send a complete request head within this long of opening or of its previous response, else it is closed (also the idle keep-alive time)"),
     Setting("http_body_timeout_ms", 10_000, "ms", "a request body must arrive within this long of its head, else 408 body_timeout and the connection is closed"),
     Setting("http_header_bytes_max", 8190, "bytes", "longest request line and longest header line (else 400 header_too_large)"),

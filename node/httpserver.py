@@ -13,8 +13,9 @@ clients (issue 10, classes 6 and 8):
   has a byte rate (`client_bytes_per_s`, bursts up to `body_bytes_max`): past it, its connections
   stop being read until its budget refills;
 - nothing bounded the connections; here `NodeSite` answers a connection over
-  `connections_max`, or over `connections_per_client_max` from one address,
-  with a JSON `503 too_many_connections` at once, before aiohttp builds anything for it,
+  `connections_max` with a JSON `503 too_many_connections` (the node is full), or one over
+  `connections_per_client_max` from one address with `429 too_many_client_connections` (that
+  client asks too much), at once, before aiohttp builds anything for it,
   then holds it open (as many as the open-files limit leaves room for, at most 4096) until
   the client closes it or for a second, so a client that reconnects whenever it is closed
   (slowloris) cannot make the node refuse thousands of connections a second; and
@@ -217,7 +218,7 @@ class NodeSite(web.BaseSite):
         self._handler_args = handler_args
         self._open: dict[str, int] = {}
         self.connections = 0
-        self.refused = 0  # connections answered 503 too_many_connections
+        self.refused = 0  # connections refused (too_many_connections, too_many_client_connections)
         self.held = 0  # refused connections held open (_Gate)
         self._held_max = held_max
         self.malformed = 0  # requests the HTTP parser refused
@@ -243,14 +244,21 @@ class NodeSite(web.BaseSite):
 
     def admit(self, client: str) -> bytes | None:
         """Count a new connection from client; the bytes of a 503 answer if it is one too many."""
-        if self.connections >= self._connections_max or self._open.get(client, 0) >= self._per_client_max:
+        full = self.connections >= self._connections_max
+        if full or self._open.get(client, 0) >= self._per_client_max:
             self.refused += 1
             if self.refused >= 2 * self._refused_logged:  # log 1, 2, 4, 8, ... refusals, not each one
                 self._refused_logged = self.refused
                 logger.warning("refused %d connections so far (over connections_max %d or %d from one client; "
                                "latest from %s)", self.refused, self._connections_max, self._per_client_max, client)
-            return _json_bytes(503, "too_many_connections", "this node has too many open connections; retry later",
-                               "Retry-After: 1\r\n")
+            if full:  # the node's bound: it is busy, whoever asks
+                return _json_bytes(503, "too_many_connections", "this node has too many open connections; retry later",
+                                   "Retry-After: 1\r\n")
+            # this client's bound (connections it has not closed, or that the node has not seen close
+            # because its byte rate paused their reading): the client asks too much, not the node
+            return _json_bytes(429, "too_many_client_connections",
+                               f"this address holds {self._per_client_max} connections, the most one client may; "
+                               "close some or retry later", "Retry-After: 1\r\nx-should-retry: true\r\n")
         self.connections += 1
         self._open[client] = self._open.get(client, 0) + 1
         return None

@@ -1,4 +1,4 @@
-"""What a refused connection costs the node: CPU microseconds per connection answered 503 too_many_connections.
+"""What a refused connection costs the node: CPU microseconds per connection refused (429 too_many_client_connections).
 
     python scripts/bench_refusals.py [--connections 20000] [--reconnecting 300 --seconds 5]
 
@@ -72,7 +72,7 @@ def main() -> None:
             for _ in range(args.connections):
                 s = socket.create_connection((node.host, node.port))
                 data = s.recv(4096)
-                refused += b"too_many_connections" in data
+                refused += b"too_many_client_connections" in data  # the per-address bound of 1
                 s.close()
             wall, cpu = time.perf_counter() - t0, cpu_s(node.proc.pid) - cpu0
             cpu1, t1 = cpu_s(node.proc.pid), time.perf_counter()
@@ -81,7 +81,7 @@ def main() -> None:
             held.close()
         finally:
             node.kill()
-    print(f"{args.connections} connections, {refused} refused with 503 too_many_connections in {wall:.2f} s "
+    print(f"{args.connections} connections, {refused} refused with 429 too_many_client_connections in {wall:.2f} s "
           f"({args.connections / wall:,.0f}/s); node CPU {cpu * 1e6 / args.connections:.1f} µs per connection")
     print(f"{args.reconnecting} clients reconnecting whenever closed, {wall1:.1f} s: {made / wall1:,.0f} connections/s, "
           f"node CPU {100 * cpu_r / wall1:.0f} % of a core")

@@ -25,7 +25,7 @@ _HTTP_CODES = {
 
 # x-should-retry (as Stainless-generated SDKs read it): whether retrying after Retry-After can
 # succeed. A spent budget or a suspension will not change by asking again before its time.
-SHOULD_RETRY = {"throttled": "true", "no_rights": "true", "too_many_runs": "true",
+SHOULD_RETRY = {"throttled": "true", "no_rights": "true", "too_many_runs": "true", "too_many_client_connections": "true",
                 "budget_exceeded": "false", "suspended": "false"}
 
 

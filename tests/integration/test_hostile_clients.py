@@ -139,12 +139,12 @@ def test_a_client_that_disconnects_mid_body_is_not_logged_as_an_error(quick):
     assert "Traceback" not in text and "ERROR" not in text, text[-2000:]
 
 
-def test_connections_over_the_bounds_get_503_and_a_flood_does_not_flood_the_log(quick):
+def test_connections_over_the_bounds_get_429_or_503_and_a_flood_does_not_flood_the_log(quick):
     held = [connect(quick) for _ in range(8)]  # the per-client bound, all idle
     try:
         s = connect(quick)
-        status, body, _ = read_reply(s)
-        assert (status, body["error"]["code"]) == (503, "too_many_connections")
+        status, body, _ = read_reply(s)  # this client's bound: it asks too much
+        assert (status, body["error"]["code"]) == (429, "too_many_client_connections")
         # another client (address) is still served
         other = connect(quick, "127.0.0.2")
         other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -165,6 +165,19 @@ def test_connections_over_the_bounds_get_503_and_a_flood_does_not_flood_the_log(
         time.sleep(0.1)
 
 
+def test_the_nodes_own_connection_bound_is_503_whoever_asks(quick):
+    """connections_max (32 here) over four addresses of 8 each: the node is full, so a fifth address,
+    which holds nothing, gets 503 too_many_connections (the node's state), not its own 429."""
+    held = [connect(quick, f"127.0.0.{2 + i // 8}") for i in range(32)]
+    try:
+        time.sleep(0.2)  # all counted
+        status, body, _ = read_reply(connect(quick, "127.0.0.9"))
+        assert (status, body["error"]["code"]) == (503, "too_many_connections")
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_a_refused_connection_is_answered_at_once_and_held_until_the_client_closes_or_a_second(tmp_path):
     """So a client that reconnects whenever the node closes it (slowloris) reconnects once a second."""
     env = {"ATS_HTTP_HEAD_TIMEOUT_MS": "20000", "ATS_CONNECTIONS_PER_CLIENT_MAX": "2"}
@@ -173,13 +186,13 @@ def test_a_refused_connection_is_answered_at_once_and_held_until_the_client_clos
     try:
         well_behaved = connect(quick)
         status, body, _ = read_reply(well_behaved)  # reads the answer, then closes: nothing is held
-        assert (status, body["error"]["code"]) == (503, "too_many_connections")
+        assert (status, body["error"]["code"]) == (429, "too_many_client_connections")
         s = connect(quick)
         s.settimeout(WAIT_S)
         started = time.monotonic()
         first = s.recv(65536)
         answered = time.monotonic() - started
-        assert first.startswith(b"HTTP/1.1 503") and b"too_many_connections" in first and answered < 0.5
+        assert first.startswith(b"HTTP/1.1 429") and b"too_many_client_connections" in first and answered < 0.5
         s.sendall(b"GET /healthz HTTP/1.1\r\n")  # more of a request: not read, not answered
         rest = s.recv(65536)  # the node closes it after REFUSED_HOLD_S
         closed = time.monotonic() - started
