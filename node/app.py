@@ -286,7 +286,7 @@ async def _serve(config: Config, on_ready: Callable[[str], None] | None) -> None
     site = NodeSite(runner, config.listen_host, config.listen_port, connections_max=connections_max,
                     per_client_max=config.connections_per_client_max, handler_args=handler_args,
                     bytes_per_s=config.client_bytes_per_s, burst_bytes=config.body_bytes_max + 64 * 1024,
-                    held_max=held_bound(connections_max, open_files),
+                    held_max=held_bound(connections_max, open_files), write_timeout_ms=config.http_write_timeout_ms,
                     ssl_context=ssl_context)
     try:
         await site.start()

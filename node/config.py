@@ -128,6 +128,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("connections_per_client_max", 64, "connections", "open HTTP connections from one remote address; one more is answered 429 too_many_client_connections"),
     Setting("http_head_timeout_ms", 10_000, "ms", "a connection must send a complete request head within this long of opening or of its previous response, else it is closed (also the idle keep-alive time)"),
     Setting("http_body_timeout_ms", 10_000, "ms", "a request body must arrive within this long of its head, else 408 body_timeout and the connection is closed"),
+    Setting("http_write_timeout_ms", 30_000, "ms", "a client must take some of an answer the node is writing (a streamed LLM answer, a page of entries) within this long once the node's buffer for it is full, else the connection is cut (a gateway stream then goes on to learn its usage); 0: no bound"),
     Setting("http_header_bytes_max", 8190, "bytes", "longest request line and longest header line (else 400 header_too_large)"),
     Setting("http_headers_max", 48, "headers", "most header lines in one request (else 400 header_too_large)"),
     Setting("client_bytes_per_s", 4 * 1024 * 1024, "bytes/s", "bytes read per second from one client (remote address), over all its connections, after a burst of body_bytes_max; past it its connections are not read until the budget refills"),
@@ -243,6 +244,7 @@ class Config:
     connections_per_client_max: int = 64
     http_head_timeout_ms: int = 10_000
     http_body_timeout_ms: int = 10_000
+    http_write_timeout_ms: int = 30_000
     http_header_bytes_max: int = 8190
     http_headers_max: int = 48
     client_bytes_per_s: int = 4 * 1024 * 1024

@@ -99,7 +99,8 @@ def _limit_problems(config: Config) -> list[str]:
                                     "http_body_timeout_ms", "http_header_bytes_max", "http_headers_max",
                                     "commit_share_events", "log_period_ms", "heavy_requests_max",
                                     "heavy_requests_per_client_max", "client_bytes_per_s"))
-    problems += _not_negative(config, ("disk_free_bytes_min", "log_repeats_max", "commit_pace_gap_ms", "singles_inline_max"))
+    problems += _not_negative(config, ("disk_free_bytes_min", "log_repeats_max", "commit_pace_gap_ms", "singles_inline_max",
+                                       "http_write_timeout_ms"))
     problems += _at_least_1(config, ("anomaly_threshold_milli", "anomaly_agents_max", "metrics_budget_scopes_max"))
     problems += _not_negative(config, ("anomaly_warmup_events",))
     problems += _at_least_1(config, ("replication_interval_ms", "replication_entries_max", "peer_count_max",

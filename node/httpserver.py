@@ -90,13 +90,34 @@ def _json_bytes(status: int, code: str, message: str, extra_headers: str = "") -
 class NodeRequestHandler(RequestHandler):
     """aiohttp's connection handler, counted per client, with contract-shaped parser errors."""
 
-    __slots__ = ("_site", "_client", "_rate_paused")
+    __slots__ = ("_site", "_client", "_rate_paused", "_write_stall")
 
     def __init__(self, site: "NodeSite", **kwargs: Any):
         super().__init__(site.web_server, **kwargs)
         self._site = site
         self._client: str | None = None
         self._rate_paused = False
+        self._write_stall: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        # the client is not taking what the node writes (its socket and our buffer are full): a client
+        # that never reads would hold this handler, and what it holds (an upstream stream, a page),
+        # forever; if it takes nothing more within write_timeout_s, the connection is cut
+        super().pause_writing()
+        if self._write_stall is None and self._site.write_timeout_s > 0:
+            self._write_stall = self._loop.call_later(self._site.write_timeout_s, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
+
+    def _write_stalled(self) -> None:
+        self._write_stall = None
+        self._site.write_stalls += 1
+        if self.transport is not None:
+            self.transport.abort()  # the handler's pending write fails: a gateway stream goes on draining
 
     def admitted(self, transport: asyncio.BaseTransport, client: str) -> None:
         """The connection's gate (_Gate) admitted it: aiohttp takes it from here."""
@@ -125,6 +146,9 @@ class NodeRequestHandler(RequestHandler):
             super()._resume_transport_reading()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
         if self._client is not None:
             self._site.release(self._client)
             self._client = None
@@ -209,8 +233,10 @@ class NodeSite(web.BaseSite):
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, connections_max: int,
                  per_client_max: int, handler_args: dict[str, Any], bytes_per_s: int, burst_bytes: int,
-                 backlog: int = 128, ssl_context: Any = None, held_max: int = 0):
+                 backlog: int = 128, ssl_context: Any = None, held_max: int = 0, write_timeout_ms: int = 0):
         super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
+        self.write_timeout_s = write_timeout_ms / 1000  # 0: no bound
+        self.write_stalls = 0  # connections cut because their client took nothing for write_timeout_s
         self._rate, self._burst = float(bytes_per_s), float(burst_bytes)
         self._budgets: dict[str, list[float]] = {}  # client -> [bytes it may still send, loop time then]
         self._host, self._port = host, port

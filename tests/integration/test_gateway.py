@@ -15,6 +15,7 @@ import subprocess
 import http.client
 import json
 import os
+import socket
 import time
 import urllib.parse
 import urllib.request
@@ -257,6 +258,41 @@ def test_client_that_leaves_mid_stream_is_charged_what_the_upstream_produced(nod
     conn.close()
     [event] = agent.wait_events(1)
     assert event["body"]["tokens_out"] == 40  # the whole stream, read on to its usage
+
+
+def test_a_client_that_stops_reading_a_stream_is_cut_and_charged_what_the_upstream_produced(upstream, tmp_path):
+    """A client that opens a stream and never reads it cannot hold the handler, its connection slot,
+    the upstream connection and its reservation for ever: once the node's buffer is full and nothing
+    more is taken within http_write_timeout_ms, the node cuts the connection and reads the stream on
+    for its usage, while the client still holds its socket, unread."""
+    node = NodeProcess(str(tmp_path / "node"), env=_env(upstream, ATS_HTTP_WRITE_TIMEOUT_MS="1000",
+                                                      ATS_CONNECTIONS_PER_CLIENT_MAX="1",
+                                                      ATS_DEFAULT_PLAN="platformium")).start()
+    try:
+        agent = Agent(node)
+        chunks = 60_000  # ~11 MB of events: far more than the sockets and the node's buffer hold
+        body = json.dumps({"model": "test-model", "stream": True, "max_tokens": 30_000, "user": f"usage=5,{chunks}",
+                           "messages": [{"role": "user", "content": "go"}]}).encode()
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.bind(("127.0.0.2", 0))  # its own address, whose one connection slot this takes
+        s.connect((node.host, node.port))
+        s.sendall(b"POST /llm/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Authorization: Bearer " + agent.token.encode() + b"\r\nContent-Length: "
+                  + str(len(body)).encode() + b"\r\n\r\n" + body)
+        try:
+            # never read: the node's writes stall; 1 s later it cuts the connection and drains the upstream
+            [event] = agent.wait_events(1, timeout_s=20)
+            assert event["body"]["tokens_out"] == chunks  # read on to its usage, charged what was produced
+            # its address's one connection slot (connections_per_client_max 1) is free again
+            again = socket.create_connection((node.host, node.port), timeout=10, source_address=("127.0.0.2", 0))
+            again.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert again.recv(64).startswith(b"HTTP/1.1 200"), "the cut connection still holds its slot"
+            again.close()
+        finally:
+            s.close()
+    finally:
+        node.kill()
 
 
 def test_sigkill_mid_call_is_charged_at_the_reservation_on_restart(upstream, tmp_path):
