@@ -47,6 +47,7 @@ from ledger.errors import TimedOut, TooLarge
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+from node.api.errors import SHOULD_RETRY, error_response
 
 logger = logging.getLogger("ats.http")
 
@@ -115,7 +116,6 @@ class NodeRequestHandler(RequestHandler):
 
     def _write_stalled(self) -> None:
         self._write_stall = None
-        self._site.write_stalls += 1
         if self.transport is not None:
             self.transport.abort()  # the handler's pending write fails: a gateway stream goes on draining
 
@@ -236,7 +236,6 @@ class NodeSite(web.BaseSite):
                  backlog: int = 128, ssl_context: Any = None, held_max: int = 0, write_timeout_ms: int = 0):
         super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
         self.write_timeout_s = write_timeout_ms / 1000  # 0: no bound
-        self.write_stalls = 0  # connections cut because their client took nothing for write_timeout_s
         self._rate, self._burst = float(bytes_per_s), float(burst_bytes)
         self._budgets: dict[str, list[float]] = {}  # client -> [bytes it may still send, loop time then]
         self._host, self._port = host, port
@@ -284,7 +283,8 @@ class NodeSite(web.BaseSite):
             # because its byte rate paused their reading): the client asks too much, not the node
             return _json_bytes(429, "too_many_client_connections",
                                f"this address holds {self._per_client_max} connections, the most one client may; "
-                               "close some or retry later", "Retry-After: 1\r\nx-should-retry: true\r\n")
+                               "close some or retry later",
+                               f"Retry-After: 1\r\nx-should-retry: {SHOULD_RETRY['too_many_client_connections']}\r\n")
         self.connections += 1
         self._open[client] = self._open.get(client, 0) + 1
         return None
@@ -353,6 +353,11 @@ class HeavyGate:
                 del self._clients[client]
 
 
+def body_limit(request: web.Request) -> int:
+    """The longest body this request's endpoint reads (a longer one is refused 413 unread)."""
+    return LIGHT_BODY_BYTES_MAX if request.path in ONE_ENVELOPE_PATHS else request.client_max_size
+
+
 def request_bounds(timeout_ms: int, gate: HeavyGate):
     """Middleware: a heavy request waits for its client's slot (HeavyGate); then the whole body
     (up to client_max_size) is read within timeout_ms, or 408 body_timeout. Handlers then read the
@@ -360,7 +365,7 @@ def request_bounds(timeout_ms: int, gate: HeavyGate):
 
     async def read_and_handle(request: web.Request, handler):
         length = request.content_length
-        limit = LIGHT_BODY_BYTES_MAX if request.path in ONE_ENVELOPE_PATHS else request.client_max_size
+        limit = body_limit(request)
         if length is not None and length > limit:  # refused before a byte of it is read
             raise TooLarge("body_too_large", f"request body is larger than this endpoint accepts ({limit} bytes)")
         if request.body_exists:
@@ -388,12 +393,9 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     not aiohttp's text/plain one."""
     expect = request.headers.get("Expect", "")
     if expect.lower() != "100-continue":
-        return web.json_response({"error": {"code": "expectation_failed",
-                                            "message": f"unknown Expect: {expect[:64]!r} (only 100-continue)"}},
-                                 status=417)
-    limit = LIGHT_BODY_BYTES_MAX if request.path in ONE_ENVELOPE_PATHS else request.client_max_size
+        return error_response(417, "expectation_failed", f"unknown Expect: {expect[:64]!r} (only 100-continue)")
     length = request.content_length
-    if request.version == (1, 1) and (length is None or length <= limit):
+    if request.version == (1, 1) and (length is None or length <= body_limit(request)):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # as aiohttp's own handler: the body of the answer starts after it
     return None
