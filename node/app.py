@@ -7,13 +7,14 @@ the last one, in reverse order.
 
 from __future__ import annotations
 
+import functools
 import asyncio
 import ipaddress
 import logging
 import os
 import signal
 import sys
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -177,40 +178,48 @@ def _scopes(book: BudgetBook, signer: bytes) -> dict[str, str]:
     return {scope: scope_id for scope, scope_id in book.chain(signer)[1:]}
 
 
+def _adders(app: web.Application) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """add_get and add_post of app's router, every route with the node's Expect: handler
+    (node.httpserver.expect_handler: aiohttp's own answers in text/plain before any middleware)."""
+    return (functools.partial(app.router.add_get, expect_handler=expect_handler),
+            functools.partial(app.router.add_post, expect_handler=expect_handler))
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/events", events.submit, expect_handler=expect_handler)
-    app.router.add_post("/v1/events/batch", events.submit_batch, expect_handler=expect_handler)
-    app.router.add_get("/v1/events/{id}", events.get_event, expect_handler=expect_handler)
-    app.router.add_post("/v1/quota/check", events.quota_check, expect_handler=expect_handler)
-    app.router.add_get("/v1/agents/{agent}/balance", info.balance, expect_handler=expect_handler)
-    app.router.add_get("/v1/agents/{agent}/usage", info.usage, expect_handler=expect_handler)
-    app.router.add_get("/v1/log/checkpoint", log.checkpoint, expect_handler=expect_handler)
-    app.router.add_get("/v1/log/proof/inclusion", log.inclusion, expect_handler=expect_handler)
-    app.router.add_get("/v1/log/proof/consistency", log.consistency, expect_handler=expect_handler)
-    app.router.add_get("/v1/log/entries", log.entries, expect_handler=expect_handler)
-    app.router.add_get("/v1/node", info.node_info, expect_handler=expect_handler)
-    app.router.add_get("/v1/openapi.json", info.openapi, expect_handler=expect_handler)
-    app.router.add_get("/healthz", info.healthz, expect_handler=expect_handler)
-    app.router.add_get("/metrics", info.metrics, expect_handler=expect_handler)
-    app.router.add_get("/v1/log/checkpoint/anchored", peer.anchored, expect_handler=expect_handler)
-    app.router.add_get("/v1/peer/frontier", peer.frontier, expect_handler=expect_handler)
-    app.router.add_post("/v1/peer/cosign", peer.cosign, expect_handler=expect_handler)
-    app.router.add_post("/v1/peer/notify", peer.notify, expect_handler=expect_handler)
-    app.router.add_get("/v1/peers", peer.peers, expect_handler=expect_handler)
-    app.router.add_get("/v1/cluster/digest", peer.digest, expect_handler=expect_handler)
-    app.router.add_get("/v1/forks", peer.forks, expect_handler=expect_handler)
-    app.router.add_post("/v1/peer/escrow/ask", escrow_api.ask, expect_handler=expect_handler)
-    app.router.add_get("/v1/escrow", escrow_api.rights, expect_handler=expect_handler)
-    app.router.add_get("/v1/reports/{scope}/{id}", report_api.report, expect_handler=expect_handler)
-    app.router.add_get("/v1/budgets", budgets_api.listing, expect_handler=expect_handler)
-    app.router.add_get("/v1/names/{name}", budgets_api.name, expect_handler=expect_handler)
-    app.router.add_get("/", dashboard.index, expect_handler=expect_handler)
-    app.router.add_get("/static/{name}", dashboard.static, expect_handler=expect_handler)
-    app.router.add_get("/v1/dashboard/agents", dashboard.agents, expect_handler=expect_handler)
-    app.router.add_get("/v1/dashboard/budgets", dashboard.budgets, expect_handler=expect_handler)
-    app.router.add_get("/v1/dashboard/exports", dashboard.exports, expect_handler=expect_handler)
-    app.router.add_post("/v1/tasks", tasks.reserve, expect_handler=expect_handler)
-    app.router.add_post("/v1/tasks/{task}", tasks.settle, expect_handler=expect_handler)
+    get, post = _adders(app)
+    post("/v1/events", events.submit)
+    post("/v1/events/batch", events.submit_batch)
+    get("/v1/events/{id}", events.get_event)
+    post("/v1/quota/check", events.quota_check)
+    get("/v1/agents/{agent}/balance", info.balance)
+    get("/v1/agents/{agent}/usage", info.usage)
+    get("/v1/log/checkpoint", log.checkpoint)
+    get("/v1/log/proof/inclusion", log.inclusion)
+    get("/v1/log/proof/consistency", log.consistency)
+    get("/v1/log/entries", log.entries)
+    get("/v1/node", info.node_info)
+    get("/v1/openapi.json", info.openapi)
+    get("/healthz", info.healthz)
+    get("/metrics", info.metrics)
+    get("/v1/log/checkpoint/anchored", peer.anchored)
+    get("/v1/peer/frontier", peer.frontier)
+    post("/v1/peer/cosign", peer.cosign)
+    post("/v1/peer/notify", peer.notify)
+    get("/v1/peers", peer.peers)
+    get("/v1/cluster/digest", peer.digest)
+    get("/v1/forks", peer.forks)
+    post("/v1/peer/escrow/ask", escrow_api.ask)
+    get("/v1/escrow", escrow_api.rights)
+    get("/v1/reports/{scope}/{id}", report_api.report)
+    get("/v1/budgets", budgets_api.listing)
+    get("/v1/names/{name}", budgets_api.name)
+    get("/", dashboard.index)
+    get("/static/{name}", dashboard.static)
+    get("/v1/dashboard/agents", dashboard.agents)
+    get("/v1/dashboard/budgets", dashboard.budgets)
+    get("/v1/dashboard/exports", dashboard.exports)
+    post("/v1/tasks", tasks.reserve)
+    post("/v1/tasks/{task}", tasks.settle)
 
 
 def add_gateway_routes(app: web.Application, gateway: Gateway) -> None:
@@ -225,10 +234,11 @@ def add_gateway_routes(app: web.Application, gateway: Gateway) -> None:
     async def messages(request: web.Request) -> web.StreamResponse:
         return await gateway.handle(request, "messages", ANTHROPIC)
 
-    app.router.add_post("/llm/v1/chat/completions", chat, expect_handler=expect_handler)
-    app.router.add_post("/llm/v1/embeddings", embeddings, expect_handler=expect_handler)
-    app.router.add_get("/llm/v1/models", gateway.models, expect_handler=expect_handler)
-    app.router.add_post("/llm/v1/messages", messages, expect_handler=expect_handler)
+    get, post = _adders(app)
+    post("/llm/v1/chat/completions", chat)
+    post("/llm/v1/embeddings", embeddings)
+    get("/llm/v1/models", gateway.models)
+    post("/llm/v1/messages", messages)
 
 
 def plain_http_warning(config: Config) -> str | None:
