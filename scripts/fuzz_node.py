@@ -26,7 +26,6 @@ statuses seen, the error codes seen, and every 5xx, answer without a code, hang 
 from __future__ import annotations
 
 import argparse
-import base64
 import collections
 import gzip
 import json
@@ -49,7 +48,7 @@ from hypothesis import strategies as st  # noqa: E402
 from ledger import encoding  # noqa: E402
 from tests.agentkit import TestAgent  # noqa: E402
 from ledger.credentials import mint  # noqa: E402
-from tests.fuzzkit import JSON_POST_BASES, JSON_POST_EXTRA, hostile_item, json_body, json_value, signed_envelope  # noqa: E402
+from tests.fuzzkit import JSON_POST_BASES, JSON_POST_EXTRA, hostile_item, json_body, json_value, signed_envelope, token_part, with_token_part  # noqa: E402
 from tests.integration.fake_openai import FakeOpenAI  # noqa: E402
 from tests.integration.http import request  # noqa: E402
 from tests.integration.nodeproc import NodeProcess  # noqa: E402
@@ -135,11 +134,7 @@ def fuzz(url: str, duration_s: float, seed: int, health_every: int, timeout_s: f
         elif shape == 1:
             body = data.draw(json_body())
         else:  # a hostile part of the token
-            parts = token.split(".")
-            raw = data.draw(st.one_of(json_value.map(lambda v: json.dumps(v).encode()), st.binary(max_size=64),
-                                      st.integers(100, 3000).map(lambda n: b"[" * n)))
-            parts[data.draw(st.integers(0, 2))] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-            token, body = ".".join(parts), json.dumps(doc).encode()
+            token, body = with_token_part(token, *data.draw(token_part)), json.dumps(doc).encode()
         post(path, body, "application/json", {"Authorization": f"Bearer {token}"})
 
     def one(data: Any) -> None:

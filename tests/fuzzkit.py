@@ -8,6 +8,7 @@ edges, and put wrong types where envelopes and estimates expect others.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -160,3 +161,15 @@ JSON_POST_BASES: dict[str, dict[str, Any]] = {
     "/v1/peer/escrow/ask": {"metric": "events", "amount": 1, "scope": "agent", "id": "00" * 32},
 }
 JSON_POST_EXTRA = ("n", "temperature", "tools", "system", "dimensions", "stream")  # fields some dialects read
+
+# One part of a bearer token (header, claims, signature) replaced by hostile bytes: JSON of any
+# shape, garbage, or arrays nested past the JSON parser's recursion within the token's bound.
+token_part = st.tuples(st.integers(0, 2), st.one_of(json_value.map(lambda v: json.dumps(v).encode()),
+                                                    st.binary(max_size=64), st.integers(100, 3000).map(lambda n: b"[" * n)))
+
+
+def with_token_part(token: str, part: int, raw: bytes) -> str:
+    """token with its part-th base64url part replaced by raw's encoding."""
+    parts = token.split(".")
+    parts[part] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return ".".join(parts)
